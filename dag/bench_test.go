@@ -1,0 +1,103 @@
+package dag
+
+import (
+	"context"
+	"strconv"
+	"testing"
+)
+
+// benchChain is a linear room of n events; the newest is "$<n-1>".
+func benchChain(n int) map[string]Node {
+	room := make(map[string]Node, n)
+	for i := range n {
+		node := Node{ID: "$" + strconv.Itoa(i), RoomID: testRoom, Depth: int64(i + 1)}
+		if i > 0 {
+			node.PrevEvents = []string{"$" + strconv.Itoa(i-1)}
+		}
+		room[node.ID] = node
+	}
+	return room
+}
+
+// benchForks is a room of n events that forks and merges every few events:
+// each block is a base event, three branches pointing at it, and a merge
+// pointing at the three branches; the next base points at the merge.
+func benchForks(n int) map[string]Node {
+	const blockSize = 5
+	room := make(map[string]Node, n)
+	id := func(i int) string { return "$" + strconv.Itoa(i) }
+	for i := range n {
+		block, pos := i/blockSize, i%blockSize
+		node := Node{ID: id(i), RoomID: testRoom}
+		base := block * blockSize
+		switch pos {
+		case 0: // base
+			node.Depth = int64(3*block + 1)
+			if i > 0 {
+				node.PrevEvents = []string{id(i - 1)}
+			}
+		case 1, 2, 3: // branches
+			node.Depth = int64(3*block + 2)
+			node.PrevEvents = []string{id(base)}
+		case 4: // merge
+			node.Depth = int64(3*block + 3)
+			node.PrevEvents = []string{id(base + 1), id(base + 2), id(base + 3)}
+		}
+		room[node.ID] = node
+	}
+	return room
+}
+
+func BenchmarkBackfillWalk(b *testing.B) {
+	shapes := []struct {
+		prefix string
+		build  func(n int) map[string]Node
+	}{
+		{"", benchChain},
+		{"fork/", benchForks},
+	}
+	sizes := []struct {
+		name string
+		n    int
+	}{
+		{"1e3", 1_000},
+		{"1e5", 100_000},
+		{"1e6", 1_000_000},
+	}
+	for _, shape := range shapes {
+		for _, size := range sizes {
+			var room map[string]Node // built once, on first use
+			b.Run(shape.prefix+"events="+size.name, func(b *testing.B) {
+				if room == nil {
+					room = shape.build(size.n)
+				}
+				var calls, fetched int
+				fetch := func(_ context.Context, ids []string) ([]Node, error) {
+					calls++
+					fetched += len(ids)
+					out := make([]Node, 0, len(ids))
+					for _, id := range ids {
+						if n, ok := room[id]; ok {
+							out = append(out, n)
+						}
+					}
+					return out, nil
+				}
+				req := BackfillRequest{RoomID: testRoom, From: []string{"$" + strconv.Itoa(size.n-1)}, Limit: 100}
+				ctx := context.Background()
+				b.ReportAllocs()
+				for b.Loop() {
+					got, err := Backfill(ctx, req, fetch)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(got) != req.Limit {
+						b.Fatalf("got %d events, want %d", len(got), req.Limit)
+					}
+				}
+				b.ReportMetric(float64(calls)/float64(b.N), "fetches/op")
+				b.ReportMetric(float64(fetched)/float64(b.N), "ids/op")
+			})
+		}
+	}
+}

@@ -1,0 +1,148 @@
+// Package dag walks a room's event graph for the two federation history
+// endpoints: Backfill (GET /_matrix/federation/v1/backfill) and MissingEvents
+// (POST /_matrix/federation/v1/get_missing_events).
+//
+// The walks are pure functions of their request and a FetchFunc; they know
+// nothing about HTTP or storage. Everything a FetchFunc returns is treated as
+// untrusted: events of other rooms, events nobody asked for, duplicates,
+// cycles in prev_events and forged depths cannot make a walk loop, return a
+// foreign event or cost more than its visit budget.
+//
+// # Visit budget
+//
+// Both walks count every event ID they pass to the FetchFunc. The total never
+// exceeds the request's MaxVisits; when MaxVisits is 0 (or negative) it
+// defaults to 10*Limit plus the number of distinct seed IDs (From for
+// Backfill, Latest for MissingEvents), saturating at the largest int. A
+// room's size therefore never decides a walk's cost: a room of ten thousand
+// rejected events, or events that each point at twenty others, costs at most
+// MaxVisits fetched IDs and memory in proportion. Running out of budget is not
+// an error: the walk stops at the last point where its answer was still exact
+// and returns what it has (see Backfill and MissingEvents for what exactly).
+// Callers must clamp Limit themselves (Synapse clamps backfill to 100), since
+// the default budget grows with it.
+//
+// # prev_events
+//
+// A walk follows at most the first 20 entries of an event's prev_events and
+// ignores the rest. The PDU format caps prev_events at 20 ("Must contain less
+// than or equal to 20 events") and Synapse rejects incoming PDUs with more,
+// so only events accepted before that rule existed are affected; the cap
+// keeps a single event from spending a walk's whole budget.
+package dag
+
+import (
+	"context"
+	"math"
+	"strings"
+)
+
+// Node is the walk metadata of one event.
+type Node struct {
+	ID         string
+	RoomID     string
+	Depth      int64
+	PrevEvents []string
+	Rejected   bool // walked through, never returned, does not count toward the limit
+	Outlier    bool // never walked into, never returned
+}
+
+// FetchFunc returns the events among ids that the caller holds. It may return
+// fewer (unknown IDs), extra or duplicate nodes, or nodes of other rooms: the
+// walks must treat its answers as untrusted.
+//
+// The walks hand each call a fresh slice and do not read it afterwards. When
+// fetch answers one requested ID with several nodes, the first one counts.
+type FetchFunc func(ctx context.Context, ids []string) ([]Node, error)
+
+const (
+	// maxPrevEventsFollowed is the PDU format's limit on prev_events; see
+	// the package documentation.
+	maxPrevEventsFollowed = 20
+
+	// defaultVisitsPerResult scales the default visit budget with Limit.
+	defaultVisitsPerResult = 10
+
+	// minCanonicalInt and maxCanonicalInt bound the integers canonical JSON
+	// can represent (appendices, "Canonical JSON"). A depth outside them
+	// cannot belong to a valid event, so such a node is treated like an
+	// outlier: never entered, never returned.
+	minCanonicalInt = -(1 << 53) + 1
+	maxCanonicalInt = 1<<53 - 1
+
+	// maxPrealloc caps capacities derived from caller-supplied sizes, so a
+	// huge Limit does not allocate up front.
+	maxPrealloc = 1024
+)
+
+// enterable reports whether a walk of roomID may enter node at all: it must
+// be in the room, not an outlier, and have a depth canonical JSON can carry.
+func enterable(n *Node, roomID string) bool {
+	return n.RoomID == roomID && !n.Outlier &&
+		n.Depth >= minCanonicalInt && n.Depth <= maxCanonicalInt
+}
+
+// followedPrevEvents returns the prev_events a walk follows from n.
+func followedPrevEvents(n *Node) []string {
+	if len(n.PrevEvents) > maxPrevEventsFollowed {
+		return n.PrevEvents[:maxPrevEventsFollowed]
+	}
+	return n.PrevEvents
+}
+
+// visitBudget returns the number of IDs a walk may fetch: maxVisits when
+// positive, else the default of 10*limit+seeds (saturating).
+func visitBudget(maxVisits, limit, seeds int) int {
+	if maxVisits > 0 {
+		return maxVisits
+	}
+	if limit > (math.MaxInt-seeds)/defaultVisitsPerResult {
+		return math.MaxInt
+	}
+	return defaultVisitsPerResult*limit + seeds
+}
+
+// newerFirst orders events newest first: by depth descending, ties broken by
+// event ID ascending in byte order. It is the order in which Backfill takes
+// events and returns them, and the order MissingEvents uses to pick among
+// events at the same distance from latest_events.
+func newerFirst(a, b *Node) bool {
+	return compareNewerFirst(a, b) < 0
+}
+
+// compareNewerFirst is newerFirst as a three-way comparison.
+func compareNewerFirst(a, b *Node) int {
+	if a.Depth != b.Depth {
+		if a.Depth > b.Depth {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(a.ID, b.ID)
+}
+
+// olderFirst orders events by depth ascending, ties broken by event ID
+// ascending in byte order: the order of MissingEvents' result.
+func olderFirst(a, b *Node) int {
+	if a.Depth != b.Depth {
+		if a.Depth < b.Depth {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(a.ID, b.ID)
+}
+
+// dedupe returns ids without repeats, keeping first occurrences in order.
+func dedupe(ids []string) []string {
+	seen := make(map[string]struct{}, min(len(ids), maxPrealloc))
+	out := make([]string, 0, min(len(ids), maxPrealloc))
+	for _, id := range ids {
+		if _, dup := seen[id]; dup {
+			continue
+		}
+		seen[id] = struct{}{}
+		out = append(out, id)
+	}
+	return out
+}
