@@ -1,0 +1,158 @@
+package fedhistory
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/fedhistory/fedhistory/dag"
+	"github.com/fedhistory/fedhistory/internal/matrixerr"
+)
+
+// backfillHandler serves GET /backfill/{roomId}?v=…&limit=N
+// (spec: server-server API, "Backfilling and retrieving missing events").
+type backfillHandler struct {
+	cfg Config
+	// txnPrefix is `{"origin":"<server name>","origin_server_ts":`, encoded
+	// once: the rest of the response is the timestamp and stored bytes.
+	txnPrefix []byte
+}
+
+func (h *backfillHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	// 1. Authenticated by the Authenticator that wraps this handler.
+	origin, ok := requestOrigin(w, r)
+	if !ok {
+		return
+	}
+
+	// 2. Parse.
+	roomID, err := roomIDFromRequest(r)
+	if err != nil {
+		matrixerr.Write(w, http.StatusBadRequest, matrixerr.InvalidParam, err.Error())
+		return
+	}
+	seeds, limit, perr := h.parseQuery(r)
+	if perr != nil {
+		perr.write(w)
+		return
+	}
+
+	// 3. Authorise: server ACL and "is the origin in the room now".
+	if err := authorizeRoom(ctx, h.cfg.Store, roomID, origin); err != nil {
+		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
+		return
+	}
+	roomVersion, err := h.cfg.Store.RoomVersion(ctx, roomID)
+	if err != nil {
+		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
+		return
+	}
+
+	// 4. Walk.
+	events, err := h.walk(ctx, roomID, seeds, limit)
+	if err != nil {
+		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
+		return
+	}
+
+	// 5. Filter: history visibility, erasure, redaction withholding.
+	pdus, err := filterEvents(ctx, h.cfg.Store, roomVersion, roomID, origin, events, h.cfg.Logger)
+	if err != nil {
+		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
+		return
+	}
+
+	// 6. Write the stored bytes as a transaction.
+	buf := make([]byte, 0, responseSize(len(h.txnPrefix)+32, pdus))
+	buf = append(buf, h.txnPrefix...)
+	buf = strconv.AppendInt(buf, h.cfg.Now().UnixMilli(), 10)
+	buf = append(buf, `,"pdus":`...)
+	buf = appendJSONArray(buf, pdus)
+	buf = append(buf, '}')
+	writeJSON(w, buf)
+}
+
+// parseQuery reads "v" and "limit".
+func (h *backfillHandler) parseQuery(r *http.Request) (seeds []string, limit int, perr *paramError) {
+	query := r.URL.Query()
+	values, present := query["v"]
+	if !present {
+		return nil, 0, &paramError{matrixerr.MissingParam, "missing required query parameter: v"}
+	}
+	// "v" is repeated (v=a&v=b), as gomatrixserverlib's and mautrix-go's
+	// clients send it; a single comma-joined value is accepted too.
+	seen := make(map[string]struct{}, len(values))
+	for _, value := range values {
+		for _, id := range strings.Split(value, ",") {
+			if id == "" {
+				continue
+			}
+			if _, dup := seen[id]; dup {
+				continue
+			}
+			if len(seeds) == h.cfg.MaxBackfillSeeds {
+				return nil, 0, &paramError{matrixerr.InvalidParam,
+					"too many v parameters: at most " + strconv.Itoa(h.cfg.MaxBackfillSeeds)}
+			}
+			seen[id] = struct{}{}
+			seeds = append(seeds, id)
+		}
+	}
+	if len(seeds) == 0 {
+		return nil, 0, &paramError{matrixerr.MissingParam, "missing required query parameter: v"}
+	}
+	limits, present := query["limit"]
+	if !present || len(limits) == 0 {
+		return nil, 0, &paramError{matrixerr.MissingParam, "missing required query parameter: limit"}
+	}
+	limit, ok := parsePositiveCapped(limits[0], h.cfg.MaxBackfillLimit)
+	if !ok {
+		return nil, 0, &paramError{matrixerr.InvalidParam, "limit must be a positive integer"}
+	}
+	return seeds, limit, nil
+}
+
+// parsePositiveCapped parses a decimal positive integer, lowering it to max.
+// A number too large for an int is still a positive integer: it is capped,
+// not refused (Synapse caps silently too).
+func parsePositiveCapped(s string, max int) (int, bool) {
+	if s == "" || len(s) > 1000 {
+		return 0, false
+	}
+	s = strings.TrimPrefix(s, "+")
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if n <= max {
+			n = n*10 + int(c-'0')
+		}
+	}
+	if n == 0 {
+		return 0, false
+	}
+	if n > max {
+		n = max
+	}
+	return n, true
+}
+
+// walk runs the backfill walk: in the store when it can (BackfillWalker),
+// else with dag.Backfill over batched Events lookups.
+func (h *backfillHandler) walk(ctx context.Context, roomID string, seeds []string, limit int) ([]*Event, error) {
+	if walker, ok := h.cfg.Store.(BackfillWalker); ok {
+		return walker.WalkBackfill(ctx, roomID, seeds, limit)
+	}
+	fetcher := newDAGFetcher(h.cfg.Store, roomID, limit)
+	ids, err := dag.Backfill(ctx, dag.BackfillRequest{
+		RoomID: roomID, From: seeds, Limit: limit, MaxVisits: h.cfg.MaxWalkVisits,
+	}, fetcher.fetch)
+	if err != nil {
+		return nil, err
+	}
+	return fetcher.events(ids), nil
+}
