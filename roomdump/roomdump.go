@@ -1,0 +1,344 @@
+// Package roomdump reads and writes room dumps: JSON Lines files of PDUs
+// that a store can be loaded from (tests, benchmarks, the demo).
+//
+// # Format
+//
+// A dump is UTF-8 text, one JSON object per line, in topological order. An
+// event line is
+//
+//	{"room_version": "10", "event": {…PDU…}}
+//
+// with the PDU in the federation format of the room version, and optionally
+// "rejected": true (the event failed authorisation) and "outlier": true (its
+// place in the DAG is unknown). A line
+//
+//	{"erased_user": "@u:server"}
+//
+// marks a user as erased (their events are served redacted). No other keys
+// are allowed, so a typo is an error rather than a silently lost flag.
+//
+// Several rooms may share a file; each room's lines must agree on its
+// version. Lines holding only whitespace are skipped, so hand-edited dumps
+// may be spaced out; a final newline is optional. A line may hold at most
+// MaxLineBytes bytes.
+//
+// Events must come in topological order: no event may refer (prev_events or
+// auth_events) to an event on a later line, or to an event of another room.
+// References to events absent from the file are allowed, because dumps taken
+// from real servers start mid-history.
+//
+// Read checks the structure of every event (it parses it as untrusted input
+// of its room version: event ID, room ID, field formats, size) but not its
+// signatures: a dump is data we chose to load, and tests need to load events
+// whose signatures are deliberately wrong.
+package roomdump
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+)
+
+// MaxLineBytes bounds a line, newline included. A PDU is at most 65536
+// bytes in canonical JSON (spec: server-server-api, "Size limits"); a dump
+// need not be canonical, and escaping every character as \uXXXX inflates a PDU at most
+// six-fold, so 1 MiB holds any legal event with room to spare, while a
+// longer line can only be garbage, which we refuse before buffering it.
+const MaxLineBytes = 1 << 20
+
+// MaxPDUBytes is the spec's limit on a PDU, in canonical JSON.
+const MaxPDUBytes = 65536
+
+// Errors a LineError wraps, for errors.Is.
+var (
+	ErrLineTooLong         = errors.New("line longer than MaxLineBytes")
+	ErrBadRecord           = errors.New("malformed record")
+	ErrUnknownRoomVersion  = errors.New("not a known stable room version")
+	ErrBadEvent            = errors.New("invalid event")
+	ErrRoomVersionMismatch = errors.New("room version differs from an earlier line of the same room")
+	ErrDuplicateEvent      = errors.New("event appears twice")
+	ErrForwardReference    = errors.New("event refers to an event on a later line")
+	ErrOtherRoomReference  = errors.New("event refers to an event of another room")
+	ErrEventIDMismatch     = errors.New("store computed another event ID")
+)
+
+// LineError reports a bad line of a dump.
+type LineError struct {
+	Line int // 1-based
+	Err  error
+}
+
+func (e *LineError) Error() string { return fmt.Sprintf("roomdump: line %d: %v", e.Line, e.Err) }
+
+func (e *LineError) Unwrap() error { return e.Err }
+
+// Record is one line of a dump: an event (RoomVersion, Event and the flags)
+// or an erased user (ErasedUser).
+type Record struct {
+	RoomVersion string
+	// Event is the PDU, compacted (insignificant whitespace removed).
+	Event             json.RawMessage
+	Rejected, Outlier bool
+	ErasedUser        string
+
+	// EventID and RoomID are derived from Event by Read; Writer ignores
+	// them.
+	EventID, RoomID string
+}
+
+// Read parses and validates a whole dump. It returns the first bad line as
+// a *LineError, and no records then.
+func Read(r io.Reader) ([]Record, error) {
+	records, _, err := read(r)
+	return records, err
+}
+
+// Load reads the whole dump, and only when every line is good calls add
+// for each record in order: a bad dump adds nothing. An error from add
+// stops the load and is returned with the line number.
+func Load(r io.Reader, add func(Record) error) error {
+	records, lines, err := read(r)
+	if err != nil {
+		return err
+	}
+	for i, rec := range records {
+		if err := add(rec); err != nil {
+			return fmt.Errorf("roomdump: line %d: adding record: %w", lines[i], err)
+		}
+	}
+	return nil
+}
+
+// Store is a store that a dump loads into. The options type O is the
+// store's own; for example *memstore.Store is a Store[memstore.AddOptions]:
+//
+//	roomdump.LoadInto(f, store, func(rejected, outlier bool) memstore.AddOptions {
+//		return memstore.AddOptions{Rejected: rejected, Outlier: outlier}
+//	})
+type Store[O any] interface {
+	Add(roomVersion string, pdu []byte, opts O) (eventID string, err error)
+	EraseUser(userID string)
+}
+
+// LoadInto loads a dump into a store, as Load does, and checks that the
+// store computed the same event ID as Read for every event.
+func LoadInto[O any](r io.Reader, store Store[O], options func(rejected, outlier bool) O) error {
+	return Load(r, func(rec Record) error {
+		if rec.ErasedUser != "" {
+			store.EraseUser(rec.ErasedUser)
+			return nil
+		}
+		id, err := store.Add(rec.RoomVersion, rec.Event, options(rec.Rejected, rec.Outlier))
+		if err != nil {
+			return err
+		}
+		if id != rec.EventID {
+			return fmt.Errorf("%w: %s, want %s", ErrEventIDMismatch, id, rec.EventID)
+		}
+		return nil
+	})
+}
+
+// eventPosition is where an event appears in the dump.
+type eventPosition struct {
+	line   int
+	roomID string
+}
+
+// parsedEvent is what the reference check needs of an event line.
+type parsedEvent struct {
+	line   int
+	roomID string
+	refs   []string // prev_events, then auth_events
+}
+
+func read(r io.Reader) ([]Record, []int, error) {
+	scanner := bufio.NewScanner(r)
+	scanner.Buffer(make([]byte, 0, 64*1024), MaxLineBytes)
+
+	var (
+		records     []Record
+		lines       []int
+		events      []parsedEvent
+		positions   = map[string]eventPosition{}
+		roomVersion = map[string]string{}
+		line        int
+	)
+	for scanner.Scan() {
+		line++
+		text := bytes.TrimSpace(scanner.Bytes())
+		if len(text) == 0 {
+			continue
+		}
+		rec, refs, err := parseLine(text)
+		if err != nil {
+			return nil, nil, &LineError{Line: line, Err: err}
+		}
+		if rec.ErasedUser == "" {
+			if v, ok := roomVersion[rec.RoomID]; ok && v != rec.RoomVersion {
+				return nil, nil, &LineError{Line: line, Err: fmt.Errorf("%w: room %s is version %q, this line says %q", ErrRoomVersionMismatch, rec.RoomID, v, rec.RoomVersion)}
+			}
+			roomVersion[rec.RoomID] = rec.RoomVersion
+			if earlier, dup := positions[rec.EventID]; dup {
+				return nil, nil, &LineError{Line: line, Err: fmt.Errorf("%w: %s, first on line %d", ErrDuplicateEvent, rec.EventID, earlier.line)}
+			}
+			positions[rec.EventID] = eventPosition{line: line, roomID: rec.RoomID}
+			events = append(events, parsedEvent{line: line, roomID: rec.RoomID, refs: refs})
+		}
+		records = append(records, rec)
+		lines = append(lines, line)
+	}
+	if err := scanner.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, nil, &LineError{Line: line + 1, Err: ErrLineTooLong}
+		}
+		return nil, nil, fmt.Errorf("roomdump: reading line %d: %w", line+1, err)
+	}
+
+	// Only now that every event ID is known can a reference to a later line
+	// be told from a reference to an event outside the file.
+	for _, ev := range events {
+		for _, ref := range ev.refs {
+			pos, ok := positions[ref]
+			if !ok {
+				continue
+			}
+			if pos.line >= ev.line {
+				return nil, nil, &LineError{Line: ev.line, Err: fmt.Errorf("%w: %s is on line %d", ErrForwardReference, ref, pos.line)}
+			}
+			if pos.roomID != ev.roomID {
+				return nil, nil, &LineError{Line: ev.line, Err: fmt.Errorf("%w: %s is in %s", ErrOtherRoomReference, ref, pos.roomID)}
+			}
+		}
+	}
+	return records, lines, nil
+}
+
+// parseLine parses one non-blank line, returning the record and, for an
+// event, the events it refers to.
+func parseLine(text []byte) (Record, []string, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(text, &fields); err != nil {
+		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
+	}
+	if fields == nil {
+		return Record{}, nil, fmt.Errorf("%w: not a JSON object", ErrBadRecord)
+	}
+	var rec Record
+	for key, value := range fields {
+		var err error
+		switch key {
+		case "room_version":
+			err = json.Unmarshal(value, &rec.RoomVersion)
+		case "event":
+			rec.Event = value
+		case "rejected":
+			err = json.Unmarshal(value, &rec.Rejected)
+		case "outlier":
+			err = json.Unmarshal(value, &rec.Outlier)
+		case "erased_user":
+			err = json.Unmarshal(value, &rec.ErasedUser)
+		default:
+			err = errors.New("unknown key")
+		}
+		if err != nil {
+			return Record{}, nil, fmt.Errorf("%w: %q: %v", ErrBadRecord, key, err)
+		}
+	}
+
+	_, hasEvent := fields["event"]
+	_, hasErased := fields["erased_user"]
+	switch {
+	case hasEvent && hasErased:
+		return Record{}, nil, fmt.Errorf("%w: both \"event\" and \"erased_user\"", ErrBadRecord)
+	case hasErased:
+		if len(fields) != 1 {
+			return Record{}, nil, fmt.Errorf("%w: an \"erased_user\" line has no other keys", ErrBadRecord)
+		}
+		if _, err := spec.NewUserID(rec.ErasedUser, true); err != nil {
+			return Record{}, nil, fmt.Errorf("%w: erased_user %q: %v", ErrBadRecord, rec.ErasedUser, err)
+		}
+		return rec, nil, nil
+	case !hasEvent:
+		return Record{}, nil, fmt.Errorf("%w: neither \"event\" nor \"erased_user\"", ErrBadRecord)
+	}
+
+	if _, ok := fields["room_version"]; !ok {
+		return Record{}, nil, fmt.Errorf("%w: an event line needs \"room_version\"", ErrBadRecord)
+	}
+	if !gomatrixserverlib.StableRoomVersion(gomatrixserverlib.RoomVersion(rec.RoomVersion)) {
+		return Record{}, nil, fmt.Errorf("%w: %q", ErrUnknownRoomVersion, rec.RoomVersion)
+	}
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(rec.RoomVersion))
+	if err != nil {
+		return Record{}, nil, fmt.Errorf("%w: %v", ErrUnknownRoomVersion, err)
+	}
+	if rec.Event, err = compactObject(rec.Event); err != nil {
+		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
+	// The size limit applies to the event as received, in canonical JSON
+	// (spec: server-server-api, "Size limits"). gomatrixserverlib checks it
+	// too, but after redacting an event whose content hash does not match,
+	// so the original could pass at any size.
+	canonical, err := gomatrixserverlib.CanonicalJSON(rec.Event)
+	if err != nil {
+		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
+	if len(canonical) > MaxPDUBytes {
+		return Record{}, nil, fmt.Errorf("%w: %d bytes in canonical JSON, more than %d", ErrBadEvent, len(canonical), MaxPDUBytes)
+	}
+	pdu, err := verImpl.NewEventFromUntrustedJSON(rec.Event)
+	if err != nil {
+		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
+	var refs []string
+	if rec.EventID, rec.RoomID, refs, err = eventFacts(pdu); err != nil {
+		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
+	// Room versions 1 and 2 carry the event ID in the event, and
+	// gomatrixserverlib does not insist that it is there.
+	if _, server, err := gomatrixserverlib.SplitID('$', rec.EventID); verImpl.EventIDFormat() == gomatrixserverlib.EventIDFormatV1 && (err != nil || server == "") {
+		return Record{}, nil, fmt.Errorf("%w: event_id %q is not \"$opaque:server\"", ErrBadEvent, rec.EventID)
+	}
+	return rec, refs, nil
+}
+
+// eventFacts returns the event's ID, its room's ID and the events it refers
+// to (prev_events, then auth_events).
+//
+// gomatrixserverlib's accessors panic on some events that its untrusted
+// parser accepts (RoomID on a room ID with an invalid server name, for
+// one); a forged dump must give an error, not a crash.
+func eventFacts(pdu gomatrixserverlib.PDU) (eventID, roomID string, refs []string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	eventID = pdu.EventID()
+	roomID = pdu.RoomID().String()
+	// From room version 12, AuthEventIDs includes the create event that the
+	// room ID names: a reference like any other.
+	refs = append(refs, pdu.PrevEventIDs()...)
+	refs = append(refs, pdu.AuthEventIDs()...)
+	return eventID, roomID, refs, nil
+}
+
+// compactObject checks that raw is a JSON object and removes insignificant
+// whitespace, leaving strings and numbers byte for byte as they were.
+func compactObject(raw json.RawMessage) (json.RawMessage, error) {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return nil, err
+	}
+	if buf.Len() == 0 || buf.Bytes()[0] != '{' {
+		return nil, errors.New("not a JSON object")
+	}
+	return buf.Bytes(), nil
+}
