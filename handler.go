@@ -164,7 +164,9 @@ func setDefault(v *int, def int) {
 // Mount it at the server's root, or behind http.StripPrefix(Prefix, …).
 // Any other path gets 404 M_UNRECOGNIZED, a wrong method 405 M_UNRECOGNIZED.
 func New(cfg Config) (http.Handler, error) {
-	router := mux.NewRouter().UseEncodedPath()
+	// SkipClean: gorilla/mux would answer "/a/../b" with a redirect, which
+	// no federation client follows; an unclean path is simply not ours (404).
+	router := mux.NewRouter().UseEncodedPath().SkipClean(true)
 	if err := Register(router, cfg); err != nil {
 		return nil, err
 	}
