@@ -81,7 +81,8 @@ type Config struct {
 	// MaxWalkVisits bounds the events one walk may fetch from the store,
 	// whatever the DAG looks like (a room full of rejected events, a huge
 	// fan-out of prev_events). 0 selects the dag package's default, which
-	// grows with the request's limit.
+	// grows with the request's limit. A store that walks itself
+	// (BackfillWalker, MissingEventsWalker) applies the default budget.
 	MaxWalkVisits int
 
 	// MaxConcurrentPerOrigin is how many requests of one origin are served

@@ -117,7 +117,9 @@ type ErasureStore interface {
 
 // BackfillWalker is an optional capability of an EventStore that can run a
 // whole backfill walk itself (in one database query, say). It must return
-// exactly what dag.Backfill returns for the same inputs.
+// exactly what dag.Backfill returns for the same inputs with the default
+// visit budget (MaxVisits 0), and bound its own work likewise; storetest
+// checks this. The handler still filters the result (room, visibility).
 type BackfillWalker interface {
 	EventStore
 	WalkBackfill(ctx context.Context, roomID string, from []string, limit int) ([]*Event, error)
@@ -125,7 +127,8 @@ type BackfillWalker interface {
 
 // MissingEventsWalker is an optional capability of an EventStore that can
 // run a whole get_missing_events walk itself. It must return exactly what
-// dag.MissingEvents returns for the same inputs.
+// dag.MissingEvents returns for the same inputs with the default visit
+// budget, and bound its own work likewise.
 type MissingEventsWalker interface {
 	EventStore
 	WalkMissingEvents(ctx context.Context, roomID string, earliest, latest []string, limit int, minDepth int64) ([]*Event, error)
