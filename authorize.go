@@ -53,10 +53,11 @@ func forbiddenReason(err error) string {
 // endpoints are no oracle for which rooms exist here. Any other store error
 // is returned wrapped, and is not ErrForbidden.
 //
-// Membership is checked before the ACL only so that a server outside the
-// room always hears "not in the room": answering "banned by the ACL" would
-// tell it that the room exists. Either failure alone denies, so the order
-// changes the message, never the outcome.
+// The ACL is checked first, as the authorisation issue orders it (and as
+// Synapse does, before any other work). Its denial names the ACL only to a
+// server that is in the room: a server outside it always hears "not in the
+// room", because "banned by the ACL" would tell it that the room exists.
+// Either failure alone denies; the wording never changes the outcome.
 func authorizeRoom(ctx context.Context, store EventStore, roomID, origin string) error {
 	state, err := store.CurrentState(ctx, roomID, origin)
 	if errors.Is(err, ErrRoomNotFound) {
@@ -69,11 +70,13 @@ func authorizeRoom(ctx context.Context, store EventStore, roomID, origin string)
 		// A store bug; knowing nothing about the room, deny.
 		return &forbiddenError{reason: reasonNotInRoom}
 	}
-	if !serverHasJoinedUser(state.Memberships, origin) {
-		return &forbiddenError{reason: reasonNotInRoom}
-	}
-	if !ServerACLAllows(state.ServerACL, origin) {
+	aclAllows := ServerACLAllows(state.ServerACL, origin)
+	inRoom := serverHasJoinedUser(state.Memberships, origin)
+	switch {
+	case !aclAllows && inRoom:
 		return &forbiddenError{reason: reasonBannedByACL}
+	case !aclAllows, !inRoom:
+		return &forbiddenError{reason: reasonNotInRoom}
 	}
 	return nil
 }
