@@ -1,0 +1,56 @@
+// Package sqlstore is a fedhistory.EventStore on database/sql, for SQLite
+// (modernc.org/sqlite, pure Go, no cgo) and PostgreSQL
+// (github.com/jackc/pgx/v5/stdlib). It also implements the optional
+// fedhistory.ErasureStore, fedhistory.BackfillWalker and
+// fedhistory.MissingEventsWalker.
+//
+// Its answers are memstore's, event for event (the tests compare the two
+// stores on the same rooms, and run the storetest conformance suite on both
+// dialects): Add takes events in topological order, parses them with
+// gomatrixserverlib for their room version, and works out the room state
+// before and after every event, with the room version's state resolution
+// (package internal/stateres, shared with memstore's algorithm) where the
+// DAG merges.
+//
+// # Schema
+//
+// Open applies the schema migrations (a schema_version table; see migrate).
+// events holds every PDU byte for byte with its metadata, indexed by
+// (room_id, event_id) and (room_id, depth); edges holds one row per
+// prev_event; auth_edges the auth events state resolution walks;
+// forward_extremities the current DAG heads.
+//
+// Room state is stored as state groups: a group is a parent group plus the
+// (type, state_key) → event_id entries that differ from it. A state event's
+// after-state is a new group with one entry; a message shares the group of
+// the state before it. After maxDeltaChain deltas a group is stored as a
+// snapshot instead, so that reading any group touches at most
+// maxDeltaChain+1 groups, in one recursive query. Entries of m.room.member
+// keep the user's server (port included) in an indexed column, so that the
+// memberships of one server's users, all that visibility and authorisation
+// ask for, are an equality filter. Visibility answers for a whole batch of
+// events, before and after each, in one query; CurrentState in two.
+//
+// # Walks
+//
+// WalkBackfill and WalkMissingEvents return exactly what dag.Backfill and
+// dag.MissingEvents return: they run those functions over walk metadata
+// that one recursive query loads (see walk.go), then read the JSON of the
+// result in a second query. Queries counts every statement, for tests and
+// the queries/op metric of BenchmarkSQLBackfill.
+//
+// # Several servers on one PostgreSQL database
+//
+// Several processes (several "fedhistory serve" instances, or homeserver
+// workers) can share one PostgreSQL database: the fedhistory handler keeps
+// no state of its own between requests (rate limits and concurrency caps
+// are per instance), and this store keeps only caches of immutable data
+// (parsed state events; the resolved state for one set of forward
+// extremities, which is keyed by that set and so never stale). So instances
+// scale out behind any load balancer, with no session affinity. Writers are
+// safe too: migrations run under a PostgreSQL advisory lock, so instances
+// that start together migrate once; adds to one room are serialised by a
+// per-room advisory transaction lock, so that concurrent writers keep the
+// forward extremities right. An SQLite database is for one process (WAL
+// mode lets its readers run while it writes).
+package sqlstore

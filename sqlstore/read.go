@@ -1,0 +1,388 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/fedhistory/fedhistory"
+	"github.com/matrix-org/gomatrixserverlib"
+)
+
+// RoomVersion returns the version of roomID, or an error wrapping
+// fedhistory.ErrRoomNotFound.
+func (s *Store) RoomVersion(ctx context.Context, roomID string) (string, error) {
+	if !s.storable(roomID) {
+		return "", fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
+	}
+	var version string
+	err := s.queryRow(ctx, s.db, `SELECT room_version FROM rooms WHERE room_id = $1`, roomID).Scan(&version)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
+	}
+	if err != nil {
+		return "", fmt.Errorf("sqlstore: reading room %q: %w", roomID, err)
+	}
+	return version, nil
+}
+
+// Events returns the events among ids that the store holds in roomID,
+// outliers and rejected events included (their flags say so), in the order
+// of ids, in one query. Every call returns fresh values.
+func (s *Store) Events(ctx context.Context, roomID string, ids []string) ([]*fedhistory.Event, error) {
+	events := make([]*fedhistory.Event, 0, min(len(ids), 1024))
+	if len(ids) == 0 || !s.storable(roomID) {
+		return events, nil
+	}
+	rows, err := s.query(ctx, s.db, `
+SELECT event_id, room_id, depth, prev_events, event_type, state_key, sender, redacts, rejected, outlier, json
+FROM events WHERE room_id = $1 AND event_id IN (IDS($2))`, roomID, s.idList(ids))
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: reading %d events: %w", len(ids), err)
+	}
+	defer rows.Close()
+	byID := make(map[string]*fedhistory.Event, min(len(ids), 1024))
+	for rows.Next() {
+		var (
+			ev       fedhistory.Event
+			prevs    string
+			stateKey sql.NullString
+			data     []byte
+		)
+		if err := rows.Scan(&ev.ID, &ev.RoomID, &ev.Depth, &prevs, &ev.Type, &stateKey, &ev.Sender, &ev.Redacts,
+			&ev.Rejected, &ev.Outlier, &data); err != nil {
+			return nil, fmt.Errorf("sqlstore: reading events: %w", err)
+		}
+		if err := json.Unmarshal([]byte(prevs), &ev.PrevEvents); err != nil {
+			return nil, fmt.Errorf("sqlstore: event %s: prev_events: %w", ev.ID, err)
+		}
+		if stateKey.Valid {
+			ev.StateKey = &stateKey.String
+		}
+		ev.JSON = data
+		byID[ev.ID] = &ev
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlstore: reading events: %w", err)
+	}
+	for _, id := range ids {
+		if ev, ok := byID[id]; ok {
+			events = append(events, ev)
+		}
+	}
+	return events, nil
+}
+
+// Visibility returns the visibility state before and after each of eventIDs
+// that the store holds in roomID and whose state it knows (not outliers).
+// One query reads the events' state groups and, along each group's delta
+// chain, only the entries that matter: the history visibility and the
+// memberships of server's users (an index lookup on member_server).
+// Memberships maps may be shared between entries of the result; callers must
+// not modify them.
+func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs []string) (map[string]fedhistory.EventVisibility, error) {
+	result := make(map[string]fedhistory.EventVisibility)
+	if len(eventIDs) == 0 || !s.storable(roomID) {
+		return result, nil
+	}
+	rows, err := s.query(ctx, s.db, `
+WITH RECURSIVE targets AS (
+	SELECT event_id, before_group, after_group FROM events
+	WHERE room_id = $1 AND NOT outlier AND event_id IN (IDS($2))
+), roots (group_id) AS (
+	SELECT before_group FROM targets WHERE before_group IS NOT NULL
+	UNION
+	SELECT after_group FROM targets WHERE after_group IS NOT NULL
+), chain (root, group_id, dist) AS (
+	SELECT group_id, group_id, 0 FROM roots
+	UNION ALL
+	SELECT c.root, g.parent_id, c.dist + 1
+	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
+	WHERE g.parent_id IS NOT NULL
+)
+SELECT 0, t.event_id, t.before_group, t.after_group, NULL, NULL, NULL, NULL
+FROM targets t
+UNION ALL
+SELECT 1, e.state_key, c.root, c.dist, e.event_type, e.event_id, ev.membership, ev.history_visibility
+FROM chain c
+JOIN state_group_entries e ON e.group_id = c.group_id
+LEFT JOIN events ev ON ev.event_id = e.event_id
+WHERE (e.event_type = 'm.room.history_visibility' AND e.state_key = '')
+   OR (e.event_type = 'm.room.member' AND e.member_server = $3)`,
+		roomID, s.idList(eventIDs), s.serverParam(server))
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: reading visibility of %d events: %w", len(eventIDs), err)
+	}
+	defer rows.Close()
+	type target struct {
+		id            string
+		before, after int64
+	}
+	var (
+		targets []target
+		entries []groupEntry
+	)
+	for rows.Next() {
+		var (
+			kind                                       int
+			text                                       string
+			g1, g2                                     sql.NullInt64
+			eventType, eventID, membership, visibility sql.NullString
+		)
+		if err := rows.Scan(&kind, &text, &g1, &g2, &eventType, &eventID, &membership, &visibility); err != nil {
+			return nil, fmt.Errorf("sqlstore: reading visibility: %w", err)
+		}
+		if kind == 0 {
+			targets = append(targets, target{id: text, before: g1.Int64, after: g2.Int64})
+			continue
+		}
+		entries = append(entries, groupEntry{
+			root: g1.Int64, dist: int(g2.Int64),
+			key:     stateKey{eventType: eventType.String, stateKey: text},
+			eventID: eventID.String, removed: !eventID.Valid,
+			membership: membership.String, historyVisibility: visibility.String,
+		})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlstore: reading visibility: %w", err)
+	}
+
+	views := make(map[int64]fedhistory.VisibilityState)
+	for _, e := range nearestEntries(entries) {
+		view, ok := views[e.root]
+		if !ok {
+			view.Memberships = make(map[string]string)
+		}
+		switch {
+		case e.removed:
+		case e.key.eventType == typeHistoryVisibility:
+			view.HistoryVisibility = e.historyVisibility
+		case e.membership != "":
+			view.Memberships[e.key.stateKey] = e.membership
+		}
+		views[e.root] = view
+	}
+	view := func(group int64) fedhistory.VisibilityState {
+		if v, ok := views[group]; ok {
+			return v
+		}
+		// The empty state, or a state with neither history visibility nor
+		// members of server.
+		v := fedhistory.VisibilityState{Memberships: make(map[string]string)}
+		views[group] = v
+		return v
+	}
+	for _, t := range targets {
+		result[t.id] = fedhistory.EventVisibility{Before: view(t.before), After: view(t.after)}
+	}
+	return result, nil
+}
+
+// serverParam is server as a query parameter: NULL, which equals nothing,
+// for a server name the database cannot hold (and so has no users of).
+func (s *Store) serverParam(server string) sql.NullString {
+	return sql.NullString{String: server, Valid: s.storable(server)}
+}
+
+// resolvedCurrent is a room's current state group for one set of forward
+// extremities.
+type resolvedCurrent struct {
+	extremities string // sorted, joined by newlines
+	group       int64
+}
+
+// CurrentState returns the current server ACL of roomID and the current
+// memberships of server's users: the state after the room's forward
+// extremities, resolved with the room version's state resolution when they
+// disagree. It costs two queries; a fork costs one state resolution per new
+// set of forward extremities and process, whose result is stored as a state
+// group.
+func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhistory.CurrentState, error) {
+	version, group, err := s.currentGroup(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	current := &fedhistory.CurrentState{Memberships: make(map[string]string)}
+	if group == 0 {
+		return current, nil
+	}
+	rows, err := s.query(ctx, s.db, `
+WITH RECURSIVE chain (group_id, dist) AS (
+	SELECT CAST($1 AS BIGINT), 0
+	UNION ALL
+	SELECT g.parent_id, c.dist + 1
+	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
+	WHERE g.parent_id IS NOT NULL
+)
+SELECT c.dist, e.event_type, e.state_key, e.event_id, ev.membership,
+	CASE WHEN e.event_type = 'm.room.server_acl' THEN ev.json END
+FROM chain c
+JOIN state_group_entries e ON e.group_id = c.group_id
+LEFT JOIN events ev ON ev.event_id = e.event_id
+WHERE (e.event_type = 'm.room.server_acl' AND e.state_key = '')
+   OR (e.event_type = 'm.room.member' AND e.member_server = $2)`, group, s.serverParam(server))
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: reading current state of %s: %w", roomID, err)
+	}
+	var entries []groupEntry
+	err = func() error {
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				e                   groupEntry
+				eventID, membership sql.NullString
+			)
+			if err := rows.Scan(&e.dist, &e.key.eventType, &e.key.stateKey, &eventID, &membership, &e.content); err != nil {
+				return err
+			}
+			e.root, e.eventID, e.removed, e.membership = group, eventID.String, !eventID.Valid, membership.String
+			entries = append(entries, e)
+		}
+		return rows.Err()
+	}()
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: reading current state of %s: %w", roomID, err)
+	}
+	for _, e := range nearestEntries(entries) {
+		switch {
+		case e.removed:
+		case e.key.eventType == typeServerACL:
+			verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+			if err != nil {
+				return nil, fmt.Errorf("sqlstore: room %s: %w", roomID, err)
+			}
+			pdu, err := s.parseStored(verImpl, e.eventID, e.content)
+			if err != nil {
+				return nil, fmt.Errorf("sqlstore: current server ACL of %s: %w", roomID, err)
+			}
+			// A copy: the caller gets bytes it may keep or change.
+			current.ServerACL = slices.Clone(json.RawMessage(pdu.Content()))
+		case e.membership != "":
+			current.Memberships[e.key.stateKey] = e.membership
+		}
+	}
+	return current, nil
+}
+
+// currentGroup returns the room's version and its current state group (0:
+// the empty state).
+func (s *Store) currentGroup(ctx context.Context, roomID string) (string, int64, error) {
+	if !s.storable(roomID) {
+		return "", 0, fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
+	}
+	rows, err := s.query(ctx, s.db, `
+SELECT r.room_version, fe.event_id, ev.after_group
+FROM rooms r
+LEFT JOIN forward_extremities fe ON fe.room_id = r.room_id
+LEFT JOIN events ev ON ev.event_id = fe.event_id
+WHERE r.room_id = $1`, roomID)
+	if err != nil {
+		return "", 0, fmt.Errorf("sqlstore: reading forward extremities of %s: %w", roomID, err)
+	}
+	var (
+		version     string
+		found       bool
+		extremities []string
+		groupOf     = make(map[string]int64)
+	)
+	err = func() error {
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				id    sql.NullString
+				group sql.NullInt64
+			)
+			if err := rows.Scan(&version, &id, &group); err != nil {
+				return err
+			}
+			found = true
+			if id.Valid {
+				extremities = append(extremities, id.String)
+				groupOf[id.String] = group.Int64
+			}
+		}
+		return rows.Err()
+	}()
+	if err != nil {
+		return "", 0, fmt.Errorf("sqlstore: reading forward extremities of %s: %w", roomID, err)
+	}
+	if !found {
+		return "", 0, fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
+	}
+	// Sorted, as memstore does, so that the result does not depend on the
+	// order the database returns rows in.
+	slices.Sort(extremities)
+	var groups []int64
+	for _, id := range extremities {
+		if g := groupOf[id]; !slices.Contains(groups, g) {
+			groups = append(groups, g)
+		}
+	}
+	switch len(groups) {
+	case 0:
+		// Only outliers or rejected events so far.
+		return version, 0, nil
+	case 1:
+		return version, groups[0], nil
+	}
+
+	key := strings.Join(extremities, "\n")
+	s.currentMu.Lock()
+	cached := s.current[roomID]
+	s.currentMu.Unlock()
+	if cached != nil && cached.extremities == key {
+		return version, cached.group, nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return "", 0, fmt.Errorf("sqlstore: resolving current state of %s: %w", roomID, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	group, err := s.resolveGroups(ctx, tx, gomatrixserverlib.RoomVersion(version), roomID, groups)
+	if err != nil {
+		return "", 0, fmt.Errorf("sqlstore: resolving current state of %s: %w", roomID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return "", 0, fmt.Errorf("sqlstore: storing current state of %s: %w", roomID, err)
+	}
+	s.currentMu.Lock()
+	s.current[roomID] = &resolvedCurrent{extremities: key, group: group}
+	s.currentMu.Unlock()
+	return version, group, nil
+}
+
+// EraseUser marks userID as erased (GDPR): ErasedUsers reports it from now on.
+func (s *Store) EraseUser(ctx context.Context, userID string) error {
+	if _, err := s.exec(ctx, s.db, `INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING`, userID); err != nil {
+		return fmt.Errorf("sqlstore: erasing %s: %w", userID, err)
+	}
+	return nil
+}
+
+// ErasedUsers returns the subset of userIDs that EraseUser has erased.
+func (s *Store) ErasedUsers(ctx context.Context, userIDs []string) (map[string]bool, error) {
+	erased := make(map[string]bool)
+	if len(userIDs) == 0 {
+		return erased, nil
+	}
+	rows, err := s.query(ctx, s.db, `SELECT user_id FROM erased_users WHERE user_id IN (IDS($1))`, s.idList(userIDs))
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: reading erased users: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("sqlstore: reading erased users: %w", err)
+		}
+		erased[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlstore: reading erased users: %w", err)
+	}
+	return erased, nil
+}

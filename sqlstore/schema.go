@@ -1,0 +1,183 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+)
+
+// migrations are the schema changes in order; migrations[i] takes the schema
+// from version i to version i+1. Never edit a released migration: append a
+// new one.
+//
+// The SQL is shared by both dialects; dialect.schema rewrites the few types
+// that differ (see there).
+var migrations = []string{
+	// 1: the initial schema.
+	`
+CREATE TABLE rooms (
+	room_id      TEXT PRIMARY KEY,
+	room_version TEXT NOT NULL
+);
+
+-- state_groups are room states stored as deltas: a group's state is its
+-- parent's state with its own entries applied. chain_length counts the
+-- deltas down to the nearest snapshot (a group without parent, which holds
+-- the whole state), so reading a group never costs more than
+-- maxDeltaChain+1 groups' entries.
+CREATE TABLE state_groups (
+	group_id     ID_PRIMARY_KEY,
+	room_id      TEXT NOT NULL,
+	parent_id    BIGINT REFERENCES state_groups (group_id),
+	chain_length INTEGER NOT NULL
+);
+
+-- state_group_entries: (type, state_key) -> event_id; a NULL event_id
+-- removes the key inherited from the parent (state resolution can drop a
+-- key). member_server is the server part of an m.room.member state key
+-- (everything after the first colon, port included), so the memberships of
+-- one server's users are an indexed equality filter.
+CREATE TABLE state_group_entries (
+	group_id      BIGINT NOT NULL REFERENCES state_groups (group_id),
+	event_type    TEXT NOT NULL,
+	state_key     TEXT NOT NULL,
+	event_id      TEXT,
+	member_server TEXT,
+	PRIMARY KEY (group_id, event_type, state_key)
+);
+CREATE INDEX state_group_entries_member_server ON state_group_entries (group_id, member_server);
+
+-- events holds every PDU with the metadata fedhistory.Event carries.
+-- prev_events is a JSON array of the event IDs in order (the edges table
+-- holds the same for recursive walks); before_group and after_group are the
+-- state before and after the event (NULL: the empty state; both NULL for
+-- outliers, whose state is unknown). membership and history_visibility are
+-- content fields of m.room.member and m.room.history_visibility events.
+CREATE TABLE events (
+	event_nid          ID_PRIMARY_KEY,
+	event_id           TEXT NOT NULL UNIQUE,
+	room_id            TEXT NOT NULL,
+	depth              BIGINT NOT NULL,
+	prev_events        TEXT NOT NULL,
+	event_type         TEXT NOT NULL,
+	state_key          TEXT,
+	sender             TEXT NOT NULL,
+	redacts            TEXT NOT NULL,
+	rejected           BOOLEAN NOT NULL,
+	outlier            BOOLEAN NOT NULL,
+	membership         TEXT,
+	history_visibility TEXT,
+	before_group       BIGINT REFERENCES state_groups (group_id),
+	after_group        BIGINT REFERENCES state_groups (group_id),
+	json               BLOB_TYPE NOT NULL
+);
+CREATE UNIQUE INDEX events_room_event ON events (room_id, event_id);
+CREATE INDEX events_room_depth ON events (room_id, depth);
+
+-- edges: one row per entry of an event's prev_events, ord its position.
+CREATE TABLE edges (
+	event_id      TEXT NOT NULL,
+	ord           INTEGER NOT NULL,
+	prev_event_id TEXT NOT NULL,
+	room_id       TEXT NOT NULL,
+	PRIMARY KEY (event_id, ord)
+);
+CREATE INDEX edges_prev ON edges (prev_event_id);
+
+-- auth_edges: the auth_events of a state event that were, when it was added,
+-- state events of the same room held here: the auth chains state resolution
+-- reads.
+CREATE TABLE auth_edges (
+	event_id      TEXT NOT NULL,
+	auth_event_id TEXT NOT NULL,
+	PRIMARY KEY (event_id, auth_event_id)
+);
+
+-- forward_extremities: the state-bearing events (neither outlier nor
+-- rejected) that no state-bearing event names as a prev_event.
+CREATE TABLE forward_extremities (
+	room_id  TEXT NOT NULL,
+	event_id TEXT NOT NULL,
+	PRIMARY KEY (room_id, event_id)
+);
+
+CREATE TABLE erased_users (
+	user_id TEXT PRIMARY KEY
+);
+`,
+}
+
+// migrate brings the schema up to date inside one transaction. On
+// PostgreSQL the transaction first takes an advisory lock, so that several
+// processes opening one database at once apply each migration once: the
+// others wait, then find the schema current. On SQLite the transaction is
+// BEGIN IMMEDIATE (see openSQLite), which takes the database's write lock.
+func (s *Store) migrate(ctx context.Context) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlstore: migrating: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	if s.dialect == postgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockKey); err != nil {
+			return fmt.Errorf("sqlstore: locking for migration: %w", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("sqlstore: creating schema_version: %w", err)
+	}
+	var version int
+	err = tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version)
+	switch {
+	case err == sql.ErrNoRows:
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (0)`); err != nil {
+			return fmt.Errorf("sqlstore: initialising schema_version: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("sqlstore: reading schema_version: %w", err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("%w: database is at version %d, this build knows %d", ErrSchemaTooNew, version, len(migrations))
+	}
+	for v := version; v < len(migrations); v++ {
+		for _, stmt := range splitStatements(s.dialect.schema(migrations[v])) {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("sqlstore: migration %d: %w", v+1, err)
+			}
+		}
+	}
+	if version < len(migrations) {
+		if _, err := tx.ExecContext(ctx, s.dialect.rebind(`UPDATE schema_version SET version = $1`), len(migrations)); err != nil {
+			return fmt.Errorf("sqlstore: updating schema_version: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlstore: committing migrations: %w", err)
+	}
+	return nil
+}
+
+// migrationLockKey is the PostgreSQL advisory lock that serialises
+// migrations: an arbitrary constant ("fedhist" in ASCII).
+const migrationLockKey int64 = 0x6665646869737400
+
+// splitStatements splits a migration at semicolons that end a line. The
+// migrations contain no string literals with semicolons, so this is enough,
+// and it spares both drivers from multi-statement Exec, which pgx's extended
+// protocol does not allow.
+func splitStatements(script string) []string {
+	var stmts []string
+	for _, part := range strings.Split(script, ";\n") {
+		var lines []string
+		for _, line := range strings.Split(part, "\n") {
+			if trimmed := strings.TrimSpace(line); trimmed != "" && !strings.HasPrefix(trimmed, "--") {
+				lines = append(lines, line)
+			}
+		}
+		if len(lines) > 0 {
+			stmts = append(stmts, strings.TrimSuffix(strings.Join(lines, "\n"), ";"))
+		}
+	}
+	return stmts
+}

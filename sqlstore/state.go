@@ -1,0 +1,351 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/fedhistory/fedhistory/internal/stateres"
+	"github.com/matrix-org/gomatrixserverlib"
+)
+
+const (
+	typeMember            = "m.room.member"
+	typeHistoryVisibility = "m.room.history_visibility"
+	typeServerACL         = "m.room.server_acl"
+)
+
+// maxDeltaChain bounds the deltas between a state group and the snapshot it
+// builds on. Reading one group's state reads at most maxDeltaChain+1 groups'
+// entries, all in one recursive query; a snapshot copies the whole state,
+// so the bound trades the size of the state tables (one copy of the state
+// per maxDeltaChain state changes) against the rows a read touches. Synapse
+// uses 100.
+const maxDeltaChain = 50
+
+// stateKey is the (type, state_key) pair that addresses one entry of a room's
+// state.
+type stateKey struct {
+	eventType string
+	stateKey  string
+}
+
+// compare orders state keys as memstore and package stateres do.
+func (k stateKey) compare(other stateKey) int {
+	return stateres.StateKey{Type: k.eventType, StateKey: k.stateKey}.Compare(
+		stateres.StateKey{Type: other.eventType, StateKey: other.stateKey})
+}
+
+// memberServer is the server part of an m.room.member state key: everything
+// after the first colon, port included, because that is how the spec
+// compares a user's server with a request's origin. Other keys, and member
+// keys without a colon, have none.
+func memberServer(key stateKey) *string {
+	if key.eventType != typeMember {
+		return nil
+	}
+	if _, server, ok := strings.Cut(key.stateKey, ":"); ok {
+		return &server
+	}
+	return nil
+}
+
+// stateMap is a whole room state: (type, state_key) → event ID.
+type stateMap map[stateKey]string
+
+// loadStates returns the whole state of each of groups (0, the empty state,
+// included) in one query.
+func (s *Store) loadStates(ctx context.Context, q querier, groups []int64) (map[int64]stateMap, error) {
+	states := make(map[int64]stateMap, len(groups))
+	var stored []int64
+	for _, g := range groups {
+		states[g] = stateMap{}
+		if g != 0 {
+			stored = append(stored, g)
+		}
+	}
+	if len(stored) == 0 {
+		return states, nil
+	}
+	ids, _ := json.Marshal(stored)
+	rows, err := s.query(ctx, q, `
+WITH RECURSIVE chain (root, group_id, dist) AS (
+	SELECT group_id, group_id, 0 FROM state_groups WHERE group_id IN (INTS($1))
+	UNION ALL
+	SELECT c.root, g.parent_id, c.dist + 1
+	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
+	WHERE g.parent_id IS NOT NULL
+)
+SELECT c.root, c.dist, e.event_type, e.state_key, e.event_id
+FROM chain c JOIN state_group_entries e ON e.group_id = c.group_id`, string(ids))
+	if err != nil {
+		return nil, fmt.Errorf("loading %d state groups: %w", len(stored), err)
+	}
+	defer rows.Close()
+	var entries []groupEntry
+	for rows.Next() {
+		var e groupEntry
+		var eventID sql.NullString
+		if err := rows.Scan(&e.root, &e.dist, &e.key.eventType, &e.key.stateKey, &eventID); err != nil {
+			return nil, fmt.Errorf("loading state groups: %w", err)
+		}
+		e.eventID = eventID.String
+		e.removed = !eventID.Valid
+		entries = append(entries, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("loading state groups: %w", err)
+	}
+	for _, e := range nearestEntries(entries) {
+		if !e.removed {
+			states[e.root][e.key] = e.eventID
+		}
+	}
+	return states, nil
+}
+
+// groupEntry is one state_group_entries row seen from a group (root) that
+// inherits it from dist groups up its delta chain.
+type groupEntry struct {
+	root    int64
+	dist    int
+	key     stateKey
+	eventID string
+	removed bool
+	// membership and historyVisibility are the content fields of the entry's
+	// event, for the queries that read them.
+	membership, historyVisibility string
+	// content is the entry's event JSON, for the queries that read it.
+	content []byte
+}
+
+// nearestEntries keeps, for every (root, key), the entry nearest to the root:
+// a delta overrides what its parents say.
+func nearestEntries(entries []groupEntry) []groupEntry {
+	type rootKey struct {
+		root int64
+		key  stateKey
+	}
+	nearest := make(map[rootKey]int, len(entries))
+	for i, e := range entries {
+		rk := rootKey{e.root, e.key}
+		if j, ok := nearest[rk]; !ok || e.dist < entries[j].dist {
+			nearest[rk] = i
+		}
+	}
+	out := make([]groupEntry, 0, len(nearest))
+	for _, i := range nearest {
+		out = append(out, entries[i])
+	}
+	return out
+}
+
+// newGroup stores the state group parent (0: the empty state) changed by
+// delta (a nil event ID removes a key) and returns its ID. It stores a
+// snapshot of the whole state instead of a delta when the parent's chain is
+// already maxDeltaChain long.
+func (s *Store) newGroup(ctx context.Context, q querier, roomID string, parent int64, delta map[stateKey]*string) (int64, error) {
+	chain := 0
+	if parent != 0 {
+		var parentChain int
+		if err := s.queryRow(ctx, q, `SELECT chain_length FROM state_groups WHERE group_id = $1`, parent).Scan(&parentChain); err != nil {
+			return 0, fmt.Errorf("reading state group %d: %w", parent, err)
+		}
+		chain = parentChain + 1
+	}
+	if chain > maxDeltaChain {
+		states, err := s.loadStates(ctx, q, []int64{parent})
+		if err != nil {
+			return 0, err
+		}
+		full := make(map[stateKey]*string, len(states[parent])+len(delta))
+		for key, id := range states[parent] {
+			full[key] = &id
+		}
+		maps.Copy(full, delta)
+		delta, parent, chain = full, 0, 0
+	}
+	if parent == 0 {
+		// A snapshot: removals of keys nothing defines are pointless.
+		delta = maps.Clone(delta)
+		maps.DeleteFunc(delta, func(_ stateKey, id *string) bool { return id == nil })
+	}
+
+	var group int64
+	err := s.queryRow(ctx, q, `INSERT INTO state_groups (room_id, parent_id, chain_length) VALUES ($1, $2, $3) RETURNING group_id`,
+		roomID, sql.NullInt64{Int64: parent, Valid: parent != 0}, chain).Scan(&group)
+	if err != nil {
+		return 0, fmt.Errorf("creating state group: %w", err)
+	}
+	keys := slices.SortedFunc(maps.Keys(delta), stateKey.compare)
+	rows := make([][]any, len(keys))
+	for i, key := range keys {
+		rows[i] = []any{group, key.eventType, key.stateKey, delta[key], memberServer(key)}
+	}
+	if err := s.insertRows(ctx, q, `INSERT INTO state_group_entries (group_id, event_type, state_key, event_id, member_server) VALUES `, rows); err != nil {
+		return 0, fmt.Errorf("filling state group %d: %w", group, err)
+	}
+	return group, nil
+}
+
+// resolveGroups merges two or more distinct state groups (0: the empty
+// state) with the room version's state resolution. It returns groups[0]
+// when the result is that state, else a new group stored as a delta from it.
+func (s *Store) resolveGroups(ctx context.Context, q querier, version gomatrixserverlib.RoomVersion, roomID string, groups []int64) (int64, error) {
+	resolved, err := s.resolveStates(ctx, q, version, groups)
+	if err != nil {
+		return 0, err
+	}
+	return s.storeResolved(ctx, q, roomID, groups[0], resolved.base, resolved.state)
+}
+
+type resolution struct {
+	base  stateMap // the state of groups[0]
+	state stateMap // the resolved state
+}
+
+// resolveStates loads the states of groups and the auth chains of their
+// events (as far as the store knows them: auth_edges) in two queries, and
+// resolves them with package stateres.
+func (s *Store) resolveStates(ctx context.Context, q querier, version gomatrixserverlib.RoomVersion, groups []int64) (*resolution, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnsupportedRoomVersion, err)
+	}
+	states, err := s.loadStates(ctx, q, groups)
+	if err != nil {
+		return nil, err
+	}
+	var stateIDs []string
+	for _, g := range groups {
+		for _, id := range states[g] {
+			stateIDs = append(stateIDs, id)
+		}
+	}
+	slices.Sort(stateIDs)
+	stateIDs = slices.Compact(stateIDs)
+
+	// Kind 0 rows are the events of the auth chains (the state events
+	// included), kind 1 rows their auth edges.
+	rows, err := s.query(ctx, q, `
+WITH RECURSIVE chain (event_id) AS (
+	IDS($1)
+	UNION
+	SELECT a.auth_event_id FROM chain c JOIN auth_edges a ON a.event_id = c.event_id
+)
+SELECT 0, e.event_id, e.rejected, e.json, NULL FROM chain c JOIN events e ON e.event_id = c.event_id
+UNION ALL
+SELECT 1, a.event_id, FALSE, NULL, a.auth_event_id FROM chain c JOIN auth_edges a ON a.event_id = c.event_id`,
+		jsonList(stateIDs))
+	if err != nil {
+		return nil, fmt.Errorf("loading auth chains: %w", err)
+	}
+	known := make(map[string]*stateres.Event)
+	authOf := make(map[string]map[string]bool)
+	err = func() error {
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				kind     int
+				id       string
+				rejected bool
+				data     []byte
+				authID   sql.NullString
+			)
+			if err := rows.Scan(&kind, &id, &rejected, &data, &authID); err != nil {
+				return err
+			}
+			if kind == 1 {
+				if authOf[id] == nil {
+					authOf[id] = make(map[string]bool)
+				}
+				authOf[id][authID.String] = true
+				continue
+			}
+			pdu, err := s.parseStored(verImpl, id, data)
+			if err != nil {
+				return err
+			}
+			ev, err := stateres.NewEvent(pdu, rejected)
+			if err != nil {
+				return err
+			}
+			known[id] = ev
+		}
+		return rows.Err()
+	}()
+	if err != nil {
+		return nil, fmt.Errorf("loading auth chains: %w", err)
+	}
+	// Auth events in the order of auth_events, as memstore holds them.
+	for id, ev := range known {
+		for _, authID := range ev.PDU.AuthEventIDs() {
+			if auth, ok := known[authID]; ok && authOf[id][authID] {
+				ev.Auth = append(ev.Auth, auth)
+			}
+		}
+	}
+
+	sets := make([]stateres.State, len(groups))
+	for i, g := range groups {
+		set := make(stateres.State, len(states[g]))
+		for key, id := range states[g] {
+			ev, ok := known[id]
+			if !ok {
+				return nil, fmt.Errorf("state event %s is missing from the store", id)
+			}
+			set[stateres.StateKey{Type: key.eventType, StateKey: key.stateKey}] = ev
+		}
+		sets[i] = set
+	}
+	result, err := stateres.Resolve(version, sets)
+	if err != nil {
+		return nil, err
+	}
+	resolved := make(stateMap, len(result))
+	for key, ev := range result {
+		resolved[stateKey{eventType: key.Type, stateKey: key.StateKey}] = ev.ID
+	}
+	return &resolution{base: states[groups[0]], state: resolved}, nil
+}
+
+// storeResolved returns base's group when resolved equals it, else a new
+// group holding resolved as a delta from base.
+func (s *Store) storeResolved(ctx context.Context, q querier, roomID string, baseGroup int64, base, resolved stateMap) (int64, error) {
+	delta := make(map[stateKey]*string)
+	for key := range base {
+		if _, ok := resolved[key]; !ok {
+			delta[key] = nil
+		}
+	}
+	for key, id := range resolved {
+		if base[key] != id {
+			delta[key] = &id
+		}
+	}
+	if len(delta) == 0 {
+		return baseGroup, nil
+	}
+	return s.newGroup(ctx, q, roomID, baseGroup, delta)
+}
+
+// parseStored parses a stored event for state resolution, through the
+// cache. A cached event is used only if its JSON is the stored JSON: an
+// event added in a transaction that was rolled back may have left an entry
+// for an ID that now names other bytes (room versions 1 and 2 take the ID
+// from the JSON).
+func (s *Store) parseStored(verImpl gomatrixserverlib.IRoomVersion, id string, data []byte) (gomatrixserverlib.PDU, error) {
+	if pdu, ok := s.pdus.get(id, data); ok {
+		return pdu, nil
+	}
+	pdu, err := parsePDU(verImpl, data)
+	if err != nil {
+		return nil, fmt.Errorf("stored event %s: %w", id, err)
+	}
+	s.pdus.put(id, data, pdu)
+	return pdu, nil
+}

@@ -1,0 +1,413 @@
+package sqlstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/memstore"
+	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/stretchr/testify/require"
+)
+
+// Users of the scenario rooms. Carol's server has a port and Dave's server is
+// the same host without one: they are different servers.
+const (
+	bob     = "@bob:hs2.example"
+	carol   = "@carol:other:8448"
+	dave    = "@dave:other"
+	eve     = "@eve:third.example"
+	mallory = "@mallory:evil.example"
+)
+
+// servers are the servers whose view of the rooms the tests compare.
+var servers = []string{"hs1.example", "hs2.example", "other:8448", "other", "third.example", "nobody.example"}
+
+// scenarioRoom builds a room that exercises every part of the state
+// machinery: more consecutive state changes than a delta chain holds, forks
+// whose branches change state concurrently (resolved at the merge), a
+// rejected state event, an outlier, an event left out of the store (a gap),
+// and two forward extremities at the end, whose states disagree.
+//
+// It returns the room and the IDs of events to leave out of the store.
+func scenarioRoom(t testing.TB, version string, seed int64) (*roomgen.Room, map[string]bool) {
+	t.Helper()
+	// Zoe, not roomgen.Generate's Alice, creates the room: from version 12
+	// on, two rooms created by one user at one time would be one room.
+	b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: version, Seed: seed, Creator: "@zoe:hs1.example"})
+	require.NoError(t, err)
+	require.NoError(t, b.StandardSetup())
+	alice := b.Creator()
+	must := func(_ roomgen.Event, err error) { t.Helper(); require.NoError(t, err) }
+
+	for _, user := range []string{bob, carol, dave} {
+		must(b.Join(user))
+	}
+	must(b.State(alice, "m.room.server_acl", "", map[string]any{"allow": []string{"*"}, "deny": []string{"evil.example"}, "allow_ip_literals": false}))
+	for i := range maxDeltaChain + 7 {
+		must(b.Event(roomgen.EventSpec{Sender: carol, Type: spec.MRoomMember, StateKey: ptr(carol),
+			Content: map[string]string{"membership": "join", "displayname": fmt.Sprint("carol ", i)}}))
+	}
+	must(b.Message(bob, "before the fork"))
+
+	// A fork whose branches change state concurrently. Room version 12's
+	// state resolution cannot be driven by roomgen to a conflict on one key
+	// (see roomgen.ErrConcurrentStateChange), so there the branches change
+	// different keys.
+	other := b.Fork()
+	must(b.HistoryVisibility(alice, "joined"))
+	must(b.Member(alice, bob, "ban"))
+	require.NoError(t, b.Branch(other))
+	must(b.Message(bob, "on branch B"))
+	if version != "12" {
+		must(b.HistoryVisibility(alice, "invited"))
+	}
+	must(b.Leave(carol))
+	require.NoError(t, b.Merge())
+	must(b.Message(alice, "merged"))
+
+	// A rejected state event: walks pass through it, it changes no state.
+	must(b.Event(roomgen.EventSpec{Sender: mallory, Type: spec.MRoomHistoryVisibility, StateKey: ptr(""),
+		Content: map[string]string{"history_visibility": "world_readable"}, Rejected: true}))
+	// An outlier state event.
+	must(b.Event(roomgen.EventSpec{Sender: eve, Type: spec.MRoomMember, StateKey: ptr(eve),
+		Content: map[string]string{"membership": "join"}, Outlier: true}))
+	gap, err := b.Message(dave, "never stored")
+	require.NoError(t, err)
+	must(b.Message(alice, "after the gap"))
+
+	// Two forward extremities whose states disagree.
+	other = b.Fork()
+	must(b.HistoryVisibility(alice, "shared"))
+	require.NoError(t, b.Branch(other))
+	must(b.Leave(dave))
+	return b.Room(), map[string]bool{gap.ID: true}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// testRooms are the rooms the store is compared with memstore on.
+func testRooms(t testing.TB) map[string]*roomgen.Room {
+	rooms := make(map[string]*roomgen.Room)
+	for i, version := range []string{"1", "2", "3", "10", "11", "12"} {
+		room, err := roomgen.Generate(roomgen.Options{
+			Version: version, Events: 120, ForkEvery: 6, Seed: int64(100 + i),
+			OtherServers:             []string{"hs2.example", "other:8448", "other"},
+			HistoryVisibilityChanges: true, ServerACL: true, RejectedEvery: 5, MessageBytes: 300,
+		})
+		require.NoError(t, err)
+		rooms["generated v"+version] = room
+	}
+	return rooms
+}
+
+// addRoom adds room's events, but those in skip, to both stores.
+func addRoom(t testing.TB, s *Store, mem *memstore.Store, room *roomgen.Room, skip map[string]bool) {
+	t.Helper()
+	ctx := context.Background()
+	for _, ev := range room.Events {
+		if skip[ev.ID] {
+			continue
+		}
+		id, err := s.Add(ctx, room.Version, ev.JSON, AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
+		require.NoError(t, err)
+		require.Equal(t, ev.ID, id)
+		if mem != nil {
+			_, err = mem.Add(room.Version, ev.JSON, memstore.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
+			require.NoError(t, err)
+		}
+	}
+}
+
+// requireSameAsMemstore compares every read of the EventStore interface on
+// room between the two stores.
+func requireSameAsMemstore(t *testing.T, s *Store, mem *memstore.Store, room *roomgen.Room) {
+	t.Helper()
+	ctx := context.Background()
+	ids := []string{"$unknown:hs1.example"}
+	for _, ev := range room.Events {
+		ids = append(ids, ev.ID)
+	}
+
+	version, err := s.RoomVersion(ctx, room.ID)
+	require.NoError(t, err)
+	require.Equal(t, room.Version, version)
+
+	want, err := mem.Events(ctx, room.ID, ids)
+	require.NoError(t, err)
+	got, err := s.Events(ctx, room.ID, ids)
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+
+	for _, server := range servers {
+		wantVis, err := mem.Visibility(ctx, room.ID, server, ids)
+		require.NoError(t, err)
+		gotVis, err := s.Visibility(ctx, room.ID, server, ids)
+		require.NoError(t, err)
+		require.Equal(t, wantVis, gotVis, "visibility for %s", server)
+
+		wantCurrent, err := mem.CurrentState(ctx, room.ID, server)
+		require.NoError(t, err)
+		gotCurrent, err := s.CurrentState(ctx, room.ID, server)
+		require.NoError(t, err)
+		require.Equal(t, wantCurrent, gotCurrent, "current state for %s", server)
+	}
+}
+
+// TestSameAsMemstore checks that every read answers exactly as memstore, the
+// reference implementation, does for the same events.
+func TestSameAsMemstore(t *testing.T) {
+	rooms := testRooms(t)
+	scenarios := make(map[string]map[string]bool)
+	for i, version := range []string{"1", "3", "10", "11", "12"} {
+		room, skip := scenarioRoom(t, version, int64(200+i))
+		name := "scenario v" + version
+		rooms[name], scenarios[name] = room, skip
+	}
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		// All rooms share one store, as they would in production: no read
+		// may see another room's events.
+		mem := memstore.New()
+		for name, room := range rooms {
+			addRoom(t, s, mem, room, scenarios[name])
+		}
+		for name, room := range rooms {
+			t.Run(name, func(t *testing.T) {
+				requireSameAsMemstore(t, s, mem, room)
+			})
+		}
+	})
+}
+
+func TestStateIsStoredAsBoundedDeltas(t *testing.T) {
+	room, skip := scenarioRoom(t, "10", 5)
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		addRoom(t, s, nil, room, skip)
+		ctx := context.Background()
+
+		var groups, entries, longest, stateEvents int
+		require.NoError(t, s.db.QueryRowContext(ctx, `SELECT COUNT(*), MAX(chain_length) FROM state_groups`).Scan(&groups, &longest))
+		require.NoError(t, s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM state_group_entries`).Scan(&entries))
+		require.NoError(t, s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM events WHERE state_key IS NOT NULL AND NOT rejected AND NOT outlier`).Scan(&stateEvents))
+		require.LessOrEqual(t, longest, maxDeltaChain, "delta chains are bounded")
+
+		// A full copy per state change would hold about stateEvents²/2
+		// entries; deltas hold one per change plus a snapshot per chain
+		// (and the few entries of the merges).
+		require.Less(t, entries, 3*stateEvents+stateEvents/maxDeltaChain*20+20)
+		require.Less(t, groups, stateEvents+5, "messages share their before-group")
+	})
+}
+
+func TestAddErrors(t *testing.T) {
+	b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: "10"})
+	require.NoError(t, err)
+	require.NoError(t, b.StandardSetup())
+	room := b.Room()
+	create := room.Events[0]
+
+	tests := []struct {
+		name    string
+		version string
+		pdu     []byte
+		want    error
+	}{
+		{name: "a duplicate event", version: "10", pdu: create.JSON, want: ErrDuplicateEvent},
+		{name: "another version for the same room", version: "9", pdu: room.Events[1].JSON, want: ErrRoomVersionMismatch},
+		{name: "an unknown room version", version: "13", pdu: create.JSON, want: ErrUnsupportedRoomVersion},
+		{name: "an unstable room version", version: "org.matrix.hydra.11", pdu: create.JSON, want: ErrUnsupportedRoomVersion},
+		{name: "not JSON", version: "10", pdu: []byte(`{"type":`), want: ErrInvalidEvent},
+		{name: "no room ID", version: "10", pdu: []byte(`{"type":"m.room.message","sender":"@a:b","content":{},"prev_events":[],"auth_events":[],"depth":1}`), want: ErrInvalidEvent},
+	}
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		_, err := s.Add(ctx, room.Version, create.JSON, AddOptions{})
+		require.NoError(t, err)
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				_, err := s.Add(ctx, tt.version, tt.pdu, AddOptions{})
+				require.ErrorIs(t, err, tt.want)
+			})
+		}
+	})
+}
+
+func TestAddBatchIsAllOrNothing(t *testing.T) {
+	b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: "11"})
+	require.NoError(t, err)
+	require.NoError(t, b.StandardSetup())
+	room := b.Room()
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		var batch []Pending
+		for _, ev := range room.Events {
+			batch = append(batch, Pending{RoomVersion: room.Version, PDU: ev.JSON})
+		}
+		// The last event repeats the first: the whole batch fails.
+		err := s.AddBatch(ctx, append(batch, batch[0]))
+		require.ErrorIs(t, err, ErrDuplicateEvent)
+		_, err = s.RoomVersion(ctx, room.ID)
+		require.ErrorIs(t, err, fedhistory.ErrRoomNotFound)
+
+		require.NoError(t, s.AddBatch(ctx, batch))
+		mem := memstore.New()
+		for _, ev := range room.Events {
+			_, err := mem.Add(room.Version, ev.JSON, memstore.AddOptions{})
+			require.NoError(t, err)
+		}
+		requireSameAsMemstore(t, s, mem, room)
+	})
+}
+
+func TestUnknownRoom(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		_, err := s.RoomVersion(ctx, "!nowhere:hs1.example")
+		require.ErrorIs(t, err, fedhistory.ErrRoomNotFound)
+		_, err = s.CurrentState(ctx, "!nowhere:hs1.example", "hs1.example")
+		require.ErrorIs(t, err, fedhistory.ErrRoomNotFound)
+		events, err := s.Events(ctx, "!nowhere:hs1.example", []string{"$a"})
+		require.NoError(t, err)
+		require.Empty(t, events)
+		vis, err := s.Visibility(ctx, "!nowhere:hs1.example", "hs1.example", []string{"$a"})
+		require.NoError(t, err)
+		require.Empty(t, vis)
+	})
+}
+
+func TestErasure(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		require.NoError(t, s.EraseUser(ctx, bob))
+		require.NoError(t, s.EraseUser(ctx, bob), "erasing twice is no error")
+		require.NoError(t, s.EraseUser(ctx, carol))
+		erased, err := s.ErasedUsers(ctx, []string{bob, dave, carol})
+		require.NoError(t, err)
+		require.Equal(t, map[string]bool{bob: true, carol: true}, erased)
+		erased, err = s.ErasedUsers(ctx, nil)
+		require.NoError(t, err)
+		require.Empty(t, erased)
+	})
+}
+
+func TestOpen(t *testing.T) {
+	ctx := context.Background()
+	t.Run("unsupported DSNs", func(t *testing.T) {
+		for _, dsn := range []string{"", "mysql://localhost/db", "sqlite:", "/tmp/file.db"} {
+			_, err := Open(ctx, dsn)
+			require.Error(t, err, dsn)
+		}
+		_, err := Open(ctx, "mysql://localhost/db")
+		require.ErrorIs(t, err, ErrUnsupportedDSN)
+	})
+	t.Run("in-memory SQLite", func(t *testing.T) {
+		s, err := Open(ctx, "sqlite::memory:")
+		require.NoError(t, err)
+		defer s.Close()
+		room, skip := scenarioRoom(t, "11", 1)
+		mem := memstore.New()
+		addRoom(t, s, mem, room, skip)
+		requireSameAsMemstore(t, s, mem, room)
+	})
+	for _, d := range dialects {
+		t.Run("reopening keeps the data and migrates once: "+d, func(t *testing.T) {
+			dsn := testDSN(t, d)
+			// Concurrent opens of one fresh database: the migration lock
+			// makes exactly one of them create the schema.
+			errs := make(chan error, 4)
+			for range cap(errs) {
+				go func() {
+					s, err := Open(ctx, dsn)
+					if err == nil {
+						err = s.Close()
+					}
+					errs <- err
+				}()
+			}
+			for range cap(errs) {
+				require.NoError(t, <-errs)
+			}
+			s, err := Open(ctx, dsn)
+			require.NoError(t, err)
+			require.NoError(t, s.EraseUser(ctx, bob))
+			require.NoError(t, s.Close())
+
+			s, err = Open(ctx, dsn)
+			require.NoError(t, err)
+			defer s.Close()
+			var version, rows int
+			require.NoError(t, s.db.QueryRowContext(ctx, `SELECT MAX(version), COUNT(*) FROM schema_version`).Scan(&version, &rows))
+			require.Equal(t, len(migrations), version)
+			require.Equal(t, 1, rows)
+			erased, err := s.ErasedUsers(ctx, []string{bob})
+			require.NoError(t, err)
+			require.True(t, erased[bob])
+		})
+	}
+	t.Run("a database from a newer build", func(t *testing.T) {
+		dsn := testDSN(t, "sqlite")
+		s, err := Open(ctx, dsn)
+		require.NoError(t, err)
+		_, err = s.db.ExecContext(ctx, `UPDATE schema_version SET version = 999`)
+		require.NoError(t, err)
+		require.NoError(t, s.Close())
+		_, err = Open(ctx, dsn)
+		require.True(t, errors.Is(err, ErrSchemaTooNew), "got %v", err)
+	})
+}
+
+// TestStringsTheDatabaseCannotHold: IDs with NUL characters or invalid UTF-8,
+// which PostgreSQL's text type refuses, find nothing instead of failing.
+func TestStringsTheDatabaseCannotHold(t *testing.T) {
+	room, skip := scenarioRoom(t, "10", 77)
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		addRoom(t, s, nil, room, skip)
+		ctx := context.Background()
+		latest := room.Events[len(room.Events)-1].ID
+		for _, bad := range []string{"$a\x00b", "!r\x00:hs1.example", "\xff\xfe"} {
+			_, err := s.RoomVersion(ctx, bad)
+			require.ErrorIs(t, err, fedhistory.ErrRoomNotFound)
+			_, err = s.CurrentState(ctx, bad, "hs1.example")
+			require.ErrorIs(t, err, fedhistory.ErrRoomNotFound)
+			current, err := s.CurrentState(ctx, room.ID, bad)
+			require.NoError(t, err)
+			require.Empty(t, current.Memberships)
+
+			events, err := s.Events(ctx, room.ID, []string{bad, latest})
+			require.NoError(t, err)
+			require.Equal(t, []string{latest}, eventIDs(events))
+			events, err = s.Events(ctx, bad, []string{latest})
+			require.NoError(t, err)
+			require.Empty(t, events)
+
+			vis, err := s.Visibility(ctx, room.ID, bad, []string{bad, latest})
+			require.NoError(t, err)
+			require.Empty(t, vis[latest].Before.Memberships)
+			require.Len(t, vis, 1)
+
+			// The walks answer as if the unstorable ID were any unknown one.
+			walked, err := s.WalkBackfill(ctx, room.ID, []string{bad, latest}, 3)
+			require.NoError(t, err)
+			want, err := s.WalkBackfill(ctx, room.ID, []string{"$unknown", latest}, 3)
+			require.NoError(t, err)
+			require.NotEmpty(t, walked)
+			require.Equal(t, want, walked)
+			walked, err = s.WalkMissingEvents(ctx, room.ID, []string{bad}, []string{bad, latest}, 3, 0)
+			require.NoError(t, err)
+			want, err = s.WalkMissingEvents(ctx, room.ID, []string{"$unknown"}, []string{"$unknown2", latest}, 3, 0)
+			require.NoError(t, err)
+			require.NotEmpty(t, walked)
+			require.Equal(t, want, walked)
+			walked, err = s.WalkBackfill(ctx, bad, []string{latest}, 3)
+			require.NoError(t, err)
+			require.Empty(t, walked)
+
+			erased, err := s.ErasedUsers(ctx, []string{bad})
+			require.NoError(t, err)
+			require.Empty(t, erased)
+		}
+	})
+}

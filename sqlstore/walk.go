@@ -1,0 +1,248 @@
+package sqlstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+
+	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/dag"
+)
+
+// The walks run package dag's algorithms unchanged, so they return exactly
+// what dag.Backfill and dag.MissingEvents return over Events. What changes is
+// where the walk metadata comes from: instead of one FetchFunc call (one
+// query) per step, a single recursive query over the edges table loads the
+// metadata (no JSON) of the walk's candidates, the events reachable from the
+// seeds along the edges the walk may follow, up to a row budget; the dag
+// walk then runs in memory over those rows, and one more query reads the
+// JSON of the events it returns.
+//
+// The row budget is the walk's visit budget (10*limit + seeds, as in package
+// dag): the walk never requests more IDs than that, and in a room whose
+// depths grow along its edges (every honest room) the recursive query,
+// which proceeds breadth first, reaches the IDs the walk will request before
+// any others. Exactness never rests on that, though: when the query
+// stopped at its row budget and the walk asks for an ID it did not load, the
+// walk's FetchFunc runs the query again from the missing IDs. So a walk
+// costs 2 queries in practice and stays exact in any room; only a DAG built
+// to defeat breadth-first order (many prev_events to deep, old events) costs
+// more, never more than the one-query-per-step walk would.
+
+const (
+	// maxWalkRows caps one candidate query's rows, whatever the limit the
+	// caller passes.
+	maxWalkRows = 100_000
+
+	// Bounds of canonical JSON integers (appendices, "Canonical JSON"):
+	// the dag walks never enter an event whose depth lies outside, so the
+	// query does not follow its edges either.
+	minCanonicalInt = -(1 << 53) + 1
+	maxCanonicalInt = 1<<53 - 1
+
+	// maxPrevEventsFollowed: the dag walks follow the first 20 prev_events
+	// of an event (see package dag).
+	maxPrevEventsFollowed = 20
+)
+
+// WalkBackfill returns exactly what dag.Backfill returns over this store's
+// events for the same request (default visit budget), with the events' JSON,
+// newest first. It costs two queries for any limit in any room whose depths
+// are consistent (see the comment on the walks).
+func (s *Store) WalkBackfill(ctx context.Context, roomID string, from []string, limit int) ([]*fedhistory.Event, error) {
+	if limit <= 0 || !s.storable(roomID) {
+		return nil, nil
+	}
+	c := s.newCandidates(roomID, visitBudget(limit, len(dedupe(from))), nil, minCanonicalInt)
+	ids, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: roomID, From: from, Limit: limit}, c.fetch)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: backfill of %s: %w", roomID, err)
+	}
+	return s.walkResult(ctx, roomID, ids)
+}
+
+// WalkMissingEvents returns exactly what dag.MissingEvents returns over this
+// store's events for the same request (default visit budget), with the
+// events' JSON, oldest first. It costs two queries like WalkBackfill.
+func (s *Store) WalkMissingEvents(ctx context.Context, roomID string, earliest, latest []string, limit int, minDepth int64) ([]*fedhistory.Event, error) {
+	if limit <= 0 || !s.storable(roomID) {
+		return nil, nil
+	}
+	// The visit budget's seeds are the Latest IDs not in Earliest.
+	isEarliest := make(map[string]bool, len(earliest))
+	for _, id := range earliest {
+		isEarliest[id] = true
+	}
+	seeds := 0
+	for _, id := range dedupe(latest) {
+		if !isEarliest[id] {
+			seeds++
+		}
+	}
+	c := s.newCandidates(roomID, visitBudget(limit, seeds), earliest, max(minDepth, minCanonicalInt))
+	req := dag.MissingEventsRequest{RoomID: roomID, Earliest: earliest, Latest: latest, Limit: limit, MinDepth: minDepth}
+	ids, err := dag.MissingEvents(ctx, req, c.fetch)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: get_missing_events of %s: %w", roomID, err)
+	}
+	return s.walkResult(ctx, roomID, ids)
+}
+
+// walkResult reads the events of ids, in that order.
+func (s *Store) walkResult(ctx context.Context, roomID string, ids []string) ([]*fedhistory.Event, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	events, err := s.Events(ctx, roomID, ids)
+	if err != nil {
+		return nil, err
+	}
+	if len(events) != len(ids) {
+		// Stored events are never deleted, so this is a broken database.
+		return nil, fmt.Errorf("sqlstore: %d of the %d events a walk of %s found have vanished", len(ids)-len(events), len(ids), roomID)
+	}
+	return events, nil
+}
+
+// visitBudget is package dag's default visit budget: 10*limit plus the
+// number of distinct seeds, saturating.
+func visitBudget(limit, seeds int) int {
+	if limit > (math.MaxInt-seeds)/10 {
+		return math.MaxInt
+	}
+	return 10*limit + seeds
+}
+
+// dedupe returns ids without repeats, keeping first occurrences in order.
+func dedupe(ids []string) []string {
+	seen := make(map[string]bool, len(ids))
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// candidates is the walk metadata loaded for one walk, served to the dag
+// walk as its FetchFunc.
+type candidates struct {
+	s        *Store
+	roomID   string
+	rowLimit int
+	earliest string // JSON list: IDs the query must not enter
+	minDepth int64  // the query does not follow the edges of shallower events
+
+	nodes map[string]dag.Node
+	// absent holds IDs a query was seeded with and did not find.
+	absent map[string]bool
+	// closed: every query so far returned the whole set of events reachable
+	// from its seeds, so an ID the walk requests that is not in nodes is not
+	// in the store (see fetch).
+	closed  bool
+	queried bool
+}
+
+func (s *Store) newCandidates(roomID string, budget int, earliest []string, minDepth int64) *candidates {
+	return &candidates{
+		s:        s,
+		roomID:   roomID,
+		rowLimit: min(budget, s.walkRowLimit),
+		earliest: s.idList(earliest),
+		minDepth: minDepth,
+		nodes:    make(map[string]dag.Node),
+		absent:   make(map[string]bool),
+		closed:   true,
+	}
+}
+
+// fetch is the walk's dag.FetchFunc. Every ID the walk requests is a seed
+// or a followed prev_event of an event it entered, which a query loaded, and
+// every query follows exactly the edges the walk follows. So when the
+// queries were closed, an ID not loaded is unknown; otherwise fetch runs the
+// query again from the IDs it lacks.
+func (c *candidates) fetch(ctx context.Context, ids []string) ([]dag.Node, error) {
+	var missing []string
+	for _, id := range ids {
+		if _, ok := c.nodes[id]; !ok && !c.absent[id] {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 && (!c.queried || !c.closed) {
+		if err := c.load(ctx, missing); err != nil {
+			return nil, err
+		}
+	}
+	nodes := make([]dag.Node, 0, len(ids))
+	for _, id := range ids {
+		if n, ok := c.nodes[id]; ok {
+			nodes = append(nodes, n)
+		}
+	}
+	return nodes, nil
+}
+
+// load runs the candidate query from seeds.
+func (c *candidates) load(ctx context.Context, seeds []string) error {
+	// Both databases return the seeds' own rows first, so a row budget of
+	// len(seeds) plus the walk's budget always answers every seed: a seed
+	// missing from the result is not in the store.
+	rowLimit := len(seeds) + c.rowLimit
+	limitClause := ""
+	if c.s.dialect == sqlite {
+		// SQLite applies a LIMIT on the recursive select to the recursion
+		// itself; PostgreSQL forbids it there but stops evaluating a
+		// recursive query once the outer LIMIT is satisfied.
+		limitClause = "LIMIT $7"
+	}
+	rows, err := c.s.query(ctx, c.s.db, `
+WITH RECURSIVE walk (event_id, room_id, depth, prev_events, rejected, outlier) AS (
+	SELECT event_id, room_id, depth, prev_events, rejected, outlier
+	FROM events WHERE event_id IN (IDS($1))
+	UNION
+	SELECT ev.event_id, ev.room_id, ev.depth, ev.prev_events, ev.rejected, ev.outlier
+	FROM walk w
+	JOIN edges ed ON ed.event_id = w.event_id
+	JOIN events ev ON ev.event_id = ed.prev_event_id
+	WHERE w.room_id = $2 AND NOT w.outlier AND w.depth >= $3 AND w.depth <= $4
+		AND ed.ord < $5 AND ed.prev_event_id NOT IN (IDS($6))
+	`+limitClause+`
+)
+SELECT event_id, room_id, depth, prev_events, rejected, outlier FROM walk LIMIT $7`,
+		c.s.idList(seeds), c.roomID, c.minDepth, int64(maxCanonicalInt), maxPrevEventsFollowed, c.earliest, rowLimit+1)
+	if err != nil {
+		return fmt.Errorf("loading walk candidates: %w", err)
+	}
+	defer rows.Close()
+	count := 0
+	for rows.Next() {
+		var (
+			n     dag.Node
+			prevs string
+		)
+		if err := rows.Scan(&n.ID, &n.RoomID, &n.Depth, &prevs, &n.Rejected, &n.Outlier); err != nil {
+			return fmt.Errorf("loading walk candidates: %w", err)
+		}
+		if err := json.Unmarshal([]byte(prevs), &n.PrevEvents); err != nil {
+			return fmt.Errorf("loading walk candidates: event %s: prev_events: %w", n.ID, err)
+		}
+		c.nodes[n.ID] = n
+		count++
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("loading walk candidates: %w", err)
+	}
+	c.queried = true
+	if count > rowLimit {
+		c.closed = false
+	}
+	for _, id := range seeds {
+		if _, ok := c.nodes[id]; !ok {
+			c.absent[id] = true
+		}
+	}
+	return nil
+}
