@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/fedhistory/fedhistory/memstore"
+	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/sign"
+)
+
+// demoServerName is the server that holds and serves the demo room.
+const demoServerName = "hs1.example"
+
+// demoBackfillLimit is the page size of the demo's backfill: enough to
+// reach from after hs2's join back into the shared history.
+const demoBackfillLimit = 40
+
+// progressDelay is how long a task runs before it shows progress.
+const progressDelay = time.Second
+
+func runDemo(ctx context.Context, out streams, args []string) error {
+	fs := newFlagSet("demo")
+	version := fs.String("version", roomgen.DefaultVersion, "the room `VERSION` of the demo room")
+	if err := parseFlags(fs, args, out.stdout, "[--version V]", `
+Generates a signed demo room held by hs1.example, serves it on a loopback port,
+and queries it as a second server, hs2.example, whose signing key hs1.example
+fetches from hs2.example's own key server on another loopback port. Prints
+what backfill and get_missing_events return, which events were redacted and
+why, and two refused requests.`); err != nil {
+		return err
+	}
+	if !gomatrixserverlib.StableRoomVersion(gomatrixserverlib.RoomVersion(*version)) {
+		return usageErrorf("--version %q is not a stable room version", *version)
+	}
+	// Warnings only: the demo's own output tells what each request did.
+	logger := slog.New(slog.NewTextHandler(out.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return demo(ctx, out.stdout, out.stderr, *version, logger)
+}
+
+func demo(ctx context.Context, stdout, stderr io.Writer, version string, logger *slog.Logger) error {
+	keys := make(map[string]*sign.SigningKey)
+	for _, server := range []string{demoServerName, demoJoinerServer, demoDeniedServer} {
+		key, err := sign.GenerateKey(nil)
+		if err != nil {
+			return err
+		}
+		keys[server] = key
+	}
+
+	started := time.Now()
+	progress := newProgress(stderr, "generating the demo room", progressDelay)
+	room, err := buildDemoRoom(demoRoomOptions{
+		ServerName: demoServerName, Key: keys[demoServerName], Version: version, Progress: progress.update,
+	})
+	progress.done()
+	if err != nil {
+		return err
+	}
+	generated := time.Since(started)
+	store, err := newDemoStore(room.Room)
+	if err != nil {
+		return err
+	}
+
+	// The requesting servers publish their keys on loopback ports of their
+	// own; hs1 knows no key in advance and fetches them on first use.
+	resolve := make(map[string]string)
+	for _, server := range []string{demoJoinerServer, demoDeniedServer} {
+		keyServer, err := startLoopbackServer(sign.KeyDocumentHandler(server, []*sign.SigningKey{keys[server]}, 0, nil), logger)
+		if err != nil {
+			return err
+		}
+		defer keyServer.Close()
+		resolve[server] = keyServer.URL
+	}
+	handler, err := newFederationHandler(federationServerConfig{
+		ServerName: demoServerName,
+		Key:        keys[demoServerName],
+		Store:      store,
+		Resolve:    resolve,
+		Logger:     logger,
+	})
+	if err != nil {
+		return err
+	}
+	hs1, err := startLoopbackServer(handler, logger)
+	if err != nil {
+		return err
+	}
+	defer hs1.Close()
+
+	httpClient := &http.Client{Timeout: 30 * time.Second}
+	r := &demoReport{
+		w: stdout, store: store, room: room,
+		version: gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(room.Room.Version)),
+	}
+	r.introduce(hs1.URL, resolve, keys, generated)
+
+	hs2 := &federationClient{
+		base: hs1.URL, destination: demoServerName, origin: demoJoinerServer,
+		key: keys[demoJoinerServer], send: httpClient.Do,
+	}
+	if err := r.backfill(ctx, hs2); err != nil {
+		return err
+	}
+	if err := r.missingEvents(ctx, hs2); err != nil {
+		return err
+	}
+
+	unsigned := &federationClient{base: hs1.URL, send: httpClient.Do}
+	if err := r.refused(ctx, "Without a signature", unsigned, "(no Authorization header)"); err != nil {
+		return err
+	}
+	evil := &federationClient{
+		base: hs1.URL, destination: demoServerName, origin: demoDeniedServer,
+		key: keys[demoDeniedServer], send: httpClient.Do,
+	}
+	if err := r.refused(ctx, "From "+demoDeniedServer+", whose user "+room.Denied+" is joined but whose server the ACL denies",
+		evil, "signed by "+demoDeniedServer); err != nil {
+		return err
+	}
+	r.summarize()
+	return nil
+}
+
+// demoReport prints the demo's findings.
+type demoReport struct {
+	w       io.Writer
+	store   *memstore.Store
+	room    *demoRoom
+	version gomatrixserverlib.IRoomVersion
+	// Tallies for the summary.
+	backfilled, backfillRedacted int
+	missing, missingRedacted     int
+	refusals                     []string
+}
+
+func (r *demoReport) printf(format string, args ...any) {
+	fmt.Fprintf(r.w, format, args...)
+}
+
+func (r *demoReport) introduce(hs1URL string, resolve map[string]string, keys map[string]*sign.SigningKey, generated time.Duration) {
+	room := r.room
+	r.printf("Demo room %s (room version %s): %d signed events, generated in %s.\n",
+		room.Room.ID, room.Room.Version, len(room.Room.Events), generated.Round(time.Millisecond))
+	r.printf("  %s serves it on %s, key document included.\n", demoServerName, hs1URL)
+	r.printf("  %s asks, signing with %s; %s fetches that key from %s.\n",
+		demoJoinerServer, keys[demoJoinerServer].ID, demoServerName, resolve[demoJoinerServer])
+	r.printf("  History is shared up to depth %d, joined from depth %d (%s) on; %s joins at depth %d.\n",
+		room.JoinedVisibility.Depth-1, room.JoinedVisibility.Depth, shortID(room.JoinedVisibility.ID), room.Joiner, room.JoinerJoin.Depth)
+	r.printf("  The server ACL denies %s, although %s is joined.\n", demoDeniedServer, room.Denied)
+}
+
+func (r *demoReport) backfill(ctx context.Context, client *federationClient) error {
+	from := r.room.BackfillFrom
+	r.printf("\nBackfill as %s from %s (depth %d), limit %d:\n  GET %s\n",
+		client.origin, shortID(from.ID), from.Depth, demoBackfillLimit, backfillURI(r.room.Room.ID, []string{from.ID}, demoBackfillLimit))
+	resp, err := client.Backfill(ctx, r.room.Room.ID, []string{from.ID}, demoBackfillLimit)
+	if err != nil {
+		return err
+	}
+	if err := resp.asError(); err != nil {
+		return fmt.Errorf("backfill: %w", err)
+	}
+	var txn struct {
+		Origin string            `json:"origin"`
+		PDUs   []json.RawMessage `json:"pdus"`
+	}
+	if err := json.Unmarshal(resp.Body, &txn); err != nil {
+		return fmt.Errorf("backfill answer: %w", err)
+	}
+	r.printf("  → %d OK, a transaction from %s with %d PDUs, newest first:\n", resp.Status, txn.Origin, len(txn.PDUs))
+	r.backfilled = len(txn.PDUs)
+	redacted, err := r.printEvents(ctx, client.origin, txn.PDUs)
+	r.backfillRedacted = redacted
+	return err
+}
+
+func (r *demoReport) missingEvents(ctx context.Context, client *federationClient) error {
+	body := missingEventsBody{
+		Limit:          10,
+		EarliestEvents: []string{r.room.MissingEarliest.ID},
+		LatestEvents:   []string{r.room.Latest.ID},
+	}
+	r.printf("\nget_missing_events as %s between %s (depth %d) and %s (depth %d), limit %d:\n  POST %s\n",
+		client.origin, shortID(r.room.MissingEarliest.ID), r.room.MissingEarliest.Depth,
+		shortID(r.room.Latest.ID), r.room.Latest.Depth, body.Limit, missingEventsURI(r.room.Room.ID))
+	resp, err := client.MissingEvents(ctx, r.room.Room.ID, body)
+	if err != nil {
+		return err
+	}
+	if err := resp.asError(); err != nil {
+		return fmt.Errorf("get_missing_events: %w", err)
+	}
+	var answer struct {
+		Events []json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(resp.Body, &answer); err != nil {
+		return fmt.Errorf("get_missing_events answer: %w", err)
+	}
+	r.printf("  → %d OK, %d events, oldest first:\n", resp.Status, len(answer.Events))
+	r.missing = len(answer.Events)
+	redacted, err := r.printEvents(ctx, client.origin, answer.Events)
+	r.missingRedacted = redacted
+	return err
+}
+
+// refused makes a backfill request that must fail, and prints the answer.
+func (r *demoReport) refused(ctx context.Context, what string, client *federationClient, how string) error {
+	r.printf("\n%s:\n  GET %s  %s\n", what, backfillURI(r.room.Room.ID, []string{r.room.Latest.ID}, 5), how)
+	resp, err := client.Backfill(ctx, r.room.Room.ID, []string{r.room.Latest.ID}, 5)
+	if err != nil {
+		return err
+	}
+	answer := resp.asError()
+	if answer == nil {
+		return fmt.Errorf("%s: the server answered %d, want a refusal", what, resp.Status)
+	}
+	r.printf("  → %s\n", answer.Error())
+	r.refusals = append(r.refusals, answer.Error())
+	return nil
+}
+
+func (r *demoReport) summarize() {
+	r.printf("\nSummary: backfill returned %d events (%d whole, %d redacted); get_missing_events returned %d (%d whole, %d redacted);\n",
+		r.backfilled, r.backfilled-r.backfillRedacted, r.backfillRedacted, r.missing, r.missing-r.missingRedacted, r.missingRedacted)
+	r.printf("         refused: %s.\n", strings.Join(r.refusals, "; "))
+}
+
+// printEvents prints one line per PDU and returns how many were redacted.
+// A receiver sees that an event was redacted by its content hash, which no
+// longer matches; why it was redacted is something only hs1 knows, so the
+// demo asks hs1's store for the visibility state at the event.
+func (r *demoReport) printEvents(ctx context.Context, requester string, pdus []json.RawMessage) (int, error) {
+	events := make([]eventSummary, 0, len(pdus))
+	var redacted []eventSummary
+	for _, pdu := range pdus {
+		ev, err := summarizeEvent(r.version, pdu)
+		if err != nil {
+			return 0, err
+		}
+		events = append(events, ev)
+		if ev.Redacted {
+			redacted = append(redacted, ev)
+		}
+	}
+	reasons, err := r.redactionReasons(ctx, requester, redacted)
+	if err != nil {
+		return 0, err
+	}
+	typeWidth, senderWidth := len("type"), len("sender")
+	for _, ev := range events {
+		typeWidth = max(typeWidth, len(ev.Type))
+		senderWidth = max(senderWidth, len(ev.Sender))
+	}
+	r.printf("  %5s  %-9s  %-*s  %-*s  %s\n", "depth", "event", typeWidth, "type", senderWidth, "sender", "content")
+	for _, ev := range events {
+		line := fmt.Sprintf("  %5d  %-9s  %-*s  %-*s  ", ev.Depth, shortID(ev.ID), typeWidth, ev.Type, senderWidth, ev.Sender)
+		if ev.Redacted {
+			line += "[redacted: " + reasons[ev.ID] + "]"
+			if summary := ev.Summary(); summary != "" && ev.StateKey != nil {
+				line += " " + summary // what redaction keeps of a state event
+			}
+		} else {
+			line += ev.Summary()
+		}
+		if len(ev.PrevEvents) > 1 {
+			short := make([]string, len(ev.PrevEvents))
+			for i, id := range ev.PrevEvents {
+				short[i] = shortID(id)
+			}
+			line += "  ⤙ merges " + strings.Join(short, " + ")
+		}
+		r.printf("%s\n", strings.TrimRight(line, " "))
+	}
+	return len(redacted), nil
+}
+
+// redactionReasons explains, from the visibility state and the erasures the
+// store knows, why requester may not see each of events.
+func (r *demoReport) redactionReasons(ctx context.Context, requester string, events []eventSummary) (map[string]string, error) {
+	reasons := make(map[string]string, len(events))
+	if len(events) == 0 {
+		return reasons, nil
+	}
+	ids := make([]string, len(events))
+	senders := make([]string, len(events))
+	for i, ev := range events {
+		ids[i], senders[i] = ev.ID, ev.Sender
+	}
+	visibility, err := r.store.Visibility(ctx, r.room.Room.ID, requester, ids)
+	if err != nil {
+		return nil, err
+	}
+	erased, err := r.store.ErasedUsers(ctx, senders)
+	if err != nil {
+		return nil, err
+	}
+	for _, ev := range events {
+		vis, known := visibility[ev.ID]
+		switch {
+		case erased[ev.Sender]:
+			reasons[ev.ID] = "its sender is erased"
+		case !known:
+			reasons[ev.ID] = demoServerName + " knows no state at this event"
+		case vis.Before.HistoryVisibility == "joined":
+			reasons[ev.ID] = "history_visibility=joined and " + requester + " had no joined user then"
+		case vis.Before.HistoryVisibility == "invited":
+			reasons[ev.ID] = "history_visibility=invited and " + requester + " had no joined or invited user then"
+		default:
+			reasons[ev.ID] = "history_visibility=" + vis.Before.HistoryVisibility + " hides it from " + requester
+		}
+	}
+	return reasons, nil
+}
+
+// shortID abbreviates an event ID for display: "$" and eight characters.
+func shortID(id string) string {
+	if len(id) > 9 {
+		return id[:9]
+	}
+	return id
+}
+
+// progress prints "label: done/total events" lines on w, at most once a
+// second and only once the task has run for delay, so that quick tasks stay
+// silent.
+type progress struct {
+	w           io.Writer
+	label       string
+	start, last time.Time
+	delay       time.Duration
+	shown       bool
+}
+
+func newProgress(w io.Writer, label string, delay time.Duration) *progress {
+	now := time.Now()
+	return &progress{w: w, label: label, start: now, delay: delay}
+}
+
+func (p *progress) update(done, total int) {
+	now := time.Now()
+	if now.Sub(p.start) < p.delay || (p.shown && now.Sub(p.last) < time.Second) {
+		return
+	}
+	fmt.Fprintf(p.w, "%s: %d/%d events\n", p.label, done, total)
+	p.shown, p.last = true, now
+}
+
+// done prints the final count if progress was shown at all.
+func (p *progress) done() {
+	if p.shown {
+		fmt.Fprintf(p.w, "%s: done\n", p.label)
+	}
+}

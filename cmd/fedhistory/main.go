@@ -1,0 +1,196 @@
+// Command fedhistory demonstrates, serves and queries the Matrix federation
+// history endpoints (backfill and get_missing_events) of package fedhistory.
+//
+//	fedhistory demo                         generate a room, serve it, query it over signed HTTP
+//	fedhistory serve [--room FILE]…         serve rooms and our key document
+//	fedhistory backfill --server … --room …  a signed backfill request ("curl for federation")
+//	fedhistory missing --server … --room …   a signed get_missing_events request
+//	fedhistory gen --events N --out FILE    write a signed synthetic room dump
+//	fedhistory keygen --out FILE            write a new signing key
+//	fedhistory import --db DSN --room FILE  import room dumps into a SQL database
+//
+// Every subcommand prints its options with --help. Exit status: 0 on success,
+// 1 on failure (including an error answer to a client request), 2 on bad usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	// SIGINT and SIGTERM cancel the context: serve shuts down cleanly, the
+	// other subcommands abandon their work.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// streams are where a subcommand writes: results to stdout, everything meant
+// for the person running it (progress, logs, errors) to stderr.
+type streams struct {
+	stdout, stderr io.Writer
+}
+
+// subcommand is one "fedhistory NAME" command.
+type subcommand struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, io streams, args []string) error
+}
+
+func subcommands() []subcommand {
+	return []subcommand{
+		{"demo", "generate a demo room, serve it and query it over signed HTTP", runDemo},
+		{"serve", "serve the history endpoints and our key document", runServe},
+		{"backfill", "send a signed backfill request and print the answer", runBackfill},
+		{"missing", "send a signed get_missing_events request and print the answer", runMissing},
+		{"gen", "write a signed synthetic room dump", runGen},
+		{"keygen", "write a new signing key", runKeygen},
+		{"import", "import room dumps into a SQL database for serve --db", runImport},
+	}
+}
+
+// run executes the command line args (without the program name) and returns
+// the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	out := streams{stdout: stdout, stderr: stderr}
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "fedhistory: missing subcommand (see fedhistory --help)")
+		return exitUsage
+	}
+	name := args[0]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		printTopUsage(stdout)
+		return exitOK
+	}
+	for _, cmd := range subcommands() {
+		if cmd.name != name {
+			continue
+		}
+		err := cmd.run(ctx, out, args[1:])
+		var usage *usageError
+		switch {
+		case err == nil, errors.Is(err, errHelpShown):
+			return exitOK
+		case errors.As(err, &usage):
+			fmt.Fprintf(stderr, "fedhistory %s: %s (see fedhistory %s --help)\n", name, oneLine(usage.msg), name)
+			return exitUsage
+		default:
+			fmt.Fprintf(stderr, "fedhistory %s: %s\n", name, oneLine(err.Error()))
+			return exitFailure
+		}
+	}
+	fmt.Fprintf(stderr, "fedhistory: unknown subcommand %q (see fedhistory --help)\n", name)
+	return exitUsage
+}
+
+func printTopUsage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: fedhistory SUBCOMMAND [OPTIONS]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Serve and query the Matrix federation history endpoints (backfill, get_missing_events).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Subcommands:")
+	for _, cmd := range subcommands() {
+		fmt.Fprintf(w, "  %-9s %s\n", cmd.name, cmd.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run \"fedhistory SUBCOMMAND --help\" for the options of one subcommand.")
+}
+
+// usageError is a mistake in the command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// errHelpShown reports that --help was asked for and answered: exit status 0.
+var errHelpShown = errors.New("help shown")
+
+// oneLine keeps a message on one line, so that every failure is exactly one
+// line of stderr whatever a wrapped error contains.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// newFlagSet returns a flag set that reports errors to parseFlags instead of
+// printing them: usage errors must be one line, and --help goes to stdout.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("fedhistory "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return fs
+}
+
+// parseFlags parses args into fs. With --help it prints synopsis, description
+// and the options to stdout and returns errHelpShown; a bad flag or a
+// positional argument is a usageError.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer, synopsis, description string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, fs, synopsis, description)
+			return errHelpShown
+		}
+		return &usageError{msg: err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// printUsage prints the options with the double-dash spelling the
+// documentation uses (the flag package accepts both).
+func printUsage(w io.Writer, fs *flag.FlagSet, synopsis, description string) {
+	fmt.Fprintf(w, "Usage: %s %s\n\n", fs.Name(), synopsis)
+	fmt.Fprintf(w, "%s\n\nOptions:\n", strings.TrimSpace(description))
+	fs.VisitAll(func(f *flag.Flag) {
+		valueName, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if valueName != "" {
+			line += " " + valueName
+		}
+		fmt.Fprintln(w, line)
+		if !isZeroDefault(f) {
+			usage += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "        %s\n", strings.ReplaceAll(usage, "\n", "\n        "))
+	})
+}
+
+func isZeroDefault(f *flag.Flag) bool {
+	switch f.DefValue {
+	case "", "0", "false", "[]":
+		return true
+	}
+	return false
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// binary is the fedhistory command, built once for every test.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fedhistory-cmd-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "fedhistory")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building fedhistory:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// result is how one run of the command ended.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// runCommand runs the command to completion in dir.
+func runCommand(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Dir = dir
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("running fedhistory %v: %v", args, err)
+	}
+	return result{stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
+}
+
+// mustRun runs the command and requires exit status 0.
+func mustRun(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	res := runCommand(t, dir, args...)
+	require.Equal(t, 0, res.code, "fedhistory %v failed: %s", args, res.stderr)
+	return res
+}
+
+// lockedBuffer collects a process's stderr while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// server is a running "fedhistory serve".
+type server struct {
+	cmd    *exec.Cmd
+	URL    string // http://127.0.0.1:PORT
+	Name   string // its server name
+	stderr *lockedBuffer
+	exited chan struct{}
+}
+
+var servingLine = regexp.MustCompile(`^fedhistory: serving (\S+) on (https?://127\.0\.0\.1:\d+)$`)
+
+// startupDeadline bounds the wait for the serving line, so that a broken
+// server fails the test instead of hanging it.
+const startupDeadline = 20 * time.Second
+
+// startServer runs "fedhistory serve --listen 127.0.0.1:0 args…" in dir and
+// waits for its serving line. The server is stopped when the test ends.
+func startServer(t *testing.T, dir string, args ...string) *server {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	cmd.Dir = dir
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	s := &server{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	cmd.Stderr = s.stderr
+	require.NoError(t, cmd.Start())
+	go func() {
+		_ = cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-s.exited:
+		default:
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			<-s.exited
+		}
+	})
+
+	lines := make(chan string, 1)
+	go func() {
+		scanner := bufio.NewScanner(stdout)
+		if scanner.Scan() {
+			lines <- scanner.Text()
+		}
+		close(lines)
+		// Keep draining so that a chatty server never blocks on stdout.
+		for scanner.Scan() {
+		}
+	}()
+	select {
+	case line, ok := <-lines:
+		require.True(t, ok, "serve printed nothing on stdout; stderr:\n%s", s.stderr.String())
+		m := servingLine.FindStringSubmatch(line)
+		require.NotNil(t, m, "unexpected first line %q", line)
+		s.Name, s.URL = m[1], m[2]
+	case <-time.After(startupDeadline):
+		t.Fatalf("serve did not become ready; stderr:\n%s", s.stderr.String())
+	}
+	return s
+}
+
+// stop sends SIGTERM and returns the exit status.
+func (s *server) stop(t *testing.T) int {
+	t.Helper()
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+	<-s.exited
+	return s.cmd.ProcessState.ExitCode()
+}
+
+// requireOneLine checks that an error report is exactly one line.
+func requireOneLine(t *testing.T, stderr string) {
+	t.Helper()
+	require.Equal(t, 1, strings.Count(stderr, "\n"), "want exactly one line on stderr, got %q", stderr)
+	require.True(t, strings.HasSuffix(stderr, "\n"))
+}
