@@ -65,13 +65,11 @@ func (h *backfillHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// 6. Write the stored bytes as a transaction.
-	buf := make([]byte, 0, responseSize(len(h.txnPrefix)+32, pdus))
-	buf = append(buf, h.txnPrefix...)
-	buf = strconv.AppendInt(buf, h.cfg.Now().UnixMilli(), 10)
-	buf = append(buf, `,"pdus":`...)
-	buf = appendJSONArray(buf, pdus)
-	buf = append(buf, '}')
-	writeJSON(w, buf)
+	var headBuf [512]byte // the prefix holds a server name of at most 255 bytes
+	head := append(headBuf[:0], h.txnPrefix...)
+	head = strconv.AppendInt(head, h.cfg.Now().UnixMilli(), 10)
+	head = append(head, `,"pdus":`...)
+	writePDUResponse(w, head, pdus)
 }
 
 // parseQuery reads "v" and "limit".
@@ -122,21 +120,28 @@ func parsePositiveCapped(s string, max int) (int, bool) {
 		return 0, false
 	}
 	s = strings.TrimPrefix(s, "+")
-	n := 0
+	n, capped := 0, false
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c < '0' || c > '9' {
 			return 0, false
 		}
-		if n <= max {
-			n = n*10 + int(c-'0')
+		digit := int(c - '0')
+		// Stop before n*10+digit would pass max: with max near the top
+		// of int (a server configured "unlimited"), it could overflow.
+		switch {
+		case capped:
+		case n > max/10 || n*10 > max-digit:
+			capped = true
+		default:
+			n = n*10 + digit
 		}
+	}
+	if capped {
+		return max, true
 	}
 	if n == 0 {
 		return 0, false
-	}
-	if n > max {
-		n = max
 	}
 	return n, true
 }
@@ -147,12 +152,12 @@ func (h *backfillHandler) walk(ctx context.Context, roomID string, seeds []strin
 	if walker, ok := h.cfg.Store.(BackfillWalker); ok {
 		return walker.WalkBackfill(ctx, roomID, seeds, limit)
 	}
-	fetcher := newDAGFetcher(h.cfg.Store, roomID, limit)
-	ids, err := dag.Backfill(ctx, dag.BackfillRequest{
+	fetcher := newDAGFetcher(h.cfg.Store, roomID)
+	walked, err := dag.BackfillRefs(ctx, dag.BackfillRequest{
 		RoomID: roomID, From: seeds, Limit: limit, MaxVisits: h.cfg.MaxWalkVisits,
 	}, fetcher.fetch)
 	if err != nil {
 		return nil, err
 	}
-	return fetcher.events(ids), nil
+	return fetcher.events(walked), nil
 }

@@ -77,11 +77,7 @@ func (h *missingEventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request)
 	}
 
 	// 6. Write the stored bytes.
-	buf := make([]byte, 0, responseSize(16, pdus))
-	buf = append(buf, `{"events":`...)
-	buf = appendJSONArray(buf, pdus)
-	buf = append(buf, '}')
-	writeJSON(w, buf)
+	writePDUResponse(w, []byte(`{"events":`), pdus)
 }
 
 // parsedMissingEvents is a validated request.
@@ -107,7 +103,9 @@ func (h *missingEventsHandler) parseBody(w http.ResponseWriter, r *http.Request)
 		return nil, perr
 	}
 	parsed := &parsedMissingEvents{
-		limit:    DefaultMissingEventsLimit,
+		// The spec's default is capped too: a server configured below it
+		// means its cap.
+		limit:    min(DefaultMissingEventsLimit, h.cfg.MaxMissingEvents),
 		earliest: req.EarliestEvents,
 		latest:   req.LatestEvents,
 	}
@@ -132,7 +130,9 @@ func (h *missingEventsHandler) parseBody(w http.ResponseWriter, r *http.Request)
 // required, but gomatrixserverlib's client sends "earliest_events": null and
 // Sytest sends {} and expects 200, so rejecting them would break real peers.
 func parseMissingEventsBody(body []byte) (*missingEventsRequest, *paramError) {
-	trimmed := bytes.TrimSpace(body)
+	// Only JSON's own whitespace (RFC 8259): bytes.TrimSpace would also
+	// strip "\v" or U+00A0 and let a body that is not JSON through.
+	trimmed := bytes.Trim(body, " \t\r\n")
 	if !json.Valid(trimmed) {
 		return nil, &paramError{matrixerr.NotJSON, "request body is not JSON"}
 	}
@@ -161,13 +161,13 @@ func (h *missingEventsHandler) walk(ctx context.Context, roomID string, req *par
 	if walker, ok := h.cfg.Store.(MissingEventsWalker); ok {
 		return walker.WalkMissingEvents(ctx, roomID, req.earliest, req.latest, req.limit, req.minDepth)
 	}
-	fetcher := newDAGFetcher(h.cfg.Store, roomID, req.limit)
-	ids, err := dag.MissingEvents(ctx, dag.MissingEventsRequest{
+	fetcher := newDAGFetcher(h.cfg.Store, roomID)
+	walked, err := dag.MissingEventsRefs(ctx, dag.MissingEventsRequest{
 		RoomID: roomID, Earliest: req.earliest, Latest: req.latest,
 		Limit: req.limit, MinDepth: req.minDepth, MaxVisits: h.cfg.MaxWalkVisits,
 	}, fetcher.fetch)
 	if err != nil {
 		return nil, err
 	}
-	return fetcher.events(ids), nil
+	return fetcher.events(walked), nil
 }

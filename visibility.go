@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"reflect"
+	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
 )
@@ -38,7 +40,11 @@ const (
 //     event, which Event documents as never served (the walks should not
 //     return them; this is the last line of defence);
 //   - nothing for an event whose JSON the redaction algorithm cannot parse
-//     (logged at Warn): it cannot be redacted, and must not go out whole.
+//     (logged at Warn): it cannot be redacted, and must not go out whole;
+//   - nothing for an event whose JSON is not even framed as an object
+//     (empty, or not starting with '{' and ending with '}': a truncated or
+//     missing row; logged once per call at Warn with the count): written
+//     out raw, it would corrupt the whole response.
 //
 // It makes at most three store calls, each one batch for all events:
 // Visibility, Events for the redaction targets not among events, and
@@ -59,12 +65,14 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 	}
 
 	candidates := make([]*Event, 0, len(events))
-	foreign := 0
+	foreign, malformed := 0, 0
 	for _, ev := range events {
 		switch {
 		case ev == nil || ev.RoomID != roomID:
 			foreign++
 		case ev.Rejected || ev.Outlier:
+		case !framedAsJSONObject(ev.JSON):
+			malformed++
 		default:
 			candidates = append(candidates, ev)
 		}
@@ -72,6 +80,10 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 	if foreign > 0 {
 		logger.Warn("fedhistory: the store returned events that are not in the requested room; dropped them",
 			"room_id", roomID, "count", foreign)
+	}
+	if malformed > 0 {
+		logger.Warn("fedhistory: the store returned events whose JSON is empty or truncated; dropped them",
+			"room_id", roomID, "count", malformed)
 	}
 	out := make([]json.RawMessage, 0, len(candidates))
 	if len(candidates) == 0 {
@@ -95,12 +107,13 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 		return nil, err
 	}
 
+	verdicts := visibilityVerdicts{server: origin}
 	for _, ev := range candidates {
 		if withheld[ev.ID] {
 			continue
 		}
 		eventVisibility, known := visibility[ev.ID]
-		if known && !erased[ev.Sender] && serverMaySeeEvent(ev, eventVisibility, origin) {
+		if known && !erased[ev.Sender] && serverMaySeeEvent(ev, eventVisibility, &verdicts) {
 			out = append(out, ev.JSON)
 			continue
 		}
@@ -130,19 +143,43 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 //     after a membership event differs from the state before only in that
 //     user's membership, so judging the whole After state is the spec's
 //     "that user's membership after it".
-func serverMaySeeEvent(ev *Event, vis EventVisibility, server string) bool {
-	if historyVisibleToServer(vis.Before, server) {
+func serverMaySeeEvent(ev *Event, vis EventVisibility, verdicts *visibilityVerdicts) bool {
+	if verdicts.visible(vis.Before) {
 		return true
 	}
 	if ev.StateKey == nil {
 		return false
 	}
 	roomHistoryVisibility := ev.Type == eventTypeHistoryVisibility && *ev.StateKey == ""
-	ownMembership := ev.Type == eventTypeMember && isUserOfServer(*ev.StateKey, server)
+	ownMembership := ev.Type == eventTypeMember && isUserOfServer(*ev.StateKey, verdicts.server)
 	if roomHistoryVisibility || ownMembership {
-		return historyVisibleToServer(vis.After, server)
+		return verdicts.visible(vis.After)
 	}
 	return false
+}
+
+// visibilityVerdicts is historyVisibleToServer for one server, remembering
+// its last answer. Neighbouring events mostly share their state, and a
+// store may hand out the very same memberships map for them (memstore
+// does): then the answer is known without reading the map again.
+type visibilityVerdicts struct {
+	server  string
+	last    VisibilityState
+	verdict bool
+	valid   bool
+}
+
+func (v *visibilityVerdicts) visible(state VisibilityState) bool {
+	if v.valid && state.HistoryVisibility == v.last.HistoryVisibility && sameMap(state.Memberships, v.last.Memberships) {
+		return v.verdict
+	}
+	v.last, v.verdict, v.valid = state, historyVisibleToServer(state, v.server), true
+	return v.verdict
+}
+
+// sameMap reports whether a and b are the same map (not merely equal ones).
+func sameMap(a, b map[string]string) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // historyVisibleToServer reports whether, with the room in state, an event
@@ -190,6 +227,10 @@ func historyVisibleToServer(state VisibilityState, server string) bool {
 // are fetched with one Events call. The store's answer is checked again for
 // the room, so a target in another room is "not held".
 func withheldRedactions(ctx context.Context, store EventStore, roomID string, events []*Event) (map[string]bool, error) {
+	// Most pages hold no redaction: then there is nothing to index.
+	if !slices.ContainsFunc(events, func(ev *Event) bool { return ev.Type == eventTypeRedaction }) {
+		return nil, nil
+	}
 	known := make(map[string]*Event, len(events))
 	for _, ev := range events {
 		known[ev.ID] = ev
@@ -243,9 +284,26 @@ func erasedSenders(ctx context.Context, store EventStore, events []*Event) (map[
 	if !ok {
 		return nil, nil
 	}
-	seen := make(map[string]bool)
+	// A page has few senders: compare with the last one and scan the list
+	// before falling back to a map.
+	var seen map[string]bool
 	var senders []string
-	for _, ev := range events {
+	for i, ev := range events {
+		if i > 0 && ev.Sender == events[i-1].Sender {
+			continue
+		}
+		if seen == nil && len(senders) < 8 {
+			if !slices.Contains(senders, ev.Sender) {
+				senders = append(senders, ev.Sender)
+			}
+			continue
+		}
+		if seen == nil {
+			seen = make(map[string]bool, 2*len(senders))
+			for _, sender := range senders {
+				seen[sender] = true
+			}
+		}
 		if !seen[ev.Sender] {
 			seen[ev.Sender] = true
 			senders = append(senders, ev.Sender)
@@ -256,4 +314,13 @@ func erasedSenders(ctx context.Context, store EventStore, events []*Event) (map[
 		return nil, fmt.Errorf("fedhistory: reading which of %d senders are erased: %w", len(senders), err)
 	}
 	return erased, nil
+}
+
+// framedAsJSONObject is a constant-time sanity check of stored event JSON,
+// which is served without being parsed: it must start with '{' and end with
+// '}'. It catches a missing or truncated row; full validation (json.Valid)
+// would cost more than the rest of a backfill, for bytes the store vouches
+// for.
+func framedAsJSONObject(event json.RawMessage) bool {
+	return len(event) >= 2 && event[0] == '{' && event[len(event)-1] == '}'
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 )
 
 // BackfillRequest is one backfill walk.
@@ -45,44 +47,65 @@ type BackfillRequest struct {
 //
 // Errors are those of fetch and of ctx, wrapped.
 func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]string, error) {
+	var ids []string
+	err := backfill(ctx, req, fetch, func(taken int) { ids = make([]string, 0, taken) },
+		func(s *backfillSlot) { ids = append(ids, s.id) })
+	if err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// BackfillRefs is Backfill returning the Ref of each node rather than its
+// ID: the caller's own reference to each event, so that it need not look
+// the IDs up again.
+func BackfillRefs(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]int, error) {
+	var refs []int
+	err := backfill(ctx, req, fetch, func(taken int) { refs = make([]int, 0, taken) },
+		func(s *backfillSlot) { refs = append(refs, s.ref) })
+	if err != nil {
+		return nil, err
+	}
+	return refs, nil
+}
+
+// backfill runs the walk. Unless it fails or returns nothing before the
+// walk starts, it calls start with the number of events taken, then emit
+// for each of them in order.
+func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start func(int), emit func(*backfillSlot)) error {
 	if req.Limit <= 0 {
-		return nil, nil
+		return nil
 	}
 	seeds := dedupe(req.From)
 	budget := visitBudget(req.MaxVisits, req.Limit, len(seeds))
 	// Most rooms' DAGs are close to a chain: expect about one ID fetched
 	// per event returned, and let the maps grow past that if needed.
 	expected := min(budget, len(seeds)+2*min(req.Limit, maxPrealloc), maxPrealloc)
-	w := &backfillWalk{
-		roomID: req.RoomID,
-		fetch:  fetch,
-		budget: budget,
-		index:  make(map[string]int, expected),
-		slots:  make([]backfillSlot, 0, expected),
-	}
-	w.frontier.less = w.newerFirst
-	w.ahead.less = w.aheadFirst
+	w := newBackfillWalk(expected)
+	defer w.release()
+	w.roomID, w.fetch, w.budget = req.RoomID, fetch, budget
 	// Without all of From the walk could not be exact; fetching none of it
 	// returns the empty prefix of the answer.
 	if len(seeds) == 0 || len(seeds) > w.budget {
-		return nil, nil
+		return nil
 	}
 	for _, id := range seeds {
 		w.register(id)
 	}
 	if err := w.fetchBatch(ctx, seeds); err != nil {
-		return nil, err
+		return err
 	}
 	// The seeds took the first slots; fetch may have scribbled on seeds.
 	for seed := range len(seeds) {
 		w.reach(seed)
 	}
 
-	taken := make([]int, 0, min(req.Limit, maxPrealloc))
+	taken := w.taken[:0]
+	defer func() { w.taken = taken[:0] }()
 	for w.frontier.len() > 0 {
 		next := w.frontier.pop()
 		w.slots[next].state = slotTaken
-		if !w.slots[next].node.Rejected {
+		if !w.slots[next].rejected {
 			taken = append(taken, next)
 			if len(taken) == req.Limit {
 				break
@@ -90,12 +113,12 @@ func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]stri
 		}
 		complete, err := w.expand(ctx, next, req.Limit-len(taken))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !complete {
 			break
 		}
-		for _, id := range w.slots[next].node.PrevEvents {
+		for _, id := range w.slots[next].prevEvents {
 			if prev, ok := w.index[id]; ok { // always, once expanded
 				w.reach(prev)
 			}
@@ -103,13 +126,13 @@ func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]stri
 	}
 
 	slices.SortFunc(taken, func(a, b int) int {
-		return compareNewerFirst(&w.slots[a].node, &w.slots[b].node)
+		return w.slots[a].compareNewerFirst(&w.slots[b])
 	})
-	ids := make([]string, len(taken))
-	for i, s := range taken {
-		ids[i] = w.slots[s].node.ID
+	start(len(taken))
+	for _, s := range taken {
+		emit(&w.slots[s])
 	}
-	return ids, nil
+	return nil
 }
 
 type slotState uint8
@@ -130,11 +153,28 @@ const (
 
 // backfillSlot is the walk's knowledge of one requested event ID.
 type backfillSlot struct {
-	node  Node // valid from slotFetched on; PrevEvents already capped
-	batch int  // the fetch call that requested the ID
-	state slotState
+	id string // the requested ID
+	// From slotFetched on, the node's followed prev_events (at most the
+	// first 20), depth, Ref and Rejected.
+	prevEvents []string
+	depth      int64
+	ref        int
+	rejected   bool
+	batch      int // the fetch call that requested the ID
+	state      slotState
 	// expanded: every followed prev event has been requested.
 	expanded bool
+}
+
+// compareNewerFirst is compareNewerFirst for slots.
+func (s *backfillSlot) compareNewerFirst(other *backfillSlot) int {
+	if s.depth != other.depth {
+		if s.depth > other.depth {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(s.id, other.id)
 }
 
 type backfillWalk struct {
@@ -148,10 +188,81 @@ type backfillWalk struct {
 
 	frontier intHeap // slots indexes of reached events, best first
 	ahead    intHeap // scratch: frontier positions, for lookahead
+
+	// batches is the block the batches handed to fetch are built in.
+	batches []string
+	taken   []int // slots indexes of the events taken, in order
+}
+
+// backfillWalks recycles walk state: the index, the slots and the heaps
+// of one walk are a few dozen kilobytes, and allocating them per request
+// costs more, in allocation and garbage collection, than the walk itself.
+var backfillWalks = sync.Pool{New: func() any {
+	w := &backfillWalk{}
+	w.frontier.less = w.newerFirst
+	w.ahead.less = w.aheadFirst
+	return w
+}}
+
+// maxPooledSlots bounds the walks that are recycled: clearing a map costs
+// in proportion to its capacity, and a rare huge walk should not pin its
+// memory.
+const maxPooledSlots = 2 * maxPrealloc
+
+// newBackfillWalk returns an empty walk with room for expected IDs.
+func newBackfillWalk(expected int) *backfillWalk {
+	w := backfillWalks.Get().(*backfillWalk)
+	if w.index == nil {
+		w.index = make(map[string]int, expected)
+	}
+	if cap(w.slots) < expected {
+		w.slots = make([]backfillSlot, 0, expected)
+	}
+	return w
+}
+
+// release empties w and recycles it. Nothing the walk handed out survives
+// in it: the batches fetch was given are dropped, not reused, since fetch
+// may keep them.
+func (w *backfillWalk) release() {
+	if len(w.slots) > maxPooledSlots {
+		return
+	}
+	clear(w.index)
+	clear(w.slots) // drop the references to the nodes' strings
+	w.slots = w.slots[:0]
+	w.frontier.items, w.ahead.items = w.frontier.items[:0], w.ahead.items[:0]
+	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, nil
+	backfillWalks.Put(w)
+}
+
+// batchBlock is how many IDs a block of batches holds. Walking a chain
+// fetches one ID per call; a slice per call would be a hundred allocations.
+const batchBlock = 64
+
+// batchSpace returns an empty slice over the unused part of the current
+// block, for expand to build its batch in place.
+func (w *backfillWalk) batchSpace() []string {
+	if cap(w.batches)-len(w.batches) < maxPrevEventsFollowed {
+		w.batches = make([]string, 0, batchBlock)
+	}
+	return w.batches[len(w.batches):]
+}
+
+// claim hands batch, built on batchSpace, to one fetch call: a slice no
+// other call was handed (FetchFunc's contract), its capacity capped so
+// that an append by fetch cannot reach the next batch. If batch outgrew
+// the block, append has already moved it to an array of its own.
+func (w *backfillWalk) claim(batch []string) []string {
+	batch = batch[:len(batch):len(batch)]
+	if n := len(w.batches); len(batch) > 0 && n < cap(w.batches) && &batch[0] == &w.batches[:n+1][n] {
+		w.batches = w.batches[:n+len(batch)]
+	}
+	return batch
 }
 
 func (w *backfillWalk) newerFirst(a, b int) bool {
-	return newerFirst(&w.slots[a].node, &w.slots[b].node)
+	return w.slots[a].compareNewerFirst(&w.slots[b]) < 0
 }
 
 func (w *backfillWalk) aheadFirst(a, b int) bool {
@@ -162,7 +273,7 @@ func (w *backfillWalk) aheadFirst(a, b int) bool {
 // sure it was not requested before and that the budget allows it.
 func (w *backfillWalk) register(id string) {
 	w.index[id] = len(w.slots)
-	w.slots = append(w.slots, backfillSlot{batch: w.batch + 1})
+	w.slots = append(w.slots, backfillSlot{id: id, batch: w.batch + 1})
 	w.budget--
 }
 
@@ -187,11 +298,17 @@ func (w *backfillWalk) fetchBatch(ctx context.Context, ids []string) error {
 	if err != nil {
 		return fmt.Errorf("dag: backfill walk: fetching %d events: %w", len(ids), err)
 	}
+	// The IDs of this call were registered last, in order: a store that
+	// answers in the order asked needs no index lookups.
+	first := len(w.slots) - len(ids)
 	for i := range nodes {
 		n := &nodes[i]
-		slot, ok := w.index[n.ID]
-		if !ok {
-			continue
+		slot := first + i
+		if i >= len(ids) || w.slots[slot].id != n.ID {
+			var ok bool
+			if slot, ok = w.index[n.ID]; !ok {
+				continue
+			}
 		}
 		s := &w.slots[slot]
 		if s.batch != w.batch || s.state != slotAwaiting {
@@ -201,8 +318,10 @@ func (w *backfillWalk) fetchBatch(ctx context.Context, ids []string) error {
 			s.state = slotUnusable
 			continue
 		}
-		s.node = *n
-		s.node.PrevEvents = followedPrevEvents(n)
+		// Only what the walk reads from here on: every pointer copied is
+		// work for the garbage collector's write barrier while it marks.
+		s.prevEvents = followedPrevEvents(n)
+		s.depth, s.ref, s.rejected = n.Depth, n.Ref, n.Rejected
 		s.state = slotFetched
 	}
 	return nil
@@ -217,7 +336,7 @@ func (w *backfillWalk) expand(ctx context.Context, slot, need int) (bool, error)
 	if w.slots[slot].expanded {
 		return true, nil
 	}
-	batch := w.appendUnrequested(nil, &w.slots[slot].node)
+	batch := w.appendUnrequested(w.batchSpace(), w.slots[slot].prevEvents)
 	if len(batch) > w.budget {
 		return false, nil
 	}
@@ -228,8 +347,8 @@ func (w *backfillWalk) expand(ctx context.Context, slot, need int) (bool, error)
 	for _, id := range batch {
 		w.register(id)
 	}
-	batch = w.lookahead(batch, w.slots[slot].node.Depth-1, need)
-	return true, w.fetchBatch(ctx, batch)
+	batch = w.lookahead(batch, w.slots[slot].depth-1, need)
+	return true, w.fetchBatch(ctx, w.claim(batch))
 }
 
 // lookahead appends to batch the unrequested prev_events of the next events
@@ -249,12 +368,12 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 	for considered := 0; considered < need && w.ahead.len() > 0; considered++ {
 		pos := w.ahead.pop()
 		slot := w.frontier.items[pos]
-		if w.slots[slot].node.Depth < minDepth {
+		if w.slots[slot].depth < minDepth {
 			break
 		}
 		if !w.slots[slot].expanded {
 			start := len(batch)
-			batch = w.appendUnrequested(batch, &w.slots[slot].node)
+			batch = w.appendUnrequested(batch, w.slots[slot].prevEvents)
 			if len(batch)-start > w.budget {
 				return batch[:start]
 			}
@@ -272,11 +391,11 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 	return batch
 }
 
-// appendUnrequested appends n's followed prev_events that have never been
+// appendUnrequested appends the IDs among prevEvents that have never been
 // requested, each once.
-func (w *backfillWalk) appendUnrequested(dst []string, n *Node) []string {
+func (w *backfillWalk) appendUnrequested(dst []string, prevEvents []string) []string {
 	start := len(dst)
-	for _, id := range n.PrevEvents {
+	for _, id := range prevEvents {
 		if _, requested := w.index[id]; requested || slices.Contains(dst[start:], id) {
 			continue
 		}

@@ -34,6 +34,7 @@ package dag
 import (
 	"context"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -45,14 +46,24 @@ type Node struct {
 	PrevEvents []string
 	Rejected   bool // walked through, never returned, does not count toward the limit
 	Outlier    bool // never walked into, never returned
+	// Ref is the caller's own reference to the event (an index into its
+	// own list of fetched events, say). The walks never look at it;
+	// BackfillRefs and MissingEventsRefs return it in place of the ID, so
+	// the caller need not look the returned IDs up again. An integer rather
+	// than a pointer keeps the walks' copies of nodes free of work for the
+	// garbage collector.
+	Ref int
 }
 
 // FetchFunc returns the events among ids that the caller holds. It may return
 // fewer (unknown IDs), extra or duplicate nodes, or nodes of other rooms: the
 // walks must treat its answers as untrusted.
 //
-// The walks hand each call a fresh slice and do not read it afterwards. When
-// fetch answers one requested ID with several nodes, the first one counts.
+// The walks hand each call a fresh slice and do not read it afterwards. They
+// copy what they keep of the answer, and read the returned slice only until
+// they call fetch again, so fetch may reuse one slice for all its answers.
+// When fetch answers one requested ID with several nodes, the first one
+// counts.
 type FetchFunc func(ctx context.Context, ids []string) ([]Node, error)
 
 const (
@@ -102,15 +113,11 @@ func visitBudget(maxVisits, limit, seeds int) int {
 	return defaultVisitsPerResult*limit + seeds
 }
 
-// newerFirst orders events newest first: by depth descending, ties broken by
-// event ID ascending in byte order. It is the order in which Backfill takes
-// events and returns them, and the order MissingEvents uses to pick among
-// events at the same distance from latest_events.
-func newerFirst(a, b *Node) bool {
-	return compareNewerFirst(a, b) < 0
-}
-
-// compareNewerFirst is newerFirst as a three-way comparison.
+// compareNewerFirst orders events newest first: by depth descending, ties
+// broken by event ID ascending in byte order. It is the order in which
+// Backfill takes events and returns them (backfillSlot.compareNewerFirst),
+// and the order MissingEvents uses to pick among events at the same distance
+// from latest_events.
 func compareNewerFirst(a, b *Node) int {
 	if a.Depth != b.Depth {
 		if a.Depth > b.Depth {
@@ -133,8 +140,21 @@ func olderFirst(a, b *Node) int {
 	return strings.Compare(a.ID, b.ID)
 }
 
+// smallDedupe is the size up to which dedupe compares IDs pairwise.
+const smallDedupe = 8
+
 // dedupe returns ids without repeats, keeping first occurrences in order.
 func dedupe(ids []string) []string {
+	if len(ids) <= smallDedupe {
+		// Requests name one or a few events: a linear scan beats a map.
+		out := make([]string, 0, len(ids))
+		for _, id := range ids {
+			if !slices.Contains(out, id) {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
 	seen := make(map[string]struct{}, min(len(ids), maxPrealloc))
 	out := make([]string, 0, min(len(ids), maxPrealloc))
 	for _, id := range ids {

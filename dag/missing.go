@@ -57,6 +57,35 @@ const (
 //
 // Errors are those of fetch and of ctx, wrapped.
 func MissingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]string, error) {
+	nodes, err := missingEvents(ctx, req, fetch)
+	if nodes == nil {
+		return nil, err
+	}
+	ids := make([]string, len(nodes))
+	for i := range nodes {
+		ids[i] = nodes[i].ID
+	}
+	return ids, nil
+}
+
+// MissingEventsRefs is MissingEvents returning the Ref of each node rather
+// than its ID: the caller's own reference to each event, so that it need
+// not look the IDs up again.
+func MissingEventsRefs(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]int, error) {
+	nodes, err := missingEvents(ctx, req, fetch)
+	if nodes == nil {
+		return nil, err
+	}
+	refs := make([]int, len(nodes))
+	for i := range nodes {
+		refs[i] = nodes[i].Ref
+	}
+	return refs, nil
+}
+
+// missingEvents runs the walk and returns the nodes found, nil when it
+// fails or returns nothing before the walk starts.
+func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]Node, error) {
 	if req.Limit <= 0 {
 		return nil, nil
 	}
@@ -140,9 +169,5 @@ walk:
 	}
 
 	slices.SortFunc(found, func(a, b Node) int { return olderFirst(&a, &b) })
-	ids := make([]string, len(found))
-	for i := range found {
-		ids[i] = found[i].ID
-	}
-	return ids, nil
+	return found, nil
 }

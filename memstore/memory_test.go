@@ -1,60 +1,25 @@
 package memstore
 
 import (
-	"encoding/json"
-	"fmt"
 	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedhistory/fedhistory/internal/synthroom"
 )
 
-// syntheticRoom feeds a store a long linear room of version 1 events cloned
-// from two signed templates, a message and a join. Room version 1 carries the
-// event ID in the JSON, and the store trusts its input, so each clone only
-// gets a new event_id, prev_events and depth (and, for joins, a new user);
-// the signatures no longer match, which nothing here checks.
-type syntheticRoom struct {
-	message, join map[string]json.RawMessage
-	prevID        string
-	depth         int64
-}
-
-func newSyntheticRoom(t testing.TB, s *Store) *syntheticRoom {
-	r := newTestRoom(t, "1")
-	r.addSetup(s)
-	auth := names("create", "pl", "alice")
-	r.build("message", r.message(alice, "a message of ordinary length, about as long as a line of chat", names("msg1"), auth))
-	r.build("join", r.member("@u:hs1.example", "@u:hs1.example", "join", names("msg1"), names("create", "pl", "jr")))
-	syn := &syntheticRoom{prevID: r.id("msg1"), depth: r.events["msg1"].Depth()}
-	require.NoError(t, json.Unmarshal(r.json("message"), &syn.message))
-	require.NoError(t, json.Unmarshal(r.json("join"), &syn.join))
-	return syn
-}
-
-// next returns the JSON of the i-th synthetic event: every 100th is a join of
-// a new user (on one of ten servers), the rest are messages.
-func (syn *syntheticRoom) next(t testing.TB, i int) []byte {
-	fields := syn.message
-	if i%100 == 99 {
-		fields = syn.join
-		user, err := json.Marshal(fmt.Sprintf("@user%d:hs%d.example", i, i%10))
+// newSyntheticRoom adds the signed setup of a long synthetic room (see
+// internal/synthroom: messages of about 1 KiB, every 100th event a join) to
+// s and returns the generator of its further events.
+func newSyntheticRoom(t testing.TB, s *Store) *synthroom.Generator {
+	g, err := synthroom.New(synthroom.Options{JoinEvery: 100})
+	require.NoError(t, err)
+	for _, ev := range g.Setup() {
+		_, err := s.Add(synthroom.Version, ev.JSON, AddOptions{})
 		require.NoError(t, err)
-		fields["state_key"], fields["sender"] = user, user
 	}
-	id := fmt.Sprintf("$synthetic%08d:hs1.example", i)
-	syn.depth++
-	var err error
-	fields["event_id"], err = json.Marshal(id)
-	require.NoError(t, err)
-	fields["prev_events"], err = json.Marshal([]any{[]any{syn.prevID, map[string]string{"sha256": "AAAA"}}})
-	require.NoError(t, err)
-	fields["depth"], err = json.Marshal(syn.depth)
-	require.NoError(t, err)
-	pdu, err := json.Marshal(fields)
-	require.NoError(t, err)
-	syn.prevID = id
-	return pdu
+	return g
 }
 
 func heapInUse() uint64 {
@@ -78,10 +43,11 @@ func TestMemoryPerEvent(t *testing.T) {
 	syn := newSyntheticRoom(t, s)
 	before := heapInUse()
 	var jsonBytes int
-	for i := range n {
-		pdu := syn.next(t, i)
+	var pdu []byte
+	for range n {
+		_, pdu = syn.Next(pdu)
 		jsonBytes += len(pdu)
-		_, err := s.Add("1", pdu, AddOptions{})
+		_, err := s.Add(synthroom.Version, pdu, AddOptions{})
 		require.NoError(t, err)
 	}
 	after := heapInUse()
@@ -101,10 +67,11 @@ func BenchmarkAdd(b *testing.B) {
 	syn := newSyntheticRoom(b, s)
 	var jsonBytes int
 	before := heapInUse()
-	for i := range b.N {
-		pdu := syn.next(b, i)
+	var pdu []byte
+	for range b.N {
+		_, pdu = syn.Next(pdu)
 		jsonBytes += len(pdu)
-		if _, err := s.Add("1", pdu, AddOptions{}); err != nil {
+		if _, err := s.Add(synthroom.Version, pdu, AddOptions{}); err != nil {
 			b.Fatal(err)
 		}
 	}

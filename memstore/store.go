@@ -495,6 +495,16 @@ func (s *Store) currentState(roomID string) (statemap, error) {
 		return statemap{}, fmt.Errorf("memstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
 	}
 	generation := rm.generation
+	if len(rm.extremities) == 1 {
+		// The common case, a room without forks in flight: no resolution,
+		// nothing to collect.
+		var only *record
+		for _, rec := range rm.extremities {
+			only = rec
+		}
+		s.mu.RUnlock()
+		return only.after, nil
+	}
 	extremities := make([]*record, 0, len(rm.extremities))
 	for _, rec := range rm.extremities {
 		extremities = append(extremities, rec)
@@ -547,8 +557,9 @@ func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []
 		id            string
 		before, after statemap
 	}
+	var stack [128]pending // a backfill page fits: no allocation
+	found := stack[:0]
 	s.mu.RLock()
-	found := make([]pending, 0, len(eventIDs))
 	for _, id := range eventIDs {
 		if rec, ok := s.events[id]; ok && rec.RoomID == roomID && !rec.Outlier {
 			found = append(found, pending{id: rec.ID, before: rec.before, after: rec.after})
@@ -557,17 +568,29 @@ func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []
 	s.mu.RUnlock()
 
 	// Most events share their state with their neighbours; compute each
-	// distinct state once.
-	memo := make(map[*pnode[stateKey, *record]]fedhistory.VisibilityState)
+	// distinct state once. A page holds few distinct states, and the last
+	// one computed is by far the likeliest to come again: a short list,
+	// newest first, beats a map.
+	type memoized struct {
+		root *pnode[stateKey, *record]
+		vis  fedhistory.VisibilityState
+	}
+	var memoStack [8]memoized
+	memo := memoStack[:0]
 	visibility := func(state statemap) fedhistory.VisibilityState {
-		if v, ok := memo[state.root]; ok {
-			return v
+		for i := len(memo) - 1; i >= 0; i-- {
+			if memo[i].root == state.root {
+				return memo[i].vis
+			}
 		}
 		v := fedhistory.VisibilityState{Memberships: memberships(state, server)}
 		if hv, ok := state.Get(stateKey{eventType: typeHistoryVisibility}); ok {
 			v.HistoryVisibility = hv.state.historyVisibility
 		}
-		memo[state.root] = v
+		if len(memo) == cap(memo) {
+			memo = append(memo[:0], memo[len(memo)/2:]...) // keep the newer half
+		}
+		memo = append(memo, memoized{root: state.root, vis: v})
 		return v
 	}
 	result := make(map[string]fedhistory.EventVisibility, len(found))

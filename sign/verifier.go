@@ -334,12 +334,13 @@ func (v *Verifier) Verify(r *http.Request) (string, error) {
 		uri = r.URL.RequestURI()
 	}
 
-	var headers []string
+	var headers []parsedHeader
 	for _, h := range r.Header.Values("Authorization") {
-		if _, err := ParseAuthorization(h); errors.Is(err, ErrNotXMatrix) {
+		x, err := ParseAuthorization(h)
+		if errors.Is(err, ErrNotXMatrix) {
 			continue // another scheme: not ours to judge
 		}
-		headers = append(headers, h)
+		headers = append(headers, parsedHeader{x: x, err: err})
 	}
 	if len(headers) == 0 {
 		return "", ErrMissingAuthorization
@@ -399,12 +400,19 @@ func checkJSONObject(body []byte) error {
 	return nil
 }
 
+// parsedHeader is one X-Matrix Authorization header, parsed once: x, or
+// the reason it is malformed.
+type parsedHeader struct {
+	x   XMatrix
+	err error
+}
+
 // verifyHeader checks one X-Matrix header against the request.
-func (v *Verifier) verifyHeader(ctx context.Context, method, uri, header string, content []byte) (string, error) {
-	x, err := ParseAuthorization(header)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrMalformedAuthorization, err)
+func (v *Verifier) verifyHeader(ctx context.Context, method, uri string, header parsedHeader, content []byte) (string, error) {
+	if header.err != nil {
+		return "", fmt.Errorf("%w: %w", ErrMalformedAuthorization, header.err)
 	}
+	x := header.x
 	if _, _, ok := spec.ParseAndValidateServerName(spec.ServerName(x.Origin)); !ok {
 		return "", fmt.Errorf("%w: origin %q is not a valid server name", ErrMalformedAuthorization, x.Origin)
 	}
@@ -436,7 +444,7 @@ func (v *Verifier) verifyHeader(ctx context.Context, method, uri, header string,
 		return "", err
 	}
 	for _, destination := range destinations {
-		message, err := signedRequestJSON(method, uri, x.Origin, destination, content)
+		message, err := requestSigningJSON(method, uri, x.Origin, destination, content)
 		if err != nil {
 			return "", fmt.Errorf("%w: %w", ErrBadSignature, err)
 		}
@@ -474,4 +482,60 @@ func (v *Verifier) publicKey(ctx context.Context, origin, keyID string) (ed25519
 		return nil, err
 	}
 	return key, nil
+}
+
+// requestSigningJSON returns the same bytes as signedRequestJSON, the
+// canonical JSON the origin signed, without its detour: signedRequestJSON
+// encodes the whole object and then parses and canonicalises all of it
+// again, on every request. When the four strings need no escaping
+// (printable ASCII but the quote and the backslash, which every request
+// line and server name is), the canonical object is written directly, keys
+// in canonical order, with the content (if any) canonicalised once and
+// spliced in: the canonical form of an object is made of the canonical
+// forms of its values. Anything else takes signedRequestJSON's path.
+func requestSigningJSON(method, uri, origin, destination string, content []byte) ([]byte, error) {
+	if !plainJSONString(method) || !plainJSONString(uri) || !plainJSONString(origin) || !plainJSONString(destination) {
+		return signedRequestJSON(method, uri, origin, destination, content)
+	}
+	var canonicalContent []byte
+	if len(content) > 0 { // signedRequestJSON omits empty content
+		if !json.Valid(content) {
+			return signedRequestJSON(method, uri, origin, destination, content) // for its error
+		}
+		var err error
+		if canonicalContent, err = gomatrixserverlib.CanonicalJSON(content); err != nil {
+			return signedRequestJSON(method, uri, origin, destination, content)
+		}
+	}
+	size := len(`{"content":,"destination":"","method":"","origin":"","uri":""}`) +
+		len(canonicalContent) + len(destination) + len(method) + len(origin) + len(uri)
+	message := make([]byte, 0, size)
+	message = append(message, '{')
+	if canonicalContent != nil {
+		message = append(message, `"content":`...)
+		message = append(message, canonicalContent...)
+		message = append(message, ',')
+	}
+	message = append(message, `"destination":"`...)
+	message = append(message, destination...)
+	message = append(message, `","method":"`...)
+	message = append(message, method...)
+	message = append(message, `","origin":"`...)
+	message = append(message, origin...)
+	message = append(message, `","uri":"`...)
+	message = append(message, uri...)
+	return append(message, `"}`...), nil
+}
+
+// plainJSONString reports whether s is written in canonical JSON exactly as
+// it is, between quotes: printable ASCII without the quote and the
+// backslash. (encoding/json would escape '<', '>' and '&', but
+// canonicalisation undoes that.)
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
