@@ -17,9 +17,9 @@ type pmap[K ordered[K], V any] struct {
 
 // ordered is implemented by keys that define their own total order.
 type ordered[K any] interface {
-	// compare returns a negative number when the receiver sorts before other,
+	// Compare returns a negative number when the receiver sorts before other,
 	// zero when they are equal and a positive number otherwise.
-	compare(other K) int
+	Compare(other K) int
 }
 
 type pnode[K ordered[K], V any] struct {
@@ -89,7 +89,7 @@ func (m pmap[K, V]) Len() int { return int(m.root.count()) }
 func (m pmap[K, V]) Get(key K) (V, bool) {
 	n := m.root
 	for n != nil {
-		c := key.compare(n.key)
+		c := key.Compare(n.key)
 		switch {
 		case c < 0:
 			n = n.left
@@ -112,7 +112,7 @@ func insert[K ordered[K], V any](n *pnode[K, V], key K, val V) *pnode[K, V] {
 	if n == nil {
 		return mk[K, V](key, val, nil, nil)
 	}
-	c := key.compare(n.key)
+	c := key.Compare(n.key)
 	switch {
 	case c < 0:
 		return balance(n.key, n.val, insert(n.left, key, val), n.right)
@@ -134,7 +134,7 @@ func remove[K ordered[K], V any](n *pnode[K, V], key K) (*pnode[K, V], bool) {
 	if n == nil {
 		return nil, false
 	}
-	c := key.compare(n.key)
+	c := key.Compare(n.key)
 	switch {
 	case c < 0:
 		left, found := remove(n.left, key)
@@ -180,7 +180,7 @@ func (m pmap[K, V]) Ascend(from K, fn func(K, V) bool) {
 
 func ascend[K ordered[K], V any](n *pnode[K, V], from K, fn func(K, V) bool) bool {
 	for n != nil {
-		if from.compare(n.key) > 0 {
+		if from.Compare(n.key) > 0 {
 			// The whole left subtree and n are below from.
 			n = n.right
 			continue

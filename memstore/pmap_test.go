@@ -7,13 +7,14 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/stretchr/testify/require"
 )
 
 // intKey is a plain ordered key for testing the tree on its own.
 type intKey int
 
-func (k intKey) compare(other intKey) int { return int(k) - int(other) }
+func (k intKey) Compare(other intKey) int { return int(k) - int(other) }
 
 type intMap = pmap[intKey, string]
 
@@ -210,16 +211,16 @@ func TestPmapAgainstBuiltinMap(t *testing.T) {
 
 func TestStateKeyOrderGroupsMembersByServer(t *testing.T) {
 	keys := []stateKey{
-		{typeMember, "@zed:other:8448"},
-		{typeMember, "@amy:other"},
-		{typeMember, "@bob:other:8448"},
-		{typeMember, "@carl:hs1.example"},
-		{typeMember, "!odd:other:8448"},
-		{typeMember, "nocolon"},
-		{typeMember, "@x:"},
-		{typeMember, "zzz"},
-		{"m.room.create", ""},
-		{typeHistoryVisibility, ""},
+		{Type: spec.MRoomMember, StateKey: "@zed:other:8448"},
+		{Type: spec.MRoomMember, StateKey: "@amy:other"},
+		{Type: spec.MRoomMember, StateKey: "@bob:other:8448"},
+		{Type: spec.MRoomMember, StateKey: "@carl:hs1.example"},
+		{Type: spec.MRoomMember, StateKey: "!odd:other:8448"},
+		{Type: spec.MRoomMember, StateKey: "nocolon"},
+		{Type: spec.MRoomMember, StateKey: "@x:"},
+		{Type: spec.MRoomMember, StateKey: "zzz"},
+		{Type: spec.MRoomCreate},
+		{Type: typeHistoryVisibility},
 	}
 	var m statemap
 	for _, k := range keys {
@@ -241,10 +242,10 @@ func TestStateKeyOrderGroupsMembersByServer(t *testing.T) {
 		t.Run(tt.server, func(t *testing.T) {
 			var got []string
 			m.Ascend(firstMemberOf(tt.server), func(k stateKey, _ *record) bool {
-				if !k.isMemberOf(tt.server) {
+				if !isMemberOf(k, tt.server) {
 					return false
 				}
-				got = append(got, k.stateKey)
+				got = append(got, k.StateKey)
 				return true
 			})
 			require.Equal(t, tt.want, got)

@@ -1,70 +1,36 @@
 package memstore
 
 import (
-	"cmp"
 	"strings"
+
+	"github.com/fedhistory/fedhistory/internal/stateres"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
-const typeMember = "m.room.member"
-
 // stateKey is the (type, state_key) pair that addresses one entry of a room's
-// state.
+// state. It is state resolution's key, so that resolved states need no
+// translation, and its order (stateres.StateKey.Compare) is the state maps'.
 //
-// Membership keys sort by the server part of the user ID first, so that the
-// memberships of one server's users, which is what every visibility and
-// authorisation decision asks for, are one contiguous range of the state map.
-type stateKey struct {
-	eventType string
-	stateKey  string
-}
-
-// splitUserID splits a user ID at its first ':' into the localpart (with
-// sigil) and the server name. The server name is everything after that colon,
-// port included, because that is how the spec compares a user's server with
-// a request's origin. A state key without a colon has no server part.
-func splitUserID(userID string) (local, server string, hasServer bool) {
-	return strings.Cut(userID, ":")
-}
-
-func (k stateKey) compare(other stateKey) int {
-	if c := strings.Compare(k.eventType, other.eventType); c != 0 {
-		return c
-	}
-	if k.eventType != typeMember {
-		return strings.Compare(k.stateKey, other.stateKey)
-	}
-	kLocal, kServer, kHasServer := splitUserID(k.stateKey)
-	oLocal, oServer, oHasServer := splitUserID(other.stateKey)
-	return cmp.Or(
-		// Malformed keys without a server sort first, out of every server's range.
-		compareBool(kHasServer, oHasServer),
-		strings.Compare(kServer, oServer),
-		strings.Compare(kLocal, oLocal),
-	)
-}
-
-func compareBool(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case a:
-		return 1
-	default:
-		return -1
-	}
-}
+// That order sorts membership keys by the server part of the user ID first,
+// so that the memberships of one server's users, which is what every
+// visibility and authorisation decision asks for, are one contiguous range of
+// the state map.
+type stateKey = stateres.StateKey
 
 // firstMemberOf is the smallest membership key of server: the empty localpart
 // sorts before every other localpart of that server.
 func firstMemberOf(server string) stateKey {
-	return stateKey{eventType: typeMember, stateKey: ":" + server}
+	return stateKey{Type: spec.MRoomMember, StateKey: ":" + server}
 }
 
-// isMemberOf reports whether k is the membership key of a user of server.
-func (k stateKey) isMemberOf(server string) bool {
-	if k.eventType != typeMember {
+// isMemberOf reports whether key is the membership key of a user of server.
+// The server part of a user ID is everything after its first colon, port
+// included, because that is how the spec compares a user's server with a
+// request's origin.
+func isMemberOf(key stateKey, server string) bool {
+	if key.Type != spec.MRoomMember {
 		return false
 	}
-	_, s, found := strings.Cut(k.stateKey, ":")
+	_, s, found := strings.Cut(key.StateKey, ":")
 	return found && s == server
 }

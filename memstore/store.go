@@ -23,7 +23,9 @@ import (
 	"sync/atomic"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/stateres"
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
 // Errors returned by Store.Add.
@@ -88,14 +90,12 @@ type record struct {
 // stateInfo is what a state event contributes to state resolution and to
 // visibility decisions.
 type stateInfo struct {
-	key stateKey
-	// pdu is kept for state resolution, which needs the parsed event.
-	pdu gomatrixserverlib.PDU
-	// auth are the event's auth_events that the store held when the event was
-	// added and that are themselves state events of the same room.
-	auth []*record
-	// membership is content.membership of an m.room.member event.
-	membership string
+	// event is the record as state resolution sees it: its key, its parsed
+	// PDU (which state resolution needs), content.membership of an
+	// m.room.member event, and, as Auth, the event's auth_events that the
+	// store held when the event was added and that are themselves state
+	// events of the same room. It is built once, when the event is added.
+	event stateres.Event
 	// historyVisibility is content.history_visibility of an
 	// m.room.history_visibility event.
 	historyVisibility string
@@ -195,7 +195,10 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 	if err != nil {
 		return "", err
 	}
-	rec := newRecord(roomVersion, parsed, opts)
+	rec, err := newRecord(roomVersion, parsed, opts)
+	if err != nil {
+		return "", err
+	}
 
 	// Adds are serialised by addMu, and only Add changes the store, so from
 	// here on this goroutine reads the store without mu. It takes mu only to
@@ -230,19 +233,21 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 	if rec.state != nil {
 		for _, id := range parsed.pdu.AuthEventIDs() {
 			if auth, ok := s.events[id]; ok && auth.state != nil && auth.RoomID == rec.RoomID {
-				rec.state.auth = append(rec.state.auth, auth)
+				rec.state.event.Auth = append(rec.state.event.Auth, &auth.state.event)
 			}
 		}
 	}
 
 	if !rec.Outlier {
-		before, err := stateBefore(gomatrixserverlib.RoomVersion(roomVersion), prevs)
+		// Add is the only writer and holds addMu: it reads events without mu.
+		lookup := func(id string) *record { return s.events[id] }
+		before, err := stateBefore(gomatrixserverlib.RoomVersion(roomVersion), prevs, lookup)
 		if err != nil {
 			return "", fmt.Errorf("state before %s: %w", rec.ID, err)
 		}
 		rec.before, rec.after = before, before
 		if rec.state != nil && !rec.Rejected {
-			rec.after = before.Set(rec.state.key, rec)
+			rec.after = before.Set(rec.state.event.Key, rec)
 		}
 	}
 
@@ -348,7 +353,7 @@ func parsePDU(verImpl gomatrixserverlib.IRoomVersion, data []byte) (parsed parse
 }
 
 // newRecord fills in the event metadata that does not depend on the store.
-func newRecord(roomVersion string, parsed parsedPDU, opts AddOptions) *record {
+func newRecord(roomVersion string, parsed parsedPDU, opts AddOptions) (*record, error) {
 	pdu := parsed.pdu
 	rec := &record{Event: fedhistory.Event{
 		ID:         parsed.eventID,
@@ -369,16 +374,17 @@ func newRecord(roomVersion string, parsed parsedPDU, opts AddOptions) *record {
 	}
 	if sk := pdu.StateKey(); sk != nil {
 		rec.StateKey = sk
-		info := &stateInfo{key: stateKey{eventType: rec.Type, stateKey: *sk}, pdu: pdu}
-		switch {
-		case rec.Type == typeMember:
-			info.membership = contentString(pdu.Content(), "membership")
-		case rec.Type == typeHistoryVisibility && *sk == "":
+		event, err := stateres.NewEvent(pdu, opts.Rejected)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+		}
+		info := &stateInfo{event: *event}
+		if rec.Type == typeHistoryVisibility && *sk == "" {
 			info.historyVisibility = contentString(pdu.Content(), "history_visibility")
 		}
 		rec.state = info
 	}
-	return rec
+	return rec, nil
 }
 
 // contentString returns the string value of content[field], or "" when the
@@ -397,7 +403,9 @@ func contentString(content []byte, field string) string {
 
 // stateBefore is the state before an event whose known, non-outlier
 // prev_events in the same room are prevs.
-func stateBefore(version gomatrixserverlib.RoomVersion, prevs []*record) (statemap, error) {
+//
+// lookup returns the record of an event ID, or nil (see resolveStates).
+func stateBefore(version gomatrixserverlib.RoomVersion, prevs []*record, lookup func(eventID string) *record) (statemap, error) {
 	var states []statemap
 	for _, prev := range prevs {
 		if prev.Outlier {
@@ -413,7 +421,7 @@ func stateBefore(version gomatrixserverlib.RoomVersion, prevs []*record) (statem
 	case 1:
 		return states[0], nil
 	default:
-		return resolveStates(version, states)
+		return resolveStates(version, states, lookup)
 	}
 }
 
@@ -475,15 +483,15 @@ func (s *Store) CurrentState(_ context.Context, roomID, server string) (*fedhist
 		return nil, err
 	}
 	current := &fedhistory.CurrentState{Memberships: memberships(state, server)}
-	if acl, ok := state.Get(stateKey{eventType: typeServerACL}); ok {
+	if acl, ok := state.Get(stateKey{Type: typeServerACL}); ok {
 		// A copy: the caller gets bytes it may keep or change.
-		current.ServerACL = bytes.Clone(acl.state.pdu.Content())
+		current.ServerACL = bytes.Clone(acl.state.event.PDU.Content())
 	}
 	return current, nil
 }
 
 const (
-	typeHistoryVisibility = "m.room.history_visibility"
+	typeHistoryVisibility = spec.MRoomHistoryVisibility
 	typeServerACL         = "m.room.server_acl"
 )
 
@@ -540,7 +548,13 @@ func (s *Store) currentState(roomID string) (statemap, error) {
 	state := states[0]
 	if len(states) > 1 {
 		var err error
-		if state, err = resolveStates(rm.version, states); err != nil {
+		// Readers look events up under mu, as everywhere else.
+		lookup := func(id string) *record {
+			s.mu.RLock()
+			defer s.mu.RUnlock()
+			return s.events[id]
+		}
+		if state, err = resolveStates(rm.version, states, lookup); err != nil {
 			return statemap{}, fmt.Errorf("memstore: current state of %s: %w", roomID, err)
 		}
 	}
@@ -584,7 +598,7 @@ func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []
 			}
 		}
 		v := fedhistory.VisibilityState{Memberships: memberships(state, server)}
-		if hv, ok := state.Get(stateKey{eventType: typeHistoryVisibility}); ok {
+		if hv, ok := state.Get(stateKey{Type: typeHistoryVisibility}); ok {
 			v.HistoryVisibility = hv.state.historyVisibility
 		}
 		if len(memo) == cap(memo) {
@@ -604,11 +618,11 @@ func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []
 func memberships(state statemap, server string) map[string]string {
 	members := make(map[string]string)
 	state.Ascend(firstMemberOf(server), func(key stateKey, rec *record) bool {
-		if !key.isMemberOf(server) {
+		if !isMemberOf(key, server) {
 			return false
 		}
-		if rec.state.membership != "" {
-			members[key.stateKey] = rec.state.membership
+		if rec.state.event.Membership != "" {
+			members[key.StateKey] = rec.state.event.Membership
 		}
 		return true
 	})

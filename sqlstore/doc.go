@@ -9,7 +9,7 @@
 // dialects): Add takes events in topological order, parses them with
 // gomatrixserverlib for their room version, and works out the room state
 // before and after every event, with the room version's state resolution
-// (package internal/stateres, shared with memstore's algorithm) where the
+// (package internal/stateres, which memstore uses too) where the
 // DAG merges.
 //
 // # Schema

@@ -1,8 +1,8 @@
 // Package stateres is the state resolution that fedhistory's stores share,
 // so that every store resolves a merge of the room DAG the same way.
 //
-// It is a port of memstore's resolver (memstore/resolve.go) to a
-// store-neutral event type: state resolution v1 (room version 1) is
+// It works on a store-neutral event type, so that memstore and sqlstore run
+// the one resolver: state resolution v1 (room version 1) is
 // gomatrixserverlib's; v2 (room versions 2 to 11) and v2.1 (room version 12)
 // are implemented here, step by step after the spec's "State resolution"
 // sections, following Synapse (synapse/state/v2.py) where the spec leaves
