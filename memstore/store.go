@@ -14,7 +14,6 @@ package memstore
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -23,6 +22,7 @@ import (
 	"sync/atomic"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/eventcontent"
 	"github.com/fedhistory/fedhistory/internal/stateres"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -367,7 +367,7 @@ func newRecord(roomVersion string, parsed parsedPDU, opts AddOptions) (*record, 
 	}}
 	if rec.Type == "m.room.redaction" {
 		if redactsInContent(roomVersion) {
-			rec.Redacts = contentString(pdu.Content(), "redacts")
+			rec.Redacts = eventcontent.String(pdu.Content(), "redacts")
 		} else {
 			rec.Redacts = pdu.Redacts()
 		}
@@ -380,25 +380,11 @@ func newRecord(roomVersion string, parsed parsedPDU, opts AddOptions) (*record, 
 		}
 		info := &stateInfo{event: *event}
 		if rec.Type == typeHistoryVisibility && *sk == "" {
-			info.historyVisibility = contentString(pdu.Content(), "history_visibility")
+			info.historyVisibility = eventcontent.String(pdu.Content(), "history_visibility")
 		}
 		rec.state = info
 	}
 	return rec, nil
-}
-
-// contentString returns the string value of content[field], or "" when the
-// content is not an object or the field is absent or not a string.
-func contentString(content []byte, field string) string {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(content, &fields); err != nil {
-		return ""
-	}
-	var value string
-	if err := json.Unmarshal(fields[field], &value); err != nil {
-		return ""
-	}
-	return value
 }
 
 // stateBefore is the state before an event whose known, non-outlier

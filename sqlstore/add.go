@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"slices"
 	"strings"
 
+	"github.com/fedhistory/fedhistory/internal/eventcontent"
 	"github.com/matrix-org/gomatrixserverlib"
 )
 
@@ -172,7 +172,7 @@ func parseNewEvent(p Pending) (*newEvent, error) {
 		// Room version 11 moved the target into content.redacts, and 12
 		// builds on 11 (spec: rooms/v11).
 		if p.RoomVersion == "11" || p.RoomVersion == "12" {
-			ev.redacts = contentString(pdu.Content(), "redacts")
+			ev.redacts = eventcontent.String(pdu.Content(), "redacts")
 		} else {
 			ev.redacts = pdu.Redacts()
 		}
@@ -180,10 +180,10 @@ func parseNewEvent(p Pending) (*newEvent, error) {
 	if ev.stateKey != nil {
 		switch {
 		case ev.eventType == typeMember:
-			m := contentString(pdu.Content(), "membership")
+			m := eventcontent.String(pdu.Content(), "membership")
 			ev.membership = &m
 		case ev.eventType == typeHistoryVisibility && *ev.stateKey == "":
-			hv := contentString(pdu.Content(), "history_visibility")
+			hv := eventcontent.String(pdu.Content(), "history_visibility")
 			ev.historyVisibility = &hv
 		}
 	}
@@ -211,20 +211,6 @@ func parsePDU(verImpl gomatrixserverlib.IRoomVersion, data []byte) (pdu gomatrix
 	// on an unparsable room ID, hence its call under the recover.
 	_ = pdu.RoomID().String()
 	return pdu, nil
-}
-
-// contentString returns the string value of content[field], or "" when the
-// content is not an object or the field is absent or not a string.
-func contentString(content []byte, field string) string {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(content, &fields); err != nil {
-		return ""
-	}
-	var value string
-	if err := json.Unmarshal(fields[field], &value); err != nil {
-		return ""
-	}
-	return value
 }
 
 // checkStorable refuses, with ErrInvalidEvent, an event whose metadata the

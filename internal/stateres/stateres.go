@@ -16,12 +16,12 @@ package stateres
 import (
 	"cmp"
 	"container/heap"
-	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
 	"strings"
 
+	"github.com/fedhistory/fedhistory/internal/eventcontent"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
@@ -94,7 +94,7 @@ func NewEvent(pdu gomatrixserverlib.PDU, rejected bool) (*Event, error) {
 		Rejected: rejected,
 	}
 	if ev.Key.Type == spec.MRoomMember {
-		ev.Membership = contentString(pdu.Content(), "membership")
+		ev.Membership = eventcontent.String(pdu.Content(), "membership")
 	}
 	return ev, nil
 }
@@ -440,7 +440,7 @@ func roomCreator(create *Event) string {
 	if v := create.PDU.Version(); v == gomatrixserverlib.RoomVersionV11 || v == gomatrixserverlib.RoomVersionV12 {
 		return create.Sender
 	}
-	return contentString(create.PDU.Content(), "creator")
+	return eventcontent.String(create.PDU.Content(), "creator")
 }
 
 // reverseTopologicalPowerOrdering sorts events so that every event comes after
@@ -575,20 +575,6 @@ func (r *resolverV2) iterativeAuthChecks(partial State, events []*Event) {
 			partial[ev.Key] = ev
 		}
 	}
-}
-
-// contentString returns the string value of content[field], or "" when the
-// content is not an object or the field is absent or not a string.
-func contentString(content []byte, field string) string {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(content, &fields); err != nil {
-		return ""
-	}
-	var value string
-	if err := json.Unmarshal(fields[field], &value); err != nil {
-		return ""
-	}
-	return value
 }
 
 // userIDForSender maps a sender to its user ID. In every room version
