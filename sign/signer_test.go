@@ -66,13 +66,29 @@ func TestKeyFileRoundTripAndSynapseFormat(t *testing.T) {
 	require.Equal(t, k.ID, string(theirs.ID))
 	require.Equal(t, k.Private, theirs.Priv)
 
-	generated := federation.GenerateSigningKey()
-	keys, err := ParseKeys(strings.NewReader(generated.SynapseString() + "\n"))
-	require.NoError(t, err)
-	require.Len(t, keys, 1)
-	require.Equal(t, string(generated.ID), keys[0].ID)
-	require.Equal(t, generated.Priv, keys[0].Private)
+	// mautrix draws key versions from base64url, so some hold "-", which the
+	// spec's key ID grammar ([a-zA-Z0-9_]) forbids: those we refuse, the
+	// rest we read. Try until both cases have been seen.
+	seenValid, seenInvalid := false, false
+	for i := 0; i < 1000 && !(seenValid && seenInvalid); i++ {
+		generated := federation.GenerateSigningKey()
+		keys, err := ParseKeys(strings.NewReader(generated.SynapseString() + "\n"))
+		if !specKeyVersion.MatchString(strings.TrimPrefix(string(generated.ID), "ed25519:")) {
+			require.Error(t, err, "key ID %s breaks the spec's grammar", generated.ID)
+			seenInvalid = true
+			continue
+		}
+		require.NoError(t, err)
+		require.Len(t, keys, 1)
+		require.Equal(t, string(generated.ID), keys[0].ID)
+		require.Equal(t, generated.Priv, keys[0].Private)
+		seenValid = true
+	}
+	require.True(t, seenValid, "no mautrix key with a spec-valid ID in 1000 tries")
 }
+
+// specKeyVersion is the spec's grammar for the version part of a key ID.
+var specKeyVersion = regexp.MustCompile(`^[a-zA-Z0-9_]+$`)
 
 func TestParseKeys(t *testing.T) {
 	// Seed of all zero bytes, unpadded and padded base64.
