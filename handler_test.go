@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/memstore"
 )
 
 func TestNewRequiresTheEssentials(t *testing.T) {
@@ -132,4 +133,30 @@ func TestUnauthenticatedRequestsNeverReachTheStore(t *testing.T) {
 	h.ServeHTTP(rec, req)
 	require.Equal(t, http.StatusUnauthorized, rec.Code)
 	require.False(t, strings.Contains(rec.Body.String(), "pdus"))
+}
+
+// lyingWalker is a store whose own backfill walker returns, besides the
+// real events, a copy of one with a depth canonical JSON cannot carry.
+type lyingWalker struct {
+	*memstore.Store
+	bad *fedhistory.Event
+}
+
+func (s lyingWalker) WalkBackfill(ctx context.Context, roomID string, from []string, limit int) ([]*fedhistory.Event, error) {
+	evs, err := s.Events(ctx, roomID, from)
+	return append(evs, s.bad), err
+}
+
+func TestStoreWalkersCannotServeOutOfRangeDepths(t *testing.T) {
+	room := newTestRoom(t, "10", 12)
+	room.messages(t, "m", 2)
+	store := load(t, room)
+	evs, err := store.Events(t.Context(), room.id, []string{room.ev(t, "m1")})
+	require.NoError(t, err)
+	bad := *evs[0]
+	bad.Depth = 1 << 53 // one past canonical JSON's largest integer
+	h := newHandler(t, lyingWalker{Store: store, bad: &bad})
+	resp := do(t, h, http.MethodGet, backfillURL(room.id, "5", room.ev(t, "m2")), memberServer, "")
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.Equal(t, []string{room.ev(t, "m2")}, resp.eventIDs(t, "pdus", room.version))
 }

@@ -71,6 +71,11 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 		case ev == nil || ev.RoomID != roomID:
 			foreign++
 		case ev.Rejected || ev.Outlier:
+		case ev.Depth > canonicalJSONMaxInt || ev.Depth < -canonicalJSONMaxInt:
+			// Canonical JSON cannot carry such a depth, so no receiver could
+			// check the event's signature. The dag walks never return one;
+			// this catches a store's own walker.
+			malformed++
 		case !framedAsJSONObject(ev.JSON):
 			malformed++
 		default:
@@ -82,7 +87,7 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 			"room_id", roomID, "count", foreign)
 	}
 	if malformed > 0 {
-		logger.Warn("fedhistory: the store returned events whose JSON is empty or truncated; dropped them",
+		logger.Warn("fedhistory: the store returned events with empty or truncated JSON or an out-of-range depth; dropped them",
 			"room_id", roomID, "count", malformed)
 	}
 	out := make([]json.RawMessage, 0, len(candidates))
