@@ -10,11 +10,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
-	// The two database/sql drivers: "pgx" and "sqlite".
+	// The two database/sql drivers, "pgx" and "sqlite" (the latter also for
+	// its error codes).
 	_ "github.com/jackc/pgx/v5/stdlib"
-	_ "modernc.org/sqlite"
+	sqlitedriver "modernc.org/sqlite"
 
 	"github.com/fedhistory/fedhistory"
 	"github.com/matrix-org/gomatrixserverlib"
@@ -94,7 +96,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 		return nil, fmt.Errorf("sqlstore: opening %s database: %w", d, err)
 	}
 	s := &Store{db: db, dialect: d, current: make(map[string]*resolvedCurrent), walkRowLimit: maxWalkRows}
-	if err := db.PingContext(ctx); err != nil {
+	if err := ping(ctx, db, d); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("sqlstore: connecting to %s database: %w", d, err)
 	}
@@ -104,6 +106,35 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	}
 	return s, nil
 }
+
+// ping makes the first connection. For SQLite it retries while the file is
+// locked: the first connections to a fresh file switch it to WAL, and SQLite
+// answers a concurrent switch with SQLITE_BUSY at once rather than through
+// the busy timeout, so several processes (or Opens) starting together would
+// otherwise fail. The retries stop with ctx, or after sqliteBusyWait.
+func ping(ctx context.Context, db *sql.DB, d dialect) error {
+	deadline := time.Now().Add(sqliteBusyWait)
+	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+		err := db.PingContext(ctx)
+		var sqliteErr *sqlitedriver.Error
+		if err == nil || d != sqlite || !errors.As(err, &sqliteErr) ||
+			sqliteErr.Code()&0xff != sqliteBusy || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+}
+
+// sqliteBusy is SQLite's primary result code SQLITE_BUSY; sqliteBusyWait
+// matches the busy_timeout pragma below.
+const (
+	sqliteBusy     = 5
+	sqliteBusyWait = 10 * time.Second
+)
 
 // openSQLite opens an SQLite database with the settings the store relies on.
 func openSQLite(path string) (*sql.DB, error) {
