@@ -21,16 +21,9 @@ type backfillHandler struct {
 
 func (h *backfillHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	// 1. Authenticated by the Authenticator that wraps this handler.
-	origin, ok := requestOrigin(w, r)
+	// 1. Authenticated by the Authenticator that wraps this handler; 2. parse.
+	origin, roomID, ok := requestRoom(w, r)
 	if !ok {
-		return
-	}
-
-	// 2. Parse.
-	roomID, err := roomIDFromRequest(r)
-	if err != nil {
-		matrixerr.Write(w, http.StatusBadRequest, matrixerr.InvalidParam, err.Error())
 		return
 	}
 	seeds, limit, perr := h.parseQuery(r)
@@ -40,11 +33,7 @@ func (h *backfillHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// 3. Authorise: server ACL and "is the origin in the room now".
-	if err := authorizeRoom(ctx, h.cfg.Store, roomID, origin); err != nil {
-		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
-		return
-	}
-	roomVersion, err := h.cfg.Store.RoomVersion(ctx, roomID)
+	roomVersion, err := authorise(ctx, h.cfg.Store, roomID, origin)
 	if err != nil {
 		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
 		return

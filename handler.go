@@ -1,6 +1,7 @@
 package fedhistory
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -236,6 +237,31 @@ func roomIDFromRequest(r *http.Request) (string, error) {
 		return "", errors.New("not a room ID")
 	}
 	return roomID, nil
+}
+
+// requestRoom is where both endpoints start: the origin the Authenticator
+// vouched for and the {roomId} of the path. When it returns false it has
+// answered the request.
+func requestRoom(w http.ResponseWriter, r *http.Request) (origin, roomID string, ok bool) {
+	if origin, ok = requestOrigin(w, r); !ok {
+		return "", "", false
+	}
+	roomID, err := roomIDFromRequest(r)
+	if err != nil {
+		matrixerr.Write(w, http.StatusBadRequest, matrixerr.InvalidParam, err.Error())
+		return "", "", false
+	}
+	return origin, roomID, true
+}
+
+// authorise applies the room-level rules (authorizeRoom: server ACL, a
+// joined user of origin now) and returns the room's version, which the
+// filter's redaction algorithm needs.
+func authorise(ctx context.Context, store EventStore, roomID, origin string) (roomVersion string, err error) {
+	if err := authorizeRoom(ctx, store, roomID, origin); err != nil {
+		return "", err
+	}
+	return store.RoomVersion(ctx, roomID)
 }
 
 // requestOrigin returns the server the Authenticator vouched for.

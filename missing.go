@@ -29,16 +29,9 @@ type missingEventsRequest struct {
 
 func (h *missingEventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	// 1. Authenticated by the Authenticator that wraps this handler.
-	origin, ok := requestOrigin(w, r)
+	// 1. Authenticated by the Authenticator that wraps this handler; 2. parse.
+	origin, roomID, ok := requestRoom(w, r)
 	if !ok {
-		return
-	}
-
-	// 2. Parse.
-	roomID, err := roomIDFromRequest(r)
-	if err != nil {
-		matrixerr.Write(w, http.StatusBadRequest, matrixerr.InvalidParam, err.Error())
 		return
 	}
 	req, perr := h.parseBody(w, r)
@@ -48,17 +41,13 @@ func (h *missingEventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request)
 	}
 
 	// 3. Authorise: server ACL and "is the origin in the room now".
-	if err := authorizeRoom(ctx, h.cfg.Store, roomID, origin); err != nil {
+	roomVersion, err := authorise(ctx, h.cfg.Store, roomID, origin)
+	if err != nil {
 		writeStoreError(w, r, h.cfg.Logger, "get_missing_events", err)
 		return
 	}
 	if req.limit <= 0 {
 		writeJSON(w, []byte(`{"events":[]}`))
-		return
-	}
-	roomVersion, err := h.cfg.Store.RoomVersion(ctx, roomID)
-	if err != nil {
-		writeStoreError(w, r, h.cfg.Logger, "get_missing_events", err)
 		return
 	}
 
