@@ -135,10 +135,11 @@ func parsePositiveCapped(s string, max int) (int, bool) {
 	return n, true
 }
 
-// walk runs the backfill walk: in the store when it can (BackfillWalker),
-// else with dag.Backfill over batched Events lookups.
+// walk runs the backfill walk: in the store when it can (BackfillWalker)
+// and the default visit budget applies, else with dag.Backfill over batched
+// Events lookups.
 func (h *backfillHandler) walk(ctx context.Context, roomID string, seeds []string, limit int) ([]*Event, error) {
-	if walker, ok := h.cfg.Store.(BackfillWalker); ok {
+	if walker, ok := h.cfg.Store.(BackfillWalker); ok && h.cfg.MaxWalkVisits == 0 {
 		return walker.WalkBackfill(ctx, roomID, seeds, limit)
 	}
 	fetcher := newDAGFetcher(h.cfg.Store, roomID)

@@ -46,7 +46,6 @@ func TestBackfillWalk(t *testing.T) {
 	other := newTestRoom(t, "10", 2)
 	other.messages(t, "x", 2)
 	store := load(t, room, other)
-	h := newHandler(t, store)
 
 	tests := []struct {
 		name  string
@@ -80,27 +79,30 @@ func TestBackfillWalk(t *testing.T) {
 	tests[2].want = append([]string{"m6", "a2"}, append(tie, "m5")...)
 	tests[3].want = tie
 
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var v []string
-			for _, name := range tc.v {
-				switch {
-				case name == "?":
-					v = append(v, "$unknown:"+ourServer)
-				case strings.HasPrefix(name, "other:"):
-					v = append(v, other.ev(t, strings.TrimPrefix(name, "other:")))
-				default:
-					v = append(v, room.ev(t, name))
+	for _, view := range storeViews(store) {
+		h := newHandler(t, view.store)
+		for _, tc := range tests {
+			t.Run(view.name+"/"+tc.name, func(t *testing.T) {
+				var v []string
+				for _, name := range tc.v {
+					switch {
+					case name == "?":
+						v = append(v, "$unknown:"+ourServer)
+					case strings.HasPrefix(name, "other:"):
+						v = append(v, other.ev(t, strings.TrimPrefix(name, "other:")))
+					default:
+						v = append(v, room.ev(t, name))
+					}
 				}
-			}
-			resp := do(t, h, http.MethodGet, backfillURL(room.id, tc.limit, v...), memberServer, "")
-			require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
-			want := make([]string, 0, len(tc.want))
-			for _, name := range tc.want {
-				want = append(want, room.ev(t, name))
-			}
-			require.Equal(t, want, resp.eventIDs(t, "pdus", room.version))
-		})
+				resp := do(t, h, http.MethodGet, backfillURL(room.id, tc.limit, v...), memberServer, "")
+				require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+				want := make([]string, 0, len(tc.want))
+				for _, name := range tc.want {
+					want = append(want, room.ev(t, name))
+				}
+				require.Equal(t, want, resp.eventIDs(t, "pdus", room.version))
+			})
+		}
 	}
 }
 

@@ -399,8 +399,9 @@ func (m cpuMeter) report(b *testing.B) {
 func largeBenchmarks() bool { return os.Getenv(largeBenchEnv) == "1" }
 
 // BenchmarkBackfillWalk is the backfill walk alone, limit 100 from the
-// newest event, over memstore through the handler's fetch adapter, in rooms
-// of growing size: its cost must depend on the limit, not on the room.
+// newest event, as the handler runs it over memstore (the store's own walk,
+// which is dag.Backfill over its records), in rooms of growing size: its
+// cost must depend on the limit, not on the room.
 func BenchmarkBackfillWalk(b *testing.B) {
 	shapes := []struct {
 		prefix string

@@ -114,6 +114,26 @@ func load(t testing.TB, rooms ...*testRoom) *memstore.Store {
 	return store
 }
 
+// storeView is one way the handler can read a memstore.
+type storeView struct {
+	name  string
+	store fedhistory.EventStore
+}
+
+// withoutWalkers hides a store's walker capabilities (BackfillWalker,
+// MissingEventsWalker), so that the handler runs the dag walks over its
+// batched Events calls, as it does for every store that cannot walk itself.
+type withoutWalkers struct{ fedhistory.ErasureStore }
+
+// storeViews returns store as the handler sees it (memstore walks itself)
+// and with its walkers hidden, so a test of the walks covers both paths.
+func storeViews(store *memstore.Store) []storeView {
+	return []storeView{
+		{"store walks", store},
+		{"dag walks over Events", withoutWalkers{store}},
+	}
+}
+
 func newHandler(t testing.TB, store fedhistory.EventStore, mutate ...func(*fedhistory.Config)) http.Handler {
 	t.Helper()
 	cfg := fedhistory.Config{

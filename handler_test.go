@@ -160,3 +160,39 @@ func TestStoreWalkersCannotServeOutOfRangeDepths(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 	require.Equal(t, []string{room.ev(t, "m2")}, resp.eventIDs(t, "pdus", room.version))
 }
+
+// TestMaxWalkVisitsBoundsTheWalk: a configured visit budget is honoured on
+// both endpoints, also for a store that could walk itself (the walker
+// interfaces carry no budget, so the handler walks with dag instead). What
+// a cut-short walk returns is the start of the unbounded answer (dag's
+// documented guarantee).
+func TestMaxWalkVisitsBoundsTheWalk(t *testing.T) {
+	room := newTestRoom(t, "10", 1)
+	room.messages(t, "m", 30)
+	store := load(t, room)
+	const budget = 5
+	newest := room.ev(t, "m30")
+	missingBody := `{"limit":20,"earliest_events":[],"latest_events":["` + newest + `"]}`
+
+	for _, view := range storeViews(store) {
+		t.Run(view.name, func(t *testing.T) {
+			unbounded := newHandler(t, view.store)
+			bounded := newHandler(t, view.store, func(cfg *fedhistory.Config) { cfg.MaxWalkVisits = budget })
+
+			all := do(t, unbounded, http.MethodGet, backfillURL(room.id, "30", newest), memberServer, "").eventIDs(t, "pdus", room.version)
+			require.Len(t, all, 30)
+			cut := do(t, bounded, http.MethodGet, backfillURL(room.id, "30", newest), memberServer, "").eventIDs(t, "pdus", room.version)
+			require.NotEmpty(t, cut)
+			require.LessOrEqual(t, len(cut), budget, "backfill fetched more than the budget allows")
+			require.Equal(t, all[:len(cut)], cut)
+
+			all = do(t, unbounded, http.MethodPost, missingURL(room.id), memberServer, missingBody).eventIDs(t, "events", room.version)
+			require.Len(t, all, 20)
+			cut = do(t, bounded, http.MethodPost, missingURL(room.id), memberServer, missingBody).eventIDs(t, "events", room.version)
+			require.NotEmpty(t, cut)
+			require.Less(t, len(cut), budget, "get_missing_events fetched more than the budget allows")
+			// Oldest first: the cut walk has the newest of the unbounded answer.
+			require.Equal(t, all[len(all)-len(cut):], cut)
+		})
+	}
+}

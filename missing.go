@@ -145,9 +145,10 @@ func jsonFieldError(err error) string {
 }
 
 // walk runs the get_missing_events walk: in the store when it can
-// (MissingEventsWalker), else with dag.MissingEvents over batched lookups.
+// (MissingEventsWalker) and the default visit budget applies, else with
+// dag.MissingEvents over batched lookups.
 func (h *missingEventsHandler) walk(ctx context.Context, roomID string, req *parsedMissingEvents) ([]*Event, error) {
-	if walker, ok := h.cfg.Store.(MissingEventsWalker); ok {
+	if walker, ok := h.cfg.Store.(MissingEventsWalker); ok && h.cfg.MaxWalkVisits == 0 {
 		return walker.WalkMissingEvents(ctx, roomID, req.earliest, req.latest, req.limit, req.minDepth)
 	}
 	fetcher := newDAGFetcher(h.cfg.Store, roomID)

@@ -16,7 +16,6 @@ func TestMissingEventsWalk(t *testing.T) {
 	other := newTestRoom(t, "10", 2)
 	other.messages(t, "x", 2)
 	store := load(t, room, other)
-	h := newHandler(t, store)
 	ids := func(names ...string) []string {
 		out := []string{}
 		for _, name := range names {
@@ -81,19 +80,22 @@ func TestMissingEventsWalk(t *testing.T) {
 		{"an empty object is a valid request (Sytest sends {})",
 			map[string]any{}, []string{}, 0},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			body, err := json.Marshal(tc.body)
-			require.NoError(t, err)
-			resp := do(t, h, http.MethodPost, missingURL(room.id), memberServer, string(body))
-			require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
-			got := resp.eventIDs(t, "events", room.version)
-			if tc.want == nil {
-				require.Len(t, got, tc.wantSize)
-				return
-			}
-			require.Equal(t, ids(tc.want...), got)
-		})
+	for _, view := range storeViews(store) {
+		h := newHandler(t, view.store)
+		for _, tc := range tests {
+			t.Run(view.name+"/"+tc.name, func(t *testing.T) {
+				body, err := json.Marshal(tc.body)
+				require.NoError(t, err)
+				resp := do(t, h, http.MethodPost, missingURL(room.id), memberServer, string(body))
+				require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+				got := resp.eventIDs(t, "events", room.version)
+				if tc.want == nil {
+					require.Len(t, got, tc.wantSize)
+					return
+				}
+				require.Equal(t, ids(tc.want...), got)
+			})
+		}
 	}
 }
 

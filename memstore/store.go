@@ -7,6 +7,10 @@
 // unchanged structure, so a room of a million messages costs little more than
 // the messages' JSON.
 //
+// The store also walks the DAG itself (fedhistory.BackfillWalker and
+// fedhistory.MissingEventsWalker), with the dag package's walks over its
+// records, so a walk costs no EventStore round trip per step.
+//
 // Events must be added in topological order (see Store.Add). Reads never
 // block each other; adds are serialised.
 package memstore

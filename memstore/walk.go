@@ -1,0 +1,110 @@
+package memstore
+
+import (
+	"context"
+	"sync"
+
+	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/dag"
+)
+
+// The store walks itself (fedhistory.BackfillWalker and
+// fedhistory.MissingEventsWalker) with the dag package's own walks, so its
+// answers are dag's by construction. What it saves is the EventStore
+// round trip per step: the handler's generic walk calls Events once per
+// fetch, and each call allocates its answer and goes through an interface;
+// here a fetch reads the records directly and the walk's result maps back
+// to them by index.
+
+// WalkBackfill is dag.BackfillRefs over the store's records, with the
+// default visit budget.
+func (s *Store) WalkBackfill(ctx context.Context, roomID string, from []string, limit int) ([]*fedhistory.Event, error) {
+	f := s.newWalkFetcher(roomID)
+	defer f.release()
+	refs, err := dag.BackfillRefs(ctx, dag.BackfillRequest{RoomID: roomID, From: from, Limit: limit}, f.fetch)
+	if err != nil {
+		return nil, err
+	}
+	return f.events(refs), nil
+}
+
+// WalkMissingEvents is dag.MissingEventsRefs over the store's records, with
+// the default visit budget.
+func (s *Store) WalkMissingEvents(ctx context.Context, roomID string, earliest, latest []string, limit int, minDepth int64) ([]*fedhistory.Event, error) {
+	f := s.newWalkFetcher(roomID)
+	defer f.release()
+	refs, err := dag.MissingEventsRefs(ctx, dag.MissingEventsRequest{
+		RoomID: roomID, Earliest: earliest, Latest: latest, Limit: limit, MinDepth: minDepth,
+	}, f.fetch)
+	if err != nil {
+		return nil, err
+	}
+	return f.events(refs), nil
+}
+
+// walkFetcher is a dag.FetchFunc over the store's records. Each node's Ref
+// is the record's index in fetched.
+type walkFetcher struct {
+	store   *Store
+	roomID  string
+	fetched []*record
+	// nodes is reused by every call, as dag.FetchFunc allows: the walks
+	// read an answer only until they fetch again.
+	nodes []dag.Node
+}
+
+var walkFetchers = sync.Pool{New: func() any { return new(walkFetcher) }}
+
+// maxPooledWalk bounds the buffers kept for reuse, so that one huge walk
+// does not pin its memory.
+const maxPooledWalk = 4096
+
+func (s *Store) newWalkFetcher(roomID string) *walkFetcher {
+	f := walkFetchers.Get().(*walkFetcher)
+	f.store, f.roomID = s, roomID
+	return f
+}
+
+func (f *walkFetcher) fetch(_ context.Context, ids []string) ([]dag.Node, error) {
+	nodes := f.nodes[:0]
+	f.store.mu.RLock()
+	for _, id := range ids {
+		rec, ok := f.store.events[id]
+		if !ok || rec.RoomID != f.roomID {
+			continue
+		}
+		nodes = append(nodes, dag.Node{
+			ID: rec.ID, RoomID: rec.RoomID, Depth: rec.Depth, PrevEvents: rec.PrevEvents,
+			Rejected: rec.Rejected, Outlier: rec.Outlier, Ref: len(f.fetched),
+		})
+		f.fetched = append(f.fetched, rec)
+	}
+	f.store.mu.RUnlock()
+	f.nodes = nodes
+	return nodes, nil
+}
+
+// events returns the records of refs, in order, as the events handed out.
+func (f *walkFetcher) events(refs []int) []*fedhistory.Event {
+	out := make([]*fedhistory.Event, len(refs))
+	for i, ref := range refs {
+		out[i] = &f.fetched[ref].Event
+	}
+	return out
+}
+
+// release recycles f, dropping its references to records.
+func (f *walkFetcher) release() {
+	if cap(f.fetched) > maxPooledWalk || cap(f.nodes) > maxPooledWalk {
+		return
+	}
+	clear(f.fetched)
+	clear(f.nodes)
+	f.store, f.roomID, f.fetched, f.nodes = nil, "", f.fetched[:0], f.nodes[:0]
+	walkFetchers.Put(f)
+}
+
+var (
+	_ fedhistory.BackfillWalker      = (*Store)(nil)
+	_ fedhistory.MissingEventsWalker = (*Store)(nil)
+)
