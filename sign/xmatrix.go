@@ -219,6 +219,14 @@ func (p *paramScanner) next() (name, value string, ok bool, err error) {
 // unescaped: a backslash-character pair stands for the character.
 func (p *paramScanner) quoted() (string, error) {
 	p.pos++ // opening quote
+	// Senders quote plain values (server names, key IDs, base64): without
+	// a backslash the value is a substring of the header, no copy needed.
+	// Unescaping, byte by byte, is only for the rest.
+	rest := p.s[p.pos:]
+	if end := strings.IndexAny(rest, `"\`); end >= 0 && rest[end] == '"' {
+		p.pos += end + 1
+		return rest[:end], nil
+	}
 	var b strings.Builder
 	for p.pos < len(p.s) {
 		c := p.s[p.pos]
