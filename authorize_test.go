@@ -19,7 +19,7 @@ type authzFakeStore struct {
 	versions   map[string]string          // room ID → version
 	events     map[string]*Event          // event ID → event, any room
 	current    map[string]*CurrentState   // room ID → current state
-	visibility map[string]EventVisibility // event ID → visibility
+	visibility map[string]EventVisibility // event ID → visibility, answered as is
 	err        error                      // returned by the failing calls when set
 	failOn     string                     // the method that fails; "" means every method
 	calls      map[string]int             // method name → number of calls
@@ -85,17 +85,17 @@ func (s *authzFakeStore) CurrentState(_ context.Context, roomID, _ string) (*Cur
 	return state, nil
 }
 
-func (s *authzFakeStore) Visibility(_ context.Context, _, _ string, eventIDs []string) (map[string]EventVisibility, error) {
+func (s *authzFakeStore) Visibility(_ context.Context, _, _ string, eventIDs []string) ([]EventVisibility, error) {
 	if err := s.record("Visibility", eventIDs); err != nil {
 		return nil, err
 	}
-	found := make(map[string]EventVisibility)
-	for _, id := range eventIDs {
-		if vis, ok := s.visibility[id]; ok {
-			found[id] = vis
-		}
+	// As given, Known included: an ID without an entry gets the zero
+	// value, which is not Known.
+	answer := make([]EventVisibility, len(eventIDs))
+	for i, id := range eventIDs {
+		answer[i] = s.visibility[id]
 	}
-	return found, nil
+	return answer, nil
 }
 
 func (s *authzFakeStore) callCount(method string) int {

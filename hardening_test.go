@@ -113,7 +113,7 @@ func (s *gatedStore) Events(ctx context.Context, roomID string, ids []string) ([
 	return s.EventStore.Events(ctx, roomID, ids)
 }
 
-func (s *gatedStore) Visibility(ctx context.Context, roomID, server string, ids []string) (map[string]fedhistory.EventVisibility, error) {
+func (s *gatedStore) Visibility(ctx context.Context, roomID, server string, ids []string) ([]fedhistory.EventVisibility, error) {
 	if err := s.gate(ctx, "Visibility", server); err != nil {
 		return nil, err
 	}

@@ -67,6 +67,12 @@ type VisibilityState struct {
 // requesting server's user, is visible if the state before *or* after it
 // allows. Returning the pair from one call saves the store a second round trip.
 type EventVisibility struct {
+	// Known is false when the store does not know the state at the event: an
+	// ID it does not hold in the room, or an outlier. Such an event is served
+	// redacted, like one the server may not see. The zero value is therefore
+	// fail-closed.
+	Known bool
+	// Before and After are meaningful only when Known is true.
 	Before VisibilityState
 	After  VisibilityState
 }
@@ -100,11 +106,20 @@ type EventStore interface {
 	// memberships of server's users, or an error wrapping ErrRoomNotFound.
 	CurrentState(ctx context.Context, roomID, server string) (*CurrentState, error)
 
-	// Visibility returns, for each of eventIDs in roomID whose state is known
-	// (not outliers, not unknown), the visibility state before and after it
-	// for server's users. Events left out of the map are treated as not
-	// visible to server.
-	Visibility(ctx context.Context, roomID, server string, eventIDs []string) (map[string]EventVisibility, error)
+	// Visibility returns one EventVisibility per entry of eventIDs, in the
+	// same order: result[i] answers eventIDs[i] (repeated IDs are answered
+	// each time). An entry is Known, with the visibility state before and
+	// after the event for server's users, when the store holds the event in
+	// roomID and knows its state: rejected events included, outliers not.
+	// Every other entry (an unknown ID, an event of another room, an
+	// outlier) has Known false, and the handler serves that event redacted.
+	// An unknown room gives all entries Known false, or an error wrapping
+	// ErrRoomNotFound. The answer is indexed rather than keyed by ID so that
+	// neither side hashes: a backfill page asks for up to 100 events.
+	//
+	// A result whose length is not len(eventIDs) is a store bug: the handler
+	// fails the request with its store-error answer rather than guess.
+	Visibility(ctx context.Context, roomID, server string, eventIDs []string) ([]EventVisibility, error)
 }
 
 // ErasureStore is an optional capability of an EventStore that knows which

@@ -3,6 +3,7 @@ package fedhistory
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
@@ -24,13 +25,17 @@ const (
 	historyVisibilityJoined        = "joined"
 )
 
+// errVisibilityMisaligned marks a Visibility answer whose length is not the
+// number of IDs asked: a store bug, answered like any other store error.
+var errVisibilityMisaligned = errors.New("the store's Visibility answer does not have one entry per event ID")
+
 // filterEvents turns the result of a walk (in the walk's order) into what may
 // be sent to origin, keeping that order. For each event it returns:
 //
 //   - the stored JSON, untouched, when origin may see the event;
 //   - the event redacted with roomVersion's redaction algorithm when origin
 //     may not see it (serverMaySeeEvent), when the store knows no state for
-//     it, or when its sender is erased (ErasureStore). Redacting rather than
+//     it (EventVisibility.Known is false), or when its sender is erased (ErasureStore). Redacting rather than
 //     dropping keeps the DAG whole for origin: the hashes and signatures
 //     survive, so origin can still check and link the event;
 //   - nothing for an m.room.redaction whose target the store does not hold
@@ -50,7 +55,9 @@ const (
 // Visibility, Events for the redaction targets not among events, and
 // ErasedUsers when store is an ErasureStore. roomID must already have passed
 // authorizeRoom for origin: "shared" history is served on the strength of
-// origin being in the room now. A nil logger means slog.Default().
+// origin being in the room now. A nil logger means slog.Default(). A
+// Visibility answer without exactly one entry per event asked is a store
+// error (errVisibilityMisaligned).
 //
 // The result is never nil, so that it encodes as a JSON array.
 func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, origin string, events []*Event, logger *slog.Logger) ([]json.RawMessage, error) {
@@ -103,6 +110,13 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 	if err != nil {
 		return nil, fmt.Errorf("fedhistory: reading the visibility of %d events in %s: %w", len(ids), roomID, err)
 	}
+	if len(visibility) != len(ids) {
+		// The answers cannot be matched to the events any more. Failing the
+		// request is the only safe choice: redacting everything would hide
+		// a broken store behind plausible answers.
+		return nil, fmt.Errorf("fedhistory: reading the visibility of %d events in %s: %w: got %d answers",
+			len(ids), roomID, errVisibilityMisaligned, len(visibility))
+	}
 	withheld, err := withheldRedactions(ctx, store, roomID, candidates)
 	if err != nil {
 		return nil, err
@@ -113,12 +127,12 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 	}
 
 	verdicts := visibilityVerdicts{server: origin}
-	for _, ev := range candidates {
+	for i, ev := range candidates {
 		if withheld[ev.ID] {
 			continue
 		}
-		eventVisibility, known := visibility[ev.ID]
-		if known && !erased[ev.Sender] && serverMaySeeEvent(ev, eventVisibility, &verdicts) {
+		// visibility[i] answers ids[i], which is candidates[i].
+		if visibility[i].Known && !erased[ev.Sender] && serverMaySeeEvent(ev, visibility[i], &verdicts) {
 			out = append(out, ev.JSON)
 			continue
 		}

@@ -215,6 +215,7 @@ func TestHistoryVisibilityTimeline(t *testing.T) {
 				store := newAuthzFakeStore()
 				ev := visTestEvent(t, visTestVersion, "$step", visTestRoom, step.eventType, step.stateKey, visTestBob, "", i)
 				store.visibility[ev.ID] = EventVisibility{
+					Known:  true,
 					Before: VisibilityState{HistoryVisibility: setting, Memberships: step.before},
 					After:  VisibilityState{HistoryVisibility: setting, Memberships: step.after},
 				}
@@ -263,6 +264,7 @@ func TestHistoryVisibilityChangeEvent(t *testing.T) {
 			store := newAuthzFakeStore()
 			ev := visTestEvent(t, visTestVersion, "$hv", visTestRoom, eventTypeHistoryVisibility, tt.stateKey, visTestBob, "", 1)
 			store.visibility[ev.ID] = EventVisibility{
+				Known:  true,
 				Before: VisibilityState{HistoryVisibility: tt.before, Memberships: tt.members},
 				After:  VisibilityState{HistoryVisibility: tt.after, Memberships: tt.members},
 			}
@@ -288,9 +290,67 @@ func TestFilterEventsWithoutVisibilityEntryRedacts(t *testing.T) {
 		"with no known state the event is treated as not visible, even though an unset visibility would be shared")
 }
 
+func TestFilterEventsUnknownStateRedacts(t *testing.T) {
+	// The store answers a state that would allow anybody, but says it does
+	// not know it: Known decides, not the states.
+	store := newAuthzFakeStore()
+	readable := VisibilityState{HistoryVisibility: historyVisibilityWorldReadable}
+	known := visTestEvent(t, visTestVersion, "$known", visTestRoom, "m.room.message", nil, visTestBob, "", 1)
+	unknown := visTestEvent(t, visTestVersion, "$unknown", visTestRoom, "m.room.message", nil, visTestBob, "", 2)
+	store.visibility[known.ID] = EventVisibility{Known: true, Before: readable, After: readable}
+	store.visibility[unknown.ID] = EventVisibility{Known: false, Before: readable, After: readable}
+
+	out, err := filterEvents(context.Background(), store, visTestVersion, visTestRoom, visTestOrigin, []*Event{unknown, known}, visTestDiscard)
+	require.NoError(t, err)
+	require.Equal(t, []json.RawMessage{visRedacted(t, visTestVersion, unknown), known.JSON}, out)
+}
+
+// misalignedStore answers Visibility with its wrapped store's answer made
+// longer or shorter by delta entries, as a buggy store might.
+type misalignedStore struct {
+	*authzFakeStore
+	delta int
+}
+
+func (s *misalignedStore) Visibility(ctx context.Context, roomID, server string, eventIDs []string) ([]EventVisibility, error) {
+	answer, err := s.authzFakeStore.Visibility(ctx, roomID, server, eventIDs)
+	if err != nil {
+		return nil, err
+	}
+	if s.delta < 0 {
+		return answer[:len(answer)+s.delta], nil
+	}
+	readable := VisibilityState{HistoryVisibility: historyVisibilityWorldReadable}
+	for range s.delta {
+		answer = append(answer, EventVisibility{Known: true, Before: readable, After: readable})
+	}
+	return answer, nil
+}
+
+func TestFilterEventsFailsOnAMisalignedVisibilityAnswer(t *testing.T) {
+	readable := VisibilityState{HistoryVisibility: historyVisibilityWorldReadable}
+	for _, delta := range []int{-3, -1, 1, 2} {
+		t.Run(fmt.Sprintf("%+d answers", delta), func(t *testing.T) {
+			store := &misalignedStore{authzFakeStore: newAuthzFakeStore(), delta: delta}
+			var events []*Event
+			for i := range 3 {
+				ev := visTestEvent(t, visTestVersion, fmt.Sprintf("$e%d", i), visTestRoom, "m.room.message", nil, visTestBob, "", i)
+				store.visibility[ev.ID] = EventVisibility{Known: true, Before: readable, After: readable}
+				events = append(events, ev)
+			}
+			out, err := filterEvents(context.Background(), store, visTestVersion, visTestRoom, visTestOrigin, events, visTestDiscard)
+			require.ErrorIs(t, err, errVisibilityMisaligned)
+			require.NotErrorIs(t, err, ErrForbidden, "a store bug must not pass for a refusal")
+			require.ErrorContains(t, err, visTestRoom)
+			require.ErrorContains(t, err, fmt.Sprintf("got %d answers", 3+delta))
+			require.Nil(t, out, "nothing is served from an answer that cannot be matched")
+		})
+	}
+}
+
 func TestFilterEventsErasedSender(t *testing.T) {
 	const erasedUser = "@erased:other.example"
-	visible := EventVisibility{Before: VisibilityState{HistoryVisibility: "world_readable"}, After: VisibilityState{HistoryVisibility: "world_readable"}}
+	visible := EventVisibility{Known: true, Before: VisibilityState{HistoryVisibility: "world_readable"}, After: VisibilityState{HistoryVisibility: "world_readable"}}
 	newEvents := func(t *testing.T) []*Event {
 		return []*Event{
 			visTestEvent(t, visTestVersion, "$a", visTestRoom, "m.room.message", nil, erasedUser, "", 1),
@@ -331,7 +391,7 @@ func TestFilterEventsErasedSender(t *testing.T) {
 }
 
 func TestFilterEventsRedactionWithholding(t *testing.T) {
-	visible := EventVisibility{Before: VisibilityState{HistoryVisibility: "shared"}, After: VisibilityState{HistoryVisibility: "shared"}}
+	visible := EventVisibility{Known: true, Before: VisibilityState{HistoryVisibility: "shared"}, After: VisibilityState{HistoryVisibility: "shared"}}
 	tests := []struct {
 		name string
 		// target is the redacted event, stored where targetRoom says and,
@@ -427,7 +487,7 @@ func (s *authzLeakyEventsStore) Events(_ context.Context, _ string, ids []string
 
 func TestFilterEventsDropsForeignRoomEventsAndLogsOnce(t *testing.T) {
 	store := newAuthzFakeStore()
-	visible := EventVisibility{Before: VisibilityState{HistoryVisibility: "shared"}}
+	visible := EventVisibility{Known: true, Before: VisibilityState{HistoryVisibility: "shared"}}
 	var events []*Event
 	for i, room := range []string{visTestRoom, visTestOther, visTestRoom, visTestOther, visTestRoom} {
 		ev := visTestEvent(t, visTestVersion, fmt.Sprintf("$e%d", i), room, "m.room.message", nil, visTestBob, "", i)
@@ -454,7 +514,7 @@ func TestFilterEventsDropsForeignRoomEventsAndLogsOnce(t *testing.T) {
 
 func TestFilterEventsNeverServesRejectedOrOutliers(t *testing.T) {
 	store := newAuthzFakeStore()
-	visible := EventVisibility{Before: VisibilityState{HistoryVisibility: "world_readable"}}
+	visible := EventVisibility{Known: true, Before: VisibilityState{HistoryVisibility: "world_readable"}}
 	rejected := visTestEvent(t, visTestVersion, "$rejected", visTestRoom, "m.room.message", nil, visTestBob, "", 1)
 	rejected.Rejected = true
 	outlier := visTestEvent(t, visTestVersion, "$outlier", visTestRoom, "m.room.message", nil, visTestBob, "", 2)
@@ -735,7 +795,9 @@ func TestFilterEventsProperty(t *testing.T) {
 			}
 			ev.Rejected = rng.IntN(20) == 0
 			if rng.IntN(5) != 0 {
-				store.visibility[id] = EventVisibility{Before: randomState(rng), After: randomState(rng)}
+				// Now and then the store has an answer but does not know
+				// the state: whatever the states say, that is not visible.
+				store.visibility[id] = EventVisibility{Before: randomState(rng), After: randomState(rng), Known: rng.IntN(10) != 0}
 			}
 			events[i] = ev
 			store.events[id] = ev
@@ -772,8 +834,8 @@ func TestFilterEventsProperty(t *testing.T) {
 			expected = append(expected, i)
 		}
 		maySeeWhole := func(ev *Event) bool {
-			vis, ok := store.visibility[ev.ID]
-			if !ok || erased[ev.Sender] {
+			vis := store.visibility[ev.ID]
+			if !vis.Known || erased[ev.Sender] {
 				return false
 			}
 			if mayOriginSee(vis.Before) {

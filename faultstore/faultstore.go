@@ -222,7 +222,7 @@ func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhi
 }
 
 // Visibility implements fedhistory.EventStore.
-func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs []string) (map[string]fedhistory.EventVisibility, error) {
+func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs []string) ([]fedhistory.EventVisibility, error) {
 	if err := s.begin(ctx, "Visibility"); err != nil {
 		return nil, err
 	}

@@ -552,22 +552,32 @@ func (s *Store) currentState(roomID string) (statemap, error) {
 	return state, nil
 }
 
-// Visibility returns the visibility state before and after each of eventIDs
-// that the store holds in roomID and whose state it knows (not outliers).
-// Memberships maps in the result may be shared between entries of the same
-// result (events with the same state); callers must not modify them.
-func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []string) (map[string]fedhistory.EventVisibility, error) {
-	type pending struct {
-		id            string
-		before, after statemap
+// Visibility returns one answer per entry of eventIDs, in the same order.
+// An entry is Known when the store holds the event in roomID and it is no
+// outlier. Memberships maps in the result may be shared between entries of
+// the same result (events with the same state); callers must not modify
+// them. The only allocations are the result, and one memberships map per
+// distinct state.
+func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []string) ([]fedhistory.EventVisibility, error) {
+	result := make([]fedhistory.EventVisibility, len(eventIDs))
+	if len(eventIDs) == 0 {
+		return result, nil
 	}
-	var stack [128]pending // a backfill page fits: no allocation
+	// The states are persistent maps: take the records under the lock and
+	// read their states after it, so that a writer never waits for the
+	// memberships to be collected. A nil record stands for "not known".
+	var stack [128]*record // a backfill page fits: no allocation
 	found := stack[:0]
+	if len(eventIDs) > len(stack) {
+		found = make([]*record, 0, len(eventIDs))
+	}
 	s.mu.RLock()
 	for _, id := range eventIDs {
-		if rec, ok := s.events[id]; ok && rec.RoomID == roomID && !rec.Outlier {
-			found = append(found, pending{id: rec.ID, before: rec.before, after: rec.after})
+		rec, ok := s.events[id]
+		if !ok || rec.RoomID != roomID || rec.Outlier {
+			rec = nil
 		}
+		found = append(found, rec)
 	}
 	s.mu.RUnlock()
 
@@ -597,9 +607,10 @@ func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []
 		memo = append(memo, memoized{root: state.root, vis: v})
 		return v
 	}
-	result := make(map[string]fedhistory.EventVisibility, len(found))
-	for _, p := range found {
-		result[p.id] = fedhistory.EventVisibility{Before: visibility(p.before), After: visibility(p.after)}
+	for i, rec := range found {
+		if rec != nil {
+			result[i] = fedhistory.EventVisibility{Known: true, Before: visibility(rec.before), After: visibility(rec.after)}
+		}
 	}
 	return result, nil
 }

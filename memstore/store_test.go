@@ -62,6 +62,15 @@ func visibility(hv string, members map[string]string) fedhistory.VisibilityState
 	return fedhistory.VisibilityState{HistoryVisibility: hv, Memberships: members}
 }
 
+// knownFlags returns the Known field of each answer.
+func knownFlags(answers []fedhistory.EventVisibility) []bool {
+	known := make([]bool, len(answers))
+	for i, v := range answers {
+		known[i] = v.Known
+	}
+	return known
+}
+
 func TestVisibilityFollowsTheDAG(t *testing.T) {
 	for _, version := range testedVersions {
 		t.Run("room v"+version, func(t *testing.T) {
@@ -133,16 +142,33 @@ func TestVisibilityFollowsTheDAG(t *testing.T) {
 				t.Run(tt.name, func(t *testing.T) {
 					got, err := s.Visibility(ctx, r.roomID, tt.server, []string{r.id(tt.event)})
 					require.NoError(t, err)
-					require.Equal(t, map[string]fedhistory.EventVisibility{r.id(tt.event): tt.want}, got)
+					want := tt.want
+					want.Known = true
+					require.Equal(t, []fedhistory.EventVisibility{want}, got)
 				})
 			}
 
-			t.Run("unknown IDs and other rooms' events are left out", func(t *testing.T) {
+			t.Run("unknown IDs and other rooms' events are not known", func(t *testing.T) {
 				other := newTestRoom(t, version)
 				other.addSetup(s)
 				got, err := s.Visibility(ctx, r.roomID, "hs1.example", []string{"$unknown", other.id("msg1"), r.id("msg1")})
 				require.NoError(t, err)
-				require.Equal(t, []string{r.id("msg1")}, slices.Collect(maps.Keys(got)))
+				require.Equal(t, []bool{false, false, true}, knownFlags(got))
+				require.Equal(t, fedhistory.EventVisibility{}, got[0], "an unknown entry is the zero value")
+				require.Equal(t, fedhistory.EventVisibility{}, got[1])
+			})
+
+			t.Run("answers follow the order asked, repeats included", func(t *testing.T) {
+				ids := r.ids(names("merge", "create", "merge", "hvA", "create"))
+				got, err := s.Visibility(ctx, r.roomID, "other", ids)
+				require.NoError(t, err)
+				require.Len(t, got, len(ids))
+				for i, id := range ids {
+					one, err := s.Visibility(ctx, r.roomID, "other", []string{id})
+					require.NoError(t, err)
+					require.Equal(t, one[0], got[i], "answer %d", i)
+				}
+				require.NotEqual(t, got[0], got[1], "the events asked have different states")
 			})
 		})
 	}
@@ -165,11 +191,12 @@ func TestRejectedAndOutlierEvents(t *testing.T) {
 			vis, err := s.Visibility(ctx, r.roomID, "third.example", r.ids(names("rejected", "afterRejected", "outlier")))
 			require.NoError(t, err)
 			invited := visibility("invited", nil)
-			require.Equal(t, map[string]fedhistory.EventVisibility{
+			require.Equal(t, []fedhistory.EventVisibility{
 				// A rejected event has a state, but does not change it.
-				r.id("rejected"):      {Before: invited, After: invited},
-				r.id("afterRejected"): {Before: invited, After: invited},
-			}, vis, "outliers have no visibility entry and are not in any state")
+				{Known: true, Before: invited, After: invited},
+				{Known: true, Before: invited, After: invited},
+				{}, // an outlier's state is not known
+			}, vis, "outliers are not known and are not in any state")
 
 			events, err := s.Events(ctx, r.roomID, r.ids(names("rejected", "outlier")))
 			require.NoError(t, err)
@@ -257,7 +284,7 @@ func TestUnknownRoom(t *testing.T) {
 	require.Empty(t, events)
 	vis, err := s.Visibility(ctx, "!nope:hs1.example", "hs1.example", []string{r.id("msg1")})
 	require.NoError(t, err)
-	require.Empty(t, vis)
+	require.Equal(t, []fedhistory.EventVisibility{{}}, vis, "one answer, not known")
 
 	version, err := s.RoomVersion(ctx, r.roomID)
 	require.NoError(t, err)
@@ -408,9 +435,10 @@ func TestGapsInTheDAG(t *testing.T) {
 
 	vis, err := s.Visibility(ctx, r.roomID, "hs1.example", r.ids(names("afterGap", "orphan")))
 	require.NoError(t, err)
-	require.Equal(t, visibility("shared", map[string]string{alice: "join"}), vis[r.id("afterGap")].Before,
+	require.Equal(t, []bool{true, true}, knownFlags(vis), "events after a gap have a state")
+	require.Equal(t, visibility("shared", map[string]string{alice: "join"}), vis[0].Before,
 		"known prev_events still give the state")
-	require.Equal(t, visibility("", nil), vis[r.id("orphan")].Before)
+	require.Equal(t, visibility("", nil), vis[1].Before)
 
 	// When the missing event arrives it already has children, so it is no
 	// forward extremity.
@@ -465,7 +493,7 @@ func TestConcurrentReads(t *testing.T) {
 						require.Len(t, events, len(readIDs))
 						vis, err := s.Visibility(ctx, r.roomID, "other:8448", readIDs)
 						require.NoError(t, err)
-						require.Equal(t, map[string]string{bob: "ban"}, vis[r.id("merge")].Before.Memberships)
+						require.Equal(t, map[string]string{bob: "ban"}, vis[slices.Index(readIDs, r.id("merge"))].Before.Memberships)
 						current, err := s.CurrentState(ctx, r.roomID, "other:8448")
 						require.NoError(t, err)
 						require.Equal(t, map[string]string{bob: "ban"}, current.Memberships)

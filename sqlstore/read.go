@@ -77,15 +77,15 @@ FROM events WHERE room_id = $1 AND event_id IN (IDS($2))`, roomID, s.idList(ids)
 	return events, nil
 }
 
-// Visibility returns the visibility state before and after each of eventIDs
-// that the store holds in roomID and whose state it knows (not outliers).
-// One query reads the events' state groups and, along each group's delta
+// Visibility returns one answer per entry of eventIDs, in the same order;
+// an entry is Known when the store holds the event in roomID and it is no
+// outlier. One query reads the events' state groups and, along each group's delta
 // chain, only the entries that matter: the history visibility and the
 // memberships of server's users (an index lookup on member_server).
 // Memberships maps may be shared between entries of the result; callers must
 // not modify them.
-func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs []string) (map[string]fedhistory.EventVisibility, error) {
-	result := make(map[string]fedhistory.EventVisibility)
+func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs []string) ([]fedhistory.EventVisibility, error) {
+	result := make([]fedhistory.EventVisibility, len(eventIDs))
 	if len(eventIDs) == 0 || !s.storable(roomID) {
 		return result, nil
 	}
@@ -176,8 +176,14 @@ WHERE (e.event_type = 'm.room.history_visibility' AND e.state_key = '')
 		views[group] = v
 		return v
 	}
+	// The rows come in the database's order, each ID once: index them to
+	// answer eventIDs in order, repeats included.
+	known := make(map[string]fedhistory.EventVisibility, len(targets))
 	for _, t := range targets {
-		result[t.id] = fedhistory.EventVisibility{Before: view(t.before), After: view(t.after)}
+		known[t.id] = fedhistory.EventVisibility{Known: true, Before: view(t.before), After: view(t.after)}
+	}
+	for i, id := range eventIDs {
+		result[i] = known[id] // the zero value, not Known, when absent
 	}
 	return result, nil
 }

@@ -36,7 +36,11 @@ var storeBugs = []struct {
 	{"servers matched by prefix", "CurrentState/hs3.example:84_is_not_hs3.example:8448"},
 	{"no ACL", "CurrentState/the_server_ACL_of_the_v10_room,_and_evil.example_has_no_members"},
 	{"Before is After", "Visibility/v10:_history_visibility_is_shared_before_the_change_and_joined_after_it"},
-	{"outliers have visibility", "Visibility/outliers,_unknown_IDs_and_another_room's_events_are_left_out"},
+	{"outliers have visibility", "Visibility/outliers,_unknown_IDs_and_another_room's_events_are_not_known"},
+	{"Visibility ignores the room", "Visibility/outliers,_unknown_IDs_and_another_room's_events_are_not_known"},
+	{"Visibility leaves unknown IDs out", "Visibility/outliers,_unknown_IDs_and_another_room's_events_are_not_known"},
+	{"Visibility answers in ID order", "Visibility/answers_follow_the_order_asked,_repeats_included"},
+	{"Visibility answers repeated IDs once", "Visibility/answers_follow_the_order_asked,_repeats_included"},
 	{"erasure forgets the port server", "ErasedUsers/erin_and_dave_are_erased,_nobody_else"},
 	{"empty answer when cancelled", "cancelled_context/cancelled/every_method"},
 	{"backfill walker drops the oldest", "WalkBackfill/v10_main/from_the_last_event,_limit_3"},
@@ -174,35 +178,79 @@ func (s *brokenStore) CurrentState(ctx context.Context, roomID, server string) (
 	return current, nil
 }
 
-func (s *brokenStore) Visibility(ctx context.Context, roomID, server string, eventIDs []string) (map[string]fedhistory.EventVisibility, error) {
+func (s *brokenStore) Visibility(ctx context.Context, roomID, server string, eventIDs []string) ([]fedhistory.EventVisibility, error) {
 	visibility, err := s.Store.Visibility(ctx, roomID, server, eventIDs)
 	if err != nil {
 		return nil, err
 	}
 	switch s.bug {
 	case "Before is After":
-		for id, v := range visibility {
-			visibility[id] = fedhistory.EventVisibility{Before: v.After, After: v.After}
+		for i := range visibility {
+			visibility[i].Before = visibility[i].After
 		}
 	case "outliers have visibility":
 		for _, room := range s.rooms {
 			for _, ev := range room.Events {
-				if ev.Outlier && room.ID == roomID && slices.Contains(eventIDs, ev.ID) {
-					visibility[ev.ID] = fedhistory.EventVisibility{}
+				if !ev.Outlier || room.ID != roomID {
+					continue
+				}
+				for i, id := range eventIDs {
+					if id == ev.ID {
+						visibility[i] = fedhistory.EventVisibility{Known: true}
+					}
 				}
 			}
 		}
+	case "Visibility ignores the room":
+		// An unknown answer is looked for in every other room too.
+		for i, id := range eventIDs {
+			for _, room := range s.rooms {
+				if visibility[i].Known || room.ID == roomID {
+					continue
+				}
+				elsewhere, _ := s.Store.Visibility(ctx, room.ID, server, []string{id})
+				visibility[i] = elsewhere[0]
+			}
+		}
+	case "Visibility leaves unknown IDs out":
+		// The old contract: a map of the known events only.
+		visibility = slices.DeleteFunc(visibility, func(v fedhistory.EventVisibility) bool { return !v.Known })
+	case "Visibility answers in ID order":
+		// What a database gives back without an ORDER BY matching the
+		// request.
+		order := make([]int, len(eventIDs))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortStableFunc(order, func(a, b int) int { return strings.Compare(eventIDs[a], eventIDs[b]) })
+		sorted := make([]fedhistory.EventVisibility, len(order))
+		for i, from := range order {
+			sorted[i] = visibility[from]
+		}
+		visibility = sorted
+	case "Visibility answers repeated IDs once":
+		var once []fedhistory.EventVisibility
+		for i, id := range eventIDs {
+			if !slices.Contains(eventIDs[:i], id) {
+				once = append(once, visibility[i])
+			}
+		}
+		visibility = once
 	case "servers matched by prefix":
-		for id, v := range visibility {
+		for i, id := range eventIDs {
+			v := visibility[i]
+			if !v.Known {
+				continue
+			}
 			of := func(when func(fedhistory.EventVisibility) fedhistory.VisibilityState) func(string) map[string]string {
 				return func(other string) map[string]string {
 					answer, _ := s.Store.Visibility(ctx, roomID, other, []string{id})
-					return when(answer[id]).Memberships
+					return when(answer[0]).Memberships
 				}
 			}
 			v.Before.Memberships = s.prefixMemberships(v.Before.Memberships, of(func(e fedhistory.EventVisibility) fedhistory.VisibilityState { return e.Before }), server)
 			v.After.Memberships = s.prefixMemberships(v.After.Memberships, of(func(e fedhistory.EventVisibility) fedhistory.VisibilityState { return e.After }), server)
-			visibility[id] = v
+			visibility[i] = v
 		}
 	}
 	return visibility, nil

@@ -513,8 +513,9 @@ func (s *suite) testVisibility(t *testing.T) {
 			efx := s.room(tc.room).byLabel[tc.event]
 			got, err := s.store.Visibility(ctx, efx.want.RoomID, tc.server, []string{efx.want.ID})
 			require.NoError(t, err)
-			require.Contains(t, got, efx.want.ID)
-			requireVisibility(t, fedhistory.EventVisibility{Before: tc.before, After: tc.after}, got[efx.want.ID], efx.label, tc.server)
+			require.Len(t, got, 1, "one answer per ID")
+			require.True(t, got[0].Known, "%s: the state at a stored event that is no outlier is known", efx.label)
+			requireVisibility(t, fedhistory.EventVisibility{Known: true, Before: tc.before, After: tc.after}, got[0], efx.label, tc.server)
 		})
 	}
 	for _, rf := range s.f.rooms {
@@ -526,34 +527,65 @@ func (s *suite) testVisibility(t *testing.T) {
 			}
 		})
 	}
-	t.Run("outliers, unknown IDs and another room's events are left out", func(t *testing.T) {
+	t.Run("answers follow the order asked, repeats included", func(t *testing.T) {
+		// Backwards, every event twice with an unknown ID between: an
+		// answer in the store's own order, or with repeats answered once,
+		// puts some state against the wrong event.
+		rf := s.room("v10 main")
+		var batch []string
+		var want []*eventFixture // nil for the unknown IDs
+		for i := len(rf.events) - 1; i >= 0; i-- {
+			efx := rf.events[i]
+			batch = append(batch, efx.want.ID, unknownIDs[i%len(unknownIDs)], efx.want.ID)
+			want = append(want, efx, nil, efx)
+		}
+		got, err := s.store.Visibility(ctx, rf.room.ID, "hs3.example", batch)
+		require.NoError(t, err)
+		require.Len(t, got, len(batch), "one answer per ID asked, repeats included")
+		for i, efx := range want {
+			if efx == nil {
+				require.False(t, got[i].Known, "answer %d, for the unknown ID %q", i, batch[i])
+				continue
+			}
+			requireEventVisibility(t, efx, got[i], "hs3.example", i)
+		}
+	})
+	t.Run("outliers, unknown IDs and another room's events are not known", func(t *testing.T) {
 		rf := s.room("v10 main")
 		outlier := rf.byLabel[labelOutlier]
 		batch := append([]string{outlier.want.ID}, unknownIDs...)
 		batch = append(batch, ids(s.otherRoom(rf).events)...)
 		got, err := s.store.Visibility(ctx, rf.room.ID, "hs2.example", batch)
 		require.NoError(t, err)
-		require.Empty(t, got)
+		require.Len(t, got, len(batch), "one answer per ID asked")
+		for i, id := range batch {
+			require.False(t, got[i].Known, "answer %d, for %q", i, id)
+		}
 	})
 	t.Run("empty batch", func(t *testing.T) {
 		got, err := s.store.Visibility(ctx, s.f.rooms[0].room.ID, "hs2.example", nil)
 		require.NoError(t, err)
 		require.Empty(t, got)
 	})
-	t.Run("unknown room answers nothing or ErrRoomNotFound", func(t *testing.T) {
-		got, err := s.store.Visibility(ctx, unknownRoom, "hs2.example", ids(s.f.rooms[0].events))
+	t.Run("unknown room answers nothing known or ErrRoomNotFound", func(t *testing.T) {
+		batch := ids(s.f.rooms[0].events)
+		got, err := s.store.Visibility(ctx, unknownRoom, "hs2.example", batch)
 		if err != nil {
 			require.ErrorIs(t, err, fedhistory.ErrRoomNotFound)
 			return
 		}
-		require.Empty(t, got)
+		require.Len(t, got, len(batch), "one answer per ID asked")
+		for i, id := range batch {
+			require.False(t, got[i].Known, "answer %d, for %q", i, id)
+		}
 	})
 }
 
 // checkVisibilityBatch asks for the visibility of every event of rf,
 // outliers included, and of unknown and other's events, in one call: the
-// answer must hold exactly rf's events that are not outliers, rejected ones
-// included (their state is known), with the states the fixture tracked.
+// answer must have one entry per ID, in order, Known exactly for rf's events
+// that are not outliers, rejected ones included (their state is known), with
+// the states the fixture tracked.
 func checkVisibilityBatch(t require.TestingT, ctx context.Context, store fedhistory.EventStore, rf, other *roomFixture, server string, m mode) {
 	helper(t)
 	batch := append(ids(rf.events), unknownIDs...)
@@ -562,20 +594,26 @@ func checkVisibilityBatch(t require.TestingT, ctx context.Context, store fedhist
 	if !answered(t, err, m, "Visibility") {
 		return
 	}
-	var want []string
-	for _, efx := range rf.events {
-		if !efx.want.Outlier {
-			want = append(want, efx.want.ID)
-		}
+	require.Len(t, got, len(batch), "Visibility of room %s must answer every ID asked, in order", rf.name)
+	for i, efx := range rf.events {
+		requireEventVisibility(t, efx, got[i], server, i)
 	}
-	require.ElementsMatch(t, want, slices.Collect(maps.Keys(got)),
-		"Visibility of room %s must answer every event that is not an outlier, and nothing else", rf.name)
-	for _, efx := range rf.events {
-		if !efx.want.Outlier {
-			requireVisibility(t, fedhistory.EventVisibility{Before: efx.before.visibility(server), After: efx.after.visibility(server)},
-				got[efx.want.ID], efx.label, server)
-		}
+	for i := len(rf.events); i < len(batch); i++ {
+		require.False(t, got[i].Known, "answer %d, for %q, which is not in room %s", i, batch[i], rf.name)
 	}
+}
+
+// requireEventVisibility checks the answer at index i for efx, an event of
+// the room asked about: unknown for an outlier, else its states.
+func requireEventVisibility(t require.TestingT, efx *eventFixture, got fedhistory.EventVisibility, server string, i int) {
+	helper(t)
+	if efx.want.Outlier {
+		require.False(t, got.Known, "answer %d, for %s: the state at an outlier is not known", i, efx.label)
+		return
+	}
+	require.True(t, got.Known, "answer %d, for %s: the state at a stored event that is no outlier is known", i, efx.label)
+	requireVisibility(t, fedhistory.EventVisibility{Known: true, Before: efx.before.visibility(server), After: efx.after.visibility(server)},
+		got, fmt.Sprintf("answer %d, for %s", i, efx.label), server)
 }
 
 func requireVisibility(t require.TestingT, want, got fedhistory.EventVisibility, label, server string) {

@@ -301,16 +301,19 @@ func (r *demoReport) redactionReasons(ctx context.Context, requester string, eve
 	if err != nil {
 		return nil, err
 	}
+	if len(visibility) != len(ids) {
+		return nil, fmt.Errorf("visibility of %d events: the store answered %d", len(ids), len(visibility))
+	}
 	erased, err := r.store.ErasedUsers(ctx, senders)
 	if err != nil {
 		return nil, err
 	}
-	for _, ev := range events {
-		vis, known := visibility[ev.ID]
+	for i, ev := range events {
+		vis := visibility[i]
 		switch {
 		case erased[ev.Sender]:
 			reasons[ev.ID] = "its sender is erased"
-		case !known:
+		case !vis.Known:
 			reasons[ev.ID] = demoServerName + " knows no state at this event"
 		case vis.Before.HistoryVisibility == "joined":
 			reasons[ev.ID] = "history_visibility=joined and " + requester + " had no joined user then"

@@ -113,6 +113,8 @@ func TestJoinsAndHistoryVisibility(t *testing.T) {
 
 	visibility, err := store.Visibility(ctx, g.RoomID(), "hs2.example", ids[:1])
 	require.NoError(t, err)
-	require.Equal(t, "joined", visibility[ids[0]].Before.HistoryVisibility)
-	require.Equal(t, map[string]string{"@bob:hs2.example": "join"}, visibility[ids[0]].Before.Memberships)
+	require.Len(t, visibility, 1)
+	require.True(t, visibility[0].Known)
+	require.Equal(t, "joined", visibility[0].Before.HistoryVisibility)
+	require.Equal(t, map[string]string{"@bob:hs2.example": "join"}, visibility[0].Before.Memberships)
 }
