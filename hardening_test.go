@@ -568,6 +568,21 @@ func TestStoreErrorsAndPanics(t *testing.T) {
 			require.Contains(t, logs.String(), faultstore.ErrInjected.Error())
 		})
 
+		t.Run(req.name+": a misaligned Visibility answer gives 500 M_UNKNOWN", func(t *testing.T) {
+			logs := &lockedBuffer{}
+			faulty := faultstore.Wrap(fr.store, faultstore.Faults{Garbage: faultstore.MisalignedVisibility})
+			h := newHandler(t, faulty, func(cfg *fedhistory.Config) {
+				cfg.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+			})
+			requireSpecError(t, serveRequest(h, historyRequest(t.Context(), req.method, req.target, memberServer, req.body)), 500, "M_UNKNOWN")
+			require.Equal(t, 1, faulty.Calls()["Visibility"])
+			var line struct{ Level, Msg, Error string }
+			require.NoError(t, json.Unmarshal([]byte(logs.String()), &line), "log: %s", logs.String())
+			require.Equal(t, "ERROR", line.Level)
+			require.Equal(t, "fedhistory: store error", line.Msg)
+			require.Contains(t, line.Error, "does not have one entry per event ID")
+		})
+
 		t.Run(req.name+": a panicking store gives 500 M_UNKNOWN and a logged stack", func(t *testing.T) {
 			logs := &lockedBuffer{}
 			h := newHandler(t, faultstore.Wrap(fr.store, faultstore.Faults{PanicRate: 1}), func(cfg *fedhistory.Config) {
@@ -610,17 +625,23 @@ func TestStoreGarbage(t *testing.T) {
 
 	tests := []struct {
 		garbage faultstore.Garbage
-		// sameAnswer: the garbage is recognisable and must change nothing.
+		// sameAnswer: the garbage is recognisable and must change nothing
+		// in an answer that is served.
 		sameAnswer bool
 		// nothingServed: every event is unusable, so nothing may be served.
 		nothingServed bool
+		// storeError: the garbage makes the request fail with the store
+		// error answer (500 M_UNKNOWN) when it is picked, and at rate 0
+		// always.
+		storeError bool
 	}{
-		{faultstore.ForeignRoomEvents, true, false},
-		{faultstore.DuplicateIDs, true, false},
-		{faultstore.PrevEventCycles, false, false},
-		{faultstore.MissingFields, false, false},
-		{faultstore.DepthOutOfRange, false, true},
-		{faultstore.AllGarbage, false, false},
+		{faultstore.ForeignRoomEvents, true, false, false},
+		{faultstore.DuplicateIDs, true, false, false},
+		{faultstore.PrevEventCycles, false, false, false},
+		{faultstore.MissingFields, false, false, false},
+		{faultstore.DepthOutOfRange, false, true, false},
+		{faultstore.MisalignedVisibility, true, false, true},
+		{faultstore.AllGarbage, false, false, false},
 	}
 	for _, tc := range tests {
 		for _, rate := range []float64{0, 0.3} { // 0: every event
@@ -631,7 +652,17 @@ func TestStoreGarbage(t *testing.T) {
 					// Twice: PrevEventCycles links to events answered by
 					// earlier calls, and the second request has some.
 					for range 2 {
-						got := fr.servedIDs(t, serveRequest(h, historyRequest(t.Context(), req.method, req.target, memberServer, req.body)))
+						resp := serveRequest(h, historyRequest(t.Context(), req.method, req.target, memberServer, req.body))
+						if tc.storeError && rate == 0 {
+							requireSpecError(t, resp, http.StatusInternalServerError, "M_UNKNOWN")
+							continue
+						}
+						if tc.garbage&faultstore.MisalignedVisibility != 0 && resp.status == http.StatusInternalServerError {
+							// Picked this time.
+							requireSpecError(t, resp, http.StatusInternalServerError, "M_UNKNOWN")
+							continue
+						}
+						got := fr.servedIDs(t, resp)
 						switch {
 						case tc.nothingServed && rate == 0:
 							require.Empty(t, got)

@@ -1,6 +1,7 @@
 // Package faultstore wraps a fedhistory.EventStore to inject faults: errors,
-// latency, panics, and garbage in Events answers (events of another room,
-// duplicates, prev_events cycles, missing fields, absurd depths). The
+// latency, panics, garbage in Events answers (events of another room,
+// duplicates, prev_events cycles, missing fields, absurd depths), and
+// Visibility answers that cannot be matched to the IDs asked. The
 // handler's hardening tests use it to show that a misbehaving database can
 // make a request fail, but never make it serve what it must not, loop, or
 // crash the server; and, through Calls, that a request rejected early never
@@ -47,7 +48,8 @@ const ForeignRoomID = "!foreign:faultstore.invalid"
 // JSON allows (±(2^53-1)).
 const OutOfRangeDepth int64 = 1 << 60
 
-// Garbage selects the kinds of garbage added to Events answers.
+// Garbage selects the kinds of garbage added to Events and Visibility
+// answers.
 type Garbage uint
 
 const (
@@ -68,13 +70,20 @@ const (
 	MissingFields
 	// DepthOutOfRange sets each chosen event's depth to ±OutOfRangeDepth.
 	DepthOutOfRange
+	// MisalignedVisibility shifts each chosen Visibility answer by one
+	// entry: either the first entry is dropped, or an extra entry, Known
+	// and world_readable, is put in front. Either way the answer has the
+	// wrong length, and every entry after the change answers the wrong ID
+	// (with a state that, read at face value, may well allow it). It picks
+	// whole calls, not events.
+	MisalignedVisibility
 
 	// AllGarbage is every kind of garbage.
-	AllGarbage = ForeignRoomEvents | DuplicateIDs | PrevEventCycles | MissingFields | DepthOutOfRange
+	AllGarbage = ForeignRoomEvents | DuplicateIDs | PrevEventCycles | MissingFields | DepthOutOfRange | MisalignedVisibility
 )
 
 // garbageNames are the names of the Garbage bits, lowest first.
-var garbageNames = []string{"ForeignRoomEvents", "DuplicateIDs", "PrevEventCycles", "MissingFields", "DepthOutOfRange"}
+var garbageNames = []string{"ForeignRoomEvents", "DuplicateIDs", "PrevEventCycles", "MissingFields", "DepthOutOfRange", "MisalignedVisibility"}
 
 // String names the kinds of garbage in g, joined by "|".
 func (g Garbage) String() string {
@@ -104,10 +113,12 @@ type Faults struct {
 	// PanicRate is the fraction of calls that panic with an error wrapping
 	// ErrInjectedPanic. Panics are drawn before errors.
 	PanicRate float64
-	// Garbage is the set of garbage kinds added to Events answers.
+	// Garbage is the set of garbage kinds added to Events and Visibility
+	// answers.
 	Garbage Garbage
 	// GarbageRate is the fraction of answered events each kind of Garbage
-	// picks. 0, the default, picks every event.
+	// picks (of Visibility calls, for MisalignedVisibility). 0, the default,
+	// picks every one.
 	GarbageRate float64
 	// Seed seeds the random source every fault is drawn from.
 	Seed int64
@@ -221,12 +232,34 @@ func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhi
 	return s.inner.CurrentState(ctx, roomID, server)
 }
 
-// Visibility implements fedhistory.EventStore.
+// Visibility implements fedhistory.EventStore, misaligning the wrapped
+// store's answer when MisalignedVisibility picks the call. The wrapped
+// store's slice is never modified: garbage goes into a copy.
 func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs []string) ([]fedhistory.EventVisibility, error) {
 	if err := s.begin(ctx, "Visibility"); err != nil {
 		return nil, err
 	}
-	return s.inner.Visibility(ctx, roomID, server, eventIDs)
+	visibility, err := s.inner.Visibility(ctx, roomID, server, eventIDs)
+	if err != nil || s.faults.Garbage&MisalignedVisibility == 0 {
+		return visibility, err
+	}
+	return s.misalign(visibility), nil
+}
+
+// misalign returns visibility shifted by one entry, or unchanged when the
+// call is not picked.
+func (s *Store) misalign(visibility []fedhistory.EventVisibility) []fedhistory.EventVisibility {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.pick() {
+		return visibility
+	}
+	if len(visibility) > 0 && s.rng.IntN(2) == 0 {
+		return slices.Clone(visibility[1:])
+	}
+	readable := fedhistory.VisibilityState{HistoryVisibility: "world_readable", Memberships: map[string]string{}}
+	extra := fedhistory.EventVisibility{Known: true, Before: readable, After: readable}
+	return append([]fedhistory.EventVisibility{extra}, visibility...)
 }
 
 // ErasedUsers implements fedhistory.ErasureStore; see Store.

@@ -305,6 +305,86 @@ func TestGarbage(t *testing.T) {
 	})
 }
 
+func TestMisalignedVisibility(t *testing.T) {
+	room, ids := reference(t)
+	inner := loadMemstore(t)
+	ctx := context.Background()
+	genuine, err := inner.Visibility(ctx, room.ID, "hs2.example", ids)
+	require.NoError(t, err)
+	require.Len(t, genuine, len(ids))
+	readable := fedhistory.VisibilityState{HistoryVisibility: "world_readable", Memberships: map[string]string{}}
+
+	// misalignments asks n times and counts the answers that lost their
+	// first entry, that gained one in front, and that came back unchanged.
+	misalignments := func(t *testing.T, faults faultstore.Faults, n int) (dropped, added, unchanged int) {
+		store := faultstore.Wrap(inner, faults)
+		for range n {
+			got, err := store.Visibility(ctx, room.ID, "hs2.example", ids)
+			require.NoError(t, err)
+			switch len(got) {
+			case len(ids):
+				require.Equal(t, genuine, got)
+				unchanged++
+			case len(ids) - 1:
+				require.Equal(t, genuine[1:], got, "the first entry is dropped, so every other answers the wrong ID")
+				dropped++
+			case len(ids) + 1:
+				require.Equal(t, fedhistory.EventVisibility{Known: true, Before: readable, After: readable}, got[0])
+				require.Equal(t, genuine, got[1:], "an entry is put in front, so every other answers the wrong ID")
+				added++
+			default:
+				t.Fatalf("%d answers for %d IDs", len(got), len(ids))
+			}
+		}
+		return dropped, added, unchanged
+	}
+
+	t.Run("rate 0 misaligns every call, both ways", func(t *testing.T) {
+		dropped, added, unchanged := misalignments(t, faultstore.Faults{Garbage: faultstore.MisalignedVisibility, Seed: 9}, 20)
+		require.Zero(t, unchanged)
+		require.Positive(t, dropped)
+		require.Positive(t, added)
+	})
+	t.Run("GarbageRate picks some calls", func(t *testing.T) {
+		dropped, added, unchanged := misalignments(t, faultstore.Faults{Garbage: faultstore.MisalignedVisibility, GarbageRate: 0.5, Seed: 10}, 40)
+		require.Positive(t, dropped+added)
+		require.Positive(t, unchanged)
+	})
+	t.Run("Events garbage leaves Visibility alone", func(t *testing.T) {
+		others := faultstore.AllGarbage &^ faultstore.MisalignedVisibility
+		_, _, unchanged := misalignments(t, faultstore.Faults{Garbage: others, Seed: 11}, 5)
+		require.Equal(t, 5, unchanged)
+	})
+	t.Run("an empty answer gains an entry", func(t *testing.T) {
+		store := faultstore.Wrap(inner, faultstore.Faults{Garbage: faultstore.MisalignedVisibility, Seed: 12})
+		for range 5 {
+			got, err := store.Visibility(ctx, room.ID, "hs2.example", nil)
+			require.NoError(t, err)
+			require.Len(t, got, 1)
+		}
+	})
+	t.Run("the wrapped store's answer is untouched", func(t *testing.T) {
+		answer := slices.Clone(genuine)
+		store := faultstore.Wrap(sameVisibility{inner, answer}, faultstore.Faults{Garbage: faultstore.MisalignedVisibility, Seed: 13})
+		for range 10 {
+			got, err := store.Visibility(ctx, room.ID, "hs2.example", ids)
+			require.NoError(t, err)
+			require.NotEqual(t, len(ids), len(got))
+		}
+		require.Equal(t, genuine, answer)
+	})
+}
+
+// sameVisibility answers every Visibility call with the very same slice.
+type sameVisibility struct {
+	fedhistory.EventStore
+	answer []fedhistory.EventVisibility
+}
+
+func (s sameVisibility) Visibility(context.Context, string, string, []string) ([]fedhistory.EventVisibility, error) {
+	return s.answer, nil
+}
+
 // bareStore is an EventStore that is not an ErasureStore.
 type bareStore struct{ fedhistory.EventStore }
 
@@ -376,7 +456,7 @@ func TestConcurrentCalls(t *testing.T) {
 func TestGarbageString(t *testing.T) {
 	require.Equal(t, "none", faultstore.Garbage(0).String())
 	require.Equal(t, "DuplicateIDs|DepthOutOfRange", (faultstore.DuplicateIDs | faultstore.DepthOutOfRange).String())
-	require.Equal(t, "ForeignRoomEvents|DuplicateIDs|PrevEventCycles|MissingFields|DepthOutOfRange", faultstore.AllGarbage.String())
+	require.Equal(t, "ForeignRoomEvents|DuplicateIDs|PrevEventCycles|MissingFields|DepthOutOfRange|MisalignedVisibility", faultstore.AllGarbage.String())
 	require.Equal(t, "MissingFields|Garbage(0x100)", (faultstore.MissingFields | 1<<8).String())
 }
 
