@@ -118,10 +118,8 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 		if !complete {
 			break
 		}
-		for _, id := range w.slots[next].prevEvents {
-			if prev, ok := w.index[id]; ok { // always, once expanded
-				w.reach(prev)
-			}
+		for _, prev := range w.prevSlots(next) {
+			w.reach(prev)
 		}
 	}
 
@@ -162,8 +160,13 @@ type backfillSlot struct {
 	rejected   bool
 	batch      int // the fetch call that requested the ID
 	state      slotState
-	// expanded: every followed prev event has been requested.
+	// expanded: every followed prev event has been requested, and
+	// prevSlots[prevsAt:prevsAt+prevsLen] of the walk holds their slots
+	// indexes in prev_events order, so that reaching them after the event
+	// is taken costs no index lookups.
 	expanded bool
+	prevsLen uint8 // <= maxPrevEventsFollowed
+	prevsAt  int
 }
 
 // compareNewerFirst is compareNewerFirst for slots.
@@ -185,6 +188,9 @@ type backfillWalk struct {
 
 	index map[string]int // event ID → slots index, for every requested ID
 	slots []backfillSlot
+	// prevs holds the slots indexes of the followed prev_events of every
+	// expanded slot (see backfillSlot.prevsAt).
+	prevs []int
 
 	frontier intHeap // slots indexes of reached events, best first
 	ahead    intHeap // scratch: frontier positions, for lookahead
@@ -230,7 +236,7 @@ func (w *backfillWalk) release() {
 	}
 	clear(w.index)
 	clear(w.slots) // drop the references to the nodes' strings
-	w.slots = w.slots[:0]
+	w.slots, w.prevs = w.slots[:0], w.prevs[:0]
 	w.frontier.items, w.ahead.items = w.frontier.items[:0], w.ahead.items[:0]
 	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, nil
 	backfillWalks.Put(w)
@@ -267,6 +273,13 @@ func (w *backfillWalk) newerFirst(a, b int) bool {
 
 func (w *backfillWalk) aheadFirst(a, b int) bool {
 	return w.newerFirst(w.frontier.items[a], w.frontier.items[b])
+}
+
+// prevSlots returns the slots indexes of the followed prev_events of slot,
+// once it is expanded.
+func (w *backfillWalk) prevSlots(slot int) []int {
+	s := &w.slots[slot]
+	return w.prevs[s.prevsAt : s.prevsAt+int(s.prevsLen)]
 }
 
 // register records id as requested by the next fetch call. The caller makes
@@ -336,16 +349,12 @@ func (w *backfillWalk) expand(ctx context.Context, slot, need int) (bool, error)
 	if w.slots[slot].expanded {
 		return true, nil
 	}
-	batch := w.appendUnrequested(w.batchSpace(), w.slots[slot].prevEvents)
-	if len(batch) > w.budget {
+	batch, ok := w.appendExpansion(w.batchSpace(), slot)
+	if !ok {
 		return false, nil
 	}
-	w.slots[slot].expanded = true
 	if len(batch) == 0 {
 		return true, nil
-	}
-	for _, id := range batch {
-		w.register(id)
 	}
 	batch = w.lookahead(batch, w.slots[slot].depth-1, need)
 	return true, w.fetchBatch(ctx, w.claim(batch))
@@ -372,14 +381,9 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 			break
 		}
 		if !w.slots[slot].expanded {
-			start := len(batch)
-			batch = w.appendUnrequested(batch, w.slots[slot].prevEvents)
-			if len(batch)-start > w.budget {
-				return batch[:start]
-			}
-			w.slots[slot].expanded = true
-			for _, id := range batch[start:] {
-				w.register(id)
+			var ok bool
+			if batch, ok = w.appendExpansion(batch, slot); !ok {
+				return batch
 			}
 		}
 		for _, child := range [2]int{2*pos + 1, 2*pos + 2} {
@@ -391,15 +395,38 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 	return batch
 }
 
-// appendUnrequested appends the IDs among prevEvents that have never been
-// requested, each once.
-func (w *backfillWalk) appendUnrequested(dst []string, prevEvents []string) []string {
-	start := len(dst)
-	for _, id := range prevEvents {
-		if _, requested := w.index[id]; requested || slices.Contains(dst[start:], id) {
-			continue
+// appendExpansion expands slot if the budget allows: it appends to batch
+// the IDs among the slot's followed prev_events that have never been
+// requested, each once, registers them for the next fetch call, and
+// records the slots of all its followed prev_events. When the budget
+// cannot pay for them it leaves the walk as it was, returns batch
+// unchanged and false.
+func (w *backfillWalk) appendExpansion(batch []string, slot int) ([]string, bool) {
+	start, prevsAt := len(batch), len(w.prevs)
+	for _, id := range w.slots[slot].prevEvents {
+		// One index lookup per prev event: an ID requested before has its
+		// slot; a new one will take the next free slot, in batch order,
+		// when registered below.
+		prev, requested := w.index[id]
+		if !requested {
+			pending := slices.Index(batch[start:], id)
+			if pending < 0 {
+				pending = len(batch) - start
+				batch = append(batch, id)
+			}
+			prev = len(w.slots) + pending
 		}
-		dst = append(dst, id)
+		w.prevs = append(w.prevs, prev)
 	}
-	return dst
+	if len(batch)-start > w.budget {
+		w.prevs = w.prevs[:prevsAt]
+		return batch[:start], false
+	}
+	for _, id := range batch[start:] {
+		w.register(id)
+	}
+	s := &w.slots[slot]
+	s.expanded = true
+	s.prevsAt, s.prevsLen = prevsAt, uint8(len(w.prevs)-prevsAt)
+	return batch, true
 }
