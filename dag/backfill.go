@@ -49,7 +49,7 @@ type BackfillRequest struct {
 func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]string, error) {
 	var ids []string
 	err := backfill(ctx, req, fetch, func(taken int) { ids = make([]string, 0, taken) },
-		func(s *backfillSlot) { ids = append(ids, s.id) })
+		func(id string, _ int) { ids = append(ids, id) })
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +62,7 @@ func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]stri
 func BackfillRefs(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]int, error) {
 	var refs []int
 	err := backfill(ctx, req, fetch, func(taken int) { refs = make([]int, 0, taken) },
-		func(s *backfillSlot) { refs = append(refs, s.ref) })
+		func(_ string, ref int) { refs = append(refs, ref) })
 	if err != nil {
 		return nil, err
 	}
@@ -72,31 +72,37 @@ func BackfillRefs(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]
 // backfill runs the walk. Unless it fails or returns nothing before the
 // walk starts, it calls start with the number of events taken, then emit
 // for each of them in order.
-func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start func(int), emit func(*backfillSlot)) error {
+func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start func(int), emit func(id string, ref int)) error {
 	if req.Limit <= 0 {
 		return nil
 	}
-	seeds := dedupe(req.From)
-	budget := visitBudget(req.MaxVisits, req.Limit, len(seeds))
 	// Most rooms' DAGs are close to a chain: expect about one ID fetched
-	// per event returned, and let the maps grow past that if needed.
-	expected := min(budget, len(seeds)+2*min(req.Limit, maxPrealloc), maxPrealloc)
+	// per event returned, and let the index grow past that if needed.
+	expected := min(len(req.From)+2*min(req.Limit, maxPrealloc), maxPrealloc)
+	if req.MaxVisits > 0 {
+		expected = min(expected, req.MaxVisits)
+	}
 	w := newBackfillWalk(expected)
 	defer w.release()
-	w.roomID, w.fetch, w.budget = req.RoomID, fetch, budget
+	w.roomID, w.fetch = req.RoomID, fetch
+	// The distinct From IDs take the first slots; the index drops repeats.
+	for _, id := range req.From {
+		if _, known := w.index.findOrAdd(w.ids, id); !known {
+			w.register(id)
+		}
+	}
+	seeds := len(w.slots)
+	// register counted the seeds against a budget of 0.
+	w.budget += visitBudget(req.MaxVisits, req.Limit, seeds)
 	// Without all of From the walk could not be exact; fetching none of it
 	// returns the empty prefix of the answer.
-	if len(seeds) == 0 || len(seeds) > w.budget {
+	if seeds == 0 || w.budget < 0 {
 		return nil
 	}
-	for _, id := range seeds {
-		w.register(id)
-	}
-	if err := w.fetchBatch(ctx, seeds); err != nil {
+	if err := w.fetchBatch(ctx, w.claim(append(w.batchSpace(), w.ids...))); err != nil {
 		return err
 	}
-	// The seeds took the first slots; fetch may have scribbled on seeds.
-	for seed := range len(seeds) {
+	for seed := range seeds {
 		w.reach(seed)
 	}
 
@@ -123,12 +129,10 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 		}
 	}
 
-	slices.SortFunc(taken, func(a, b int) int {
-		return w.slots[a].compareNewerFirst(&w.slots[b])
-	})
+	slices.SortFunc(taken, w.compareNewerFirst)
 	start(len(taken))
 	for _, s := range taken {
-		emit(&w.slots[s])
+		emit(w.ids[s], w.slots[s].ref)
 	}
 	return nil
 }
@@ -149,9 +153,9 @@ const (
 	slotTaken
 )
 
-// backfillSlot is the walk's knowledge of one requested event ID.
+// backfillSlot is the walk's knowledge of one requested event ID, whose
+// ID is in the walk's ids at the same index.
 type backfillSlot struct {
-	id string // the requested ID
 	// From slotFetched on, the node's followed prev_events (at most the
 	// first 20), depth, Ref and Rejected.
 	prevEvents []string
@@ -170,14 +174,14 @@ type backfillSlot struct {
 }
 
 // compareNewerFirst is compareNewerFirst for slots.
-func (s *backfillSlot) compareNewerFirst(other *backfillSlot) int {
-	if s.depth != other.depth {
-		if s.depth > other.depth {
+func (w *backfillWalk) compareNewerFirst(a, b int) int {
+	if da, db := w.slots[a].depth, w.slots[b].depth; da != db {
+		if da > db {
 			return -1
 		}
 		return 1
 	}
-	return strings.Compare(s.id, other.id)
+	return strings.Compare(w.ids[a], w.ids[b])
 }
 
 type backfillWalk struct {
@@ -186,8 +190,12 @@ type backfillWalk struct {
 	budget int // IDs that may still be requested
 	batch  int // fetch calls made so far
 
-	index map[string]int // event ID → slots index, for every requested ID
+	// ids and slots are indexed alike, one entry per requested ID; the
+	// IDs are kept apart so that index can compare them and the slots hold
+	// fewer pointers.
+	ids   []string
 	slots []backfillSlot
+	index idIndex // event ID → slot
 	// prevs holds the slots indexes of the followed prev_events of every
 	// expanded slot (see backfillSlot.prevsAt).
 	prevs []int
@@ -218,10 +226,9 @@ const maxPooledSlots = 2 * maxPrealloc
 // newBackfillWalk returns an empty walk with room for expected IDs.
 func newBackfillWalk(expected int) *backfillWalk {
 	w := backfillWalks.Get().(*backfillWalk)
-	if w.index == nil {
-		w.index = make(map[string]int, expected)
-	}
+	w.index.reset(expected)
 	if cap(w.slots) < expected {
+		w.ids = make([]string, 0, expected)
 		w.slots = make([]backfillSlot, 0, expected)
 	}
 	return w
@@ -234,9 +241,10 @@ func (w *backfillWalk) release() {
 	if len(w.slots) > maxPooledSlots {
 		return
 	}
-	clear(w.index)
-	clear(w.slots) // drop the references to the nodes' strings
-	w.slots, w.prevs = w.slots[:0], w.prevs[:0]
+	// Drop the references to the nodes' strings; the index holds none.
+	clear(w.ids)
+	clear(w.slots)
+	w.ids, w.slots, w.prevs = w.ids[:0], w.slots[:0], w.prevs[:0]
 	w.frontier.items, w.ahead.items = w.frontier.items[:0], w.ahead.items[:0]
 	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, nil
 	backfillWalks.Put(w)
@@ -268,7 +276,7 @@ func (w *backfillWalk) claim(batch []string) []string {
 }
 
 func (w *backfillWalk) newerFirst(a, b int) bool {
-	return w.slots[a].compareNewerFirst(&w.slots[b]) < 0
+	return w.compareNewerFirst(a, b) < 0
 }
 
 func (w *backfillWalk) aheadFirst(a, b int) bool {
@@ -282,11 +290,12 @@ func (w *backfillWalk) prevSlots(slot int) []int {
 	return w.prevs[s.prevsAt : s.prevsAt+int(s.prevsLen)]
 }
 
-// register records id as requested by the next fetch call. The caller makes
-// sure it was not requested before and that the budget allows it.
+// register records id as requested by the next fetch call, in the slot
+// index.findOrAdd has just given it, and counts it against the budget
+// (which the caller checks).
 func (w *backfillWalk) register(id string) {
-	w.index[id] = len(w.slots)
-	w.slots = append(w.slots, backfillSlot{id: id, batch: w.batch + 1})
+	w.ids = append(w.ids, id)
+	w.slots = append(w.slots, backfillSlot{batch: w.batch + 1})
 	w.budget--
 }
 
@@ -317,9 +326,9 @@ func (w *backfillWalk) fetchBatch(ctx context.Context, ids []string) error {
 	for i := range nodes {
 		n := &nodes[i]
 		slot := first + i
-		if i >= len(ids) || w.slots[slot].id != n.ID {
+		if i >= len(ids) || w.ids[slot] != n.ID {
 			var ok bool
-			if slot, ok = w.index[n.ID]; !ok {
+			if slot, ok = w.index.find(w.ids, n.ID); !ok {
 				continue
 			}
 		}
@@ -402,28 +411,26 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 // cannot pay for them it leaves the walk as it was, returns batch
 // unchanged and false.
 func (w *backfillWalk) appendExpansion(batch []string, slot int) ([]string, bool) {
-	start, prevsAt := len(batch), len(w.prevs)
+	start, firstNew, prevsAt := len(batch), len(w.slots), len(w.prevs)
 	for _, id := range w.slots[slot].prevEvents {
-		// One index lookup per prev event: an ID requested before has its
-		// slot; a new one will take the next free slot, in batch order,
-		// when registered below.
-		prev, requested := w.index[id]
-		if !requested {
-			pending := slices.Index(batch[start:], id)
-			if pending < 0 {
-				pending = len(batch) - start
-				batch = append(batch, id)
-			}
-			prev = len(w.slots) + pending
+		// Register new IDs right away, so that one probe of the index
+		// both finds known IDs and adds new ones (a repeat in prevEvents
+		// is then known too); undo it below if the budget cannot pay.
+		prev, known := w.index.findOrAdd(w.ids, id)
+		if !known {
+			w.register(id)
+			batch = append(batch, id)
 		}
 		w.prevs = append(w.prevs, prev)
 	}
-	if len(batch)-start > w.budget {
-		w.prevs = w.prevs[:prevsAt]
+	if w.budget < 0 {
+		for i := len(w.ids) - 1; i >= firstNew; i-- {
+			w.index.removeLast(w.ids[:i+1], w.ids[i])
+		}
+		clear(w.ids[firstNew:])
+		w.budget += len(w.ids) - firstNew
+		w.ids, w.slots, w.prevs = w.ids[:firstNew], w.slots[:firstNew], w.prevs[:prevsAt]
 		return batch[:start], false
-	}
-	for _, id := range batch[start:] {
-		w.register(id)
 	}
 	s := &w.slots[slot]
 	s.expanded = true

@@ -34,7 +34,6 @@ package dag
 import (
 	"context"
 	"math"
-	"slices"
 	"strings"
 )
 
@@ -138,31 +137,4 @@ func olderFirst(a, b *Node) int {
 		return 1
 	}
 	return strings.Compare(a.ID, b.ID)
-}
-
-// smallDedupe is the size up to which dedupe compares IDs pairwise.
-const smallDedupe = 8
-
-// dedupe returns ids without repeats, keeping first occurrences in order.
-func dedupe(ids []string) []string {
-	if len(ids) <= smallDedupe {
-		// Requests name one or a few events: a linear scan beats a map.
-		out := make([]string, 0, len(ids))
-		for _, id := range ids {
-			if !slices.Contains(out, id) {
-				out = append(out, id)
-			}
-		}
-		return out
-	}
-	seen := make(map[string]struct{}, min(len(ids), maxPrealloc))
-	out := make([]string, 0, min(len(ids), maxPrealloc))
-	for _, id := range ids {
-		if _, dup := seen[id]; dup {
-			continue
-		}
-		seen[id] = struct{}{}
-		out = append(out, id)
-	}
-	return out
 }
