@@ -99,7 +99,7 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 	if seeds == 0 || w.budget < 0 {
 		return nil
 	}
-	if err := w.fetchBatch(ctx, w.claim(append(w.batchSpace(), w.ids...))); err != nil {
+	if err := w.fetchBatch(ctx, 0); err != nil {
 		return err
 	}
 	for seed := range seeds {
@@ -203,9 +203,8 @@ type backfillWalk struct {
 	frontier intHeap // slots indexes of reached events, best first
 	ahead    intHeap // scratch: frontier positions, for lookahead
 
-	// batches is the block the batches handed to fetch are built in.
-	batches []string
-	taken   []int // slots indexes of the events taken, in order
+	batches batchBlocks // what fetch is handed
+	taken   []int       // slots indexes of the events taken, in order
 }
 
 // backfillWalks recycles walk state: the index, the slots and the heaps
@@ -246,33 +245,8 @@ func (w *backfillWalk) release() {
 	clear(w.slots)
 	w.ids, w.slots, w.prevs = w.ids[:0], w.slots[:0], w.prevs[:0]
 	w.frontier.items, w.ahead.items = w.frontier.items[:0], w.ahead.items[:0]
-	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, nil
+	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, batchBlocks{}
 	backfillWalks.Put(w)
-}
-
-// batchBlock is how many IDs a block of batches holds. Walking a chain
-// fetches one ID per call; a slice per call would be a hundred allocations.
-const batchBlock = 64
-
-// batchSpace returns an empty slice over the unused part of the current
-// block, for expand to build its batch in place.
-func (w *backfillWalk) batchSpace() []string {
-	if cap(w.batches)-len(w.batches) < maxPrevEventsFollowed {
-		w.batches = make([]string, 0, batchBlock)
-	}
-	return w.batches[len(w.batches):]
-}
-
-// claim hands batch, built on batchSpace, to one fetch call: a slice no
-// other call was handed (FetchFunc's contract), its capacity capped so
-// that an append by fetch cannot reach the next batch. If batch outgrew
-// the block, append has already moved it to an array of its own.
-func (w *backfillWalk) claim(batch []string) []string {
-	batch = batch[:len(batch):len(batch)]
-	if n := len(w.batches); len(batch) > 0 && n < cap(w.batches) && &batch[0] == &w.batches[:n+1][n] {
-		w.batches = w.batches[:n+len(batch)]
-	}
-	return batch
 }
 
 func (w *backfillWalk) newerFirst(a, b int) bool {
@@ -309,20 +283,21 @@ func (w *backfillWalk) reach(slot int) {
 	w.frontier.push(slot)
 }
 
-// fetchBatch requests ids, all registered for this call, and records the
-// answers it may trust: the first node for each ID of this call.
-func (w *backfillWalk) fetchBatch(ctx context.Context, ids []string) error {
+// fetchBatch requests the IDs of the slots from first on, all registered
+// for this call, and records the answers it may trust: the first node for
+// each ID of this call.
+func (w *backfillWalk) fetchBatch(ctx context.Context, first int) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("dag: backfill walk: %w", err)
 	}
 	w.batch++
-	nodes, err := w.fetch(ctx, ids)
+	ids := w.ids[first:]
+	nodes, err := w.fetch(ctx, w.batches.copyOf(ids))
 	if err != nil {
 		return fmt.Errorf("dag: backfill walk: fetching %d events: %w", len(ids), err)
 	}
 	// The IDs of this call were registered last, in order: a store that
 	// answers in the order asked needs no index lookups.
-	first := len(w.slots) - len(ids)
 	for i := range nodes {
 		n := &nodes[i]
 		slot := first + i
@@ -358,26 +333,26 @@ func (w *backfillWalk) expand(ctx context.Context, slot, need int) (bool, error)
 	if w.slots[slot].expanded {
 		return true, nil
 	}
-	batch, ok := w.appendExpansion(w.batchSpace(), slot)
-	if !ok {
+	first := len(w.slots)
+	if !w.expandSlot(slot) {
 		return false, nil
 	}
-	if len(batch) == 0 {
+	if len(w.slots) == first {
 		return true, nil
 	}
-	batch = w.lookahead(batch, w.slots[slot].depth-1, need)
-	return true, w.fetchBatch(ctx, w.claim(batch))
+	w.lookahead(w.slots[slot].depth-1, need)
+	return true, w.fetchBatch(ctx, first)
 }
 
-// lookahead appends to batch the unrequested prev_events of the next events
-// in the frontier, best first, while the budget allows. It considers at most
+// lookahead registers the unrequested prev_events of the next events in
+// the frontier, best first, while the budget allows. It considers at most
 // need events (no more can be returned) and only events of depth >= minDepth:
 // in a DAG with consistent depths every prev event of the event just taken
 // has a depth below that event's, so the frontier events at most one below
 // it will be taken before them (or tie), whereas lower ones may never be.
-func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []string {
+func (w *backfillWalk) lookahead(minDepth int64, need int) {
 	if w.frontier.len() == 0 || w.budget == 0 {
-		return batch
+		return
 	}
 	// Walk the frontier heap in priority order without popping it: a
 	// second heap of positions, seeded with the root, yields each position
@@ -389,11 +364,8 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 		if w.slots[slot].depth < minDepth {
 			break
 		}
-		if !w.slots[slot].expanded {
-			var ok bool
-			if batch, ok = w.appendExpansion(batch, slot); !ok {
-				return batch
-			}
+		if !w.slots[slot].expanded && !w.expandSlot(slot) {
+			return
 		}
 		for _, child := range [2]int{2*pos + 1, 2*pos + 2} {
 			if child < w.frontier.len() {
@@ -401,17 +373,15 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 			}
 		}
 	}
-	return batch
 }
 
-// appendExpansion expands slot if the budget allows: it appends to batch
-// the IDs among the slot's followed prev_events that have never been
-// requested, each once, registers them for the next fetch call, and
-// records the slots of all its followed prev_events. When the budget
-// cannot pay for them it leaves the walk as it was, returns batch
-// unchanged and false.
-func (w *backfillWalk) appendExpansion(batch []string, slot int) ([]string, bool) {
-	start, firstNew, prevsAt := len(batch), len(w.slots), len(w.prevs)
+// expandSlot expands slot if the budget allows: it registers, for the next
+// fetch call, the IDs among the slot's followed prev_events that have never
+// been requested, and records the slots of all its followed prev_events.
+// When the budget cannot pay for them it leaves the walk as it was and
+// returns false.
+func (w *backfillWalk) expandSlot(slot int) bool {
+	firstNew, prevsAt := len(w.slots), len(w.prevs)
 	for _, id := range w.slots[slot].prevEvents {
 		// Register new IDs right away, so that one probe of the index
 		// both finds known IDs and adds new ones (a repeat in prevEvents
@@ -419,7 +389,6 @@ func (w *backfillWalk) appendExpansion(batch []string, slot int) ([]string, bool
 		prev, known := w.index.findOrAdd(w.ids, id)
 		if !known {
 			w.register(id)
-			batch = append(batch, id)
 		}
 		w.prevs = append(w.prevs, prev)
 	}
@@ -430,10 +399,10 @@ func (w *backfillWalk) appendExpansion(batch []string, slot int) ([]string, bool
 		clear(w.ids[firstNew:])
 		w.budget += len(w.ids) - firstNew
 		w.ids, w.slots, w.prevs = w.ids[:firstNew], w.slots[:firstNew], w.prevs[:prevsAt]
-		return batch[:start], false
+		return false
 	}
 	s := &w.slots[slot]
 	s.expanded = true
 	s.prevsAt, s.prevsLen = prevsAt, uint8(len(w.prevs)-prevsAt)
-	return batch, true
+	return true
 }
