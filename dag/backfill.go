@@ -217,9 +217,8 @@ var backfillWalks = sync.Pool{New: func() any {
 	return w
 }}
 
-// maxPooledSlots bounds the walks that are recycled: clearing a map costs
-// in proportion to its capacity, and a rare huge walk should not pin its
-// memory.
+// maxPooledSlots bounds the walks that are recycled (of both kinds): a rare
+// huge walk should not pin its memory, its index's table among it.
 const maxPooledSlots = 2 * maxPrealloc
 
 // newBackfillWalk returns an empty walk with room for expected IDs.

@@ -1,6 +1,9 @@
 package dag
 
-import "hash/maphash"
+import (
+	"hash/maphash"
+	"math"
+)
 
 // idIndex maps the event IDs a walk knows to their positions in the walk's
 // own list of IDs (its slots). It is what a map[string]int would be, shaped
@@ -35,7 +38,7 @@ type indexEntry struct {
 // that large would need over 64 GB for its list of IDs alone, and will
 // have run out of memory first; findOrAdd panics rather than silently
 // wrap.
-const maxIndexSlots = 1<<32 - 1
+const maxIndexSlots uint64 = math.MaxUint32
 
 // minIndexEntries is the smallest table reset makes.
 const minIndexEntries = 16
@@ -98,7 +101,7 @@ func (x *idIndex) findOrAdd(ids []string, id string) (int, bool) {
 	for {
 		e := &x.entries[pos]
 		if e.gen != x.gen {
-			if len(ids) > maxIndexSlots {
+			if uint64(len(ids)) > maxIndexSlots {
 				panic("dag: walk index full")
 			}
 			*e = indexEntry{gen: x.gen, tag: tag, slot: uint32(len(ids))}
