@@ -74,7 +74,7 @@ func MissingEventsRefs(ctx context.Context, req MissingEventsRequest, fetch Fetc
 	return refs, nil
 }
 
-// missingEvents runs the walk. Unless it fails or Limit returns nothing,
+// missingEvents runs the walk. Unless it fails or Limit is not positive,
 // it calls start with the number of events found, then emit for each of
 // them in order.
 func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc, start func(int), emit func(id string, ref int)) error {
