@@ -49,7 +49,7 @@ type BackfillRequest struct {
 func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]string, error) {
 	var ids []string
 	err := backfill(ctx, req, fetch, func(taken int) { ids = make([]string, 0, taken) },
-		func(s *backfillSlot) { ids = append(ids, s.id) })
+		func(id string, _ int) { ids = append(ids, id) })
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +62,7 @@ func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]stri
 func BackfillRefs(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]int, error) {
 	var refs []int
 	err := backfill(ctx, req, fetch, func(taken int) { refs = make([]int, 0, taken) },
-		func(s *backfillSlot) { refs = append(refs, s.ref) })
+		func(_ string, ref int) { refs = append(refs, ref) })
 	if err != nil {
 		return nil, err
 	}
@@ -72,31 +72,37 @@ func BackfillRefs(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]
 // backfill runs the walk. Unless it fails or returns nothing before the
 // walk starts, it calls start with the number of events taken, then emit
 // for each of them in order.
-func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start func(int), emit func(*backfillSlot)) error {
+func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start func(int), emit func(id string, ref int)) error {
 	if req.Limit <= 0 {
 		return nil
 	}
-	seeds := dedupe(req.From)
-	budget := visitBudget(req.MaxVisits, req.Limit, len(seeds))
 	// Most rooms' DAGs are close to a chain: expect about one ID fetched
-	// per event returned, and let the maps grow past that if needed.
-	expected := min(budget, len(seeds)+2*min(req.Limit, maxPrealloc), maxPrealloc)
+	// per event returned, and let the index grow past that if needed.
+	expected := min(len(req.From)+2*min(req.Limit, maxPrealloc), maxPrealloc)
+	if req.MaxVisits > 0 {
+		expected = min(expected, req.MaxVisits)
+	}
 	w := newBackfillWalk(expected)
 	defer w.release()
-	w.roomID, w.fetch, w.budget = req.RoomID, fetch, budget
+	w.roomID, w.fetch = req.RoomID, fetch
+	// The distinct From IDs take the first slots; the index drops repeats.
+	for _, id := range req.From {
+		if _, known := w.index.findOrAdd(w.ids, id); !known {
+			w.register(id)
+		}
+	}
+	seeds := len(w.slots)
+	// register counted the seeds against a budget of 0.
+	w.budget += visitBudget(req.MaxVisits, req.Limit, seeds)
 	// Without all of From the walk could not be exact; fetching none of it
 	// returns the empty prefix of the answer.
-	if len(seeds) == 0 || len(seeds) > w.budget {
+	if seeds == 0 || w.budget < 0 {
 		return nil
 	}
-	for _, id := range seeds {
-		w.register(id)
-	}
-	if err := w.fetchBatch(ctx, seeds); err != nil {
+	if err := w.fetchBatch(ctx, 0); err != nil {
 		return err
 	}
-	// The seeds took the first slots; fetch may have scribbled on seeds.
-	for seed := range len(seeds) {
+	for seed := range seeds {
 		w.reach(seed)
 	}
 
@@ -118,19 +124,15 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 		if !complete {
 			break
 		}
-		for _, id := range w.slots[next].prevEvents {
-			if prev, ok := w.index[id]; ok { // always, once expanded
-				w.reach(prev)
-			}
+		for _, prev := range w.prevSlots(next) {
+			w.reach(prev)
 		}
 	}
 
-	slices.SortFunc(taken, func(a, b int) int {
-		return w.slots[a].compareNewerFirst(&w.slots[b])
-	})
+	slices.SortFunc(taken, w.compareNewerFirst)
 	start(len(taken))
 	for _, s := range taken {
-		emit(&w.slots[s])
+		emit(w.ids[s], w.slots[s].ref)
 	}
 	return nil
 }
@@ -151,9 +153,9 @@ const (
 	slotTaken
 )
 
-// backfillSlot is the walk's knowledge of one requested event ID.
+// backfillSlot is the walk's knowledge of one requested event ID, whose
+// ID is in the walk's ids at the same index.
 type backfillSlot struct {
-	id string // the requested ID
 	// From slotFetched on, the node's followed prev_events (at most the
 	// first 20), depth, Ref and Rejected.
 	prevEvents []string
@@ -162,19 +164,24 @@ type backfillSlot struct {
 	rejected   bool
 	batch      int // the fetch call that requested the ID
 	state      slotState
-	// expanded: every followed prev event has been requested.
+	// expanded: every followed prev event has been requested, and
+	// prevSlots[prevsAt:prevsAt+prevsLen] of the walk holds their slots
+	// indexes in prev_events order, so that reaching them after the event
+	// is taken costs no index lookups.
 	expanded bool
+	prevsLen uint8 // <= maxPrevEventsFollowed
+	prevsAt  int
 }
 
 // compareNewerFirst is compareNewerFirst for slots.
-func (s *backfillSlot) compareNewerFirst(other *backfillSlot) int {
-	if s.depth != other.depth {
-		if s.depth > other.depth {
+func (w *backfillWalk) compareNewerFirst(a, b int) int {
+	if da, db := w.slots[a].depth, w.slots[b].depth; da != db {
+		if da > db {
 			return -1
 		}
 		return 1
 	}
-	return strings.Compare(s.id, other.id)
+	return strings.Compare(w.ids[a], w.ids[b])
 }
 
 type backfillWalk struct {
@@ -183,15 +190,21 @@ type backfillWalk struct {
 	budget int // IDs that may still be requested
 	batch  int // fetch calls made so far
 
-	index map[string]int // event ID → slots index, for every requested ID
+	// ids and slots are indexed alike, one entry per requested ID; the
+	// IDs are kept apart so that index can compare them and the slots hold
+	// fewer pointers.
+	ids   []string
 	slots []backfillSlot
+	index idIndex // event ID → slot
+	// prevs holds the slots indexes of the followed prev_events of every
+	// expanded slot (see backfillSlot.prevsAt).
+	prevs []int
 
 	frontier intHeap // slots indexes of reached events, best first
 	ahead    intHeap // scratch: frontier positions, for lookahead
 
-	// batches is the block the batches handed to fetch are built in.
-	batches []string
-	taken   []int // slots indexes of the events taken, in order
+	batches batchBlocks // what fetch is handed
+	taken   []int       // slots indexes of the events taken, in order
 }
 
 // backfillWalks recycles walk state: the index, the slots and the heaps
@@ -204,18 +217,16 @@ var backfillWalks = sync.Pool{New: func() any {
 	return w
 }}
 
-// maxPooledSlots bounds the walks that are recycled: clearing a map costs
-// in proportion to its capacity, and a rare huge walk should not pin its
-// memory.
+// maxPooledSlots bounds the walks that are recycled (of both kinds): a rare
+// huge walk should not pin its memory, its index's table among it.
 const maxPooledSlots = 2 * maxPrealloc
 
 // newBackfillWalk returns an empty walk with room for expected IDs.
 func newBackfillWalk(expected int) *backfillWalk {
 	w := backfillWalks.Get().(*backfillWalk)
-	if w.index == nil {
-		w.index = make(map[string]int, expected)
-	}
+	w.index.reset(expected)
 	if cap(w.slots) < expected {
+		w.ids = make([]string, 0, expected)
 		w.slots = make([]backfillSlot, 0, expected)
 	}
 	return w
@@ -228,52 +239,36 @@ func (w *backfillWalk) release() {
 	if len(w.slots) > maxPooledSlots {
 		return
 	}
-	clear(w.index)
-	clear(w.slots) // drop the references to the nodes' strings
-	w.slots = w.slots[:0]
+	// Drop the references to the nodes' strings; the index holds none.
+	clear(w.ids)
+	clear(w.slots)
+	w.ids, w.slots, w.prevs = w.ids[:0], w.slots[:0], w.prevs[:0]
 	w.frontier.items, w.ahead.items = w.frontier.items[:0], w.ahead.items[:0]
-	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, nil
+	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, batchBlocks{}
 	backfillWalks.Put(w)
 }
 
-// batchBlock is how many IDs a block of batches holds. Walking a chain
-// fetches one ID per call; a slice per call would be a hundred allocations.
-const batchBlock = 64
-
-// batchSpace returns an empty slice over the unused part of the current
-// block, for expand to build its batch in place.
-func (w *backfillWalk) batchSpace() []string {
-	if cap(w.batches)-len(w.batches) < maxPrevEventsFollowed {
-		w.batches = make([]string, 0, batchBlock)
-	}
-	return w.batches[len(w.batches):]
-}
-
-// claim hands batch, built on batchSpace, to one fetch call: a slice no
-// other call was handed (FetchFunc's contract), its capacity capped so
-// that an append by fetch cannot reach the next batch. If batch outgrew
-// the block, append has already moved it to an array of its own.
-func (w *backfillWalk) claim(batch []string) []string {
-	batch = batch[:len(batch):len(batch)]
-	if n := len(w.batches); len(batch) > 0 && n < cap(w.batches) && &batch[0] == &w.batches[:n+1][n] {
-		w.batches = w.batches[:n+len(batch)]
-	}
-	return batch
-}
-
 func (w *backfillWalk) newerFirst(a, b int) bool {
-	return w.slots[a].compareNewerFirst(&w.slots[b]) < 0
+	return w.compareNewerFirst(a, b) < 0
 }
 
 func (w *backfillWalk) aheadFirst(a, b int) bool {
 	return w.newerFirst(w.frontier.items[a], w.frontier.items[b])
 }
 
-// register records id as requested by the next fetch call. The caller makes
-// sure it was not requested before and that the budget allows it.
+// prevSlots returns the slots indexes of the followed prev_events of slot,
+// once it is expanded.
+func (w *backfillWalk) prevSlots(slot int) []int {
+	s := &w.slots[slot]
+	return w.prevs[s.prevsAt : s.prevsAt+int(s.prevsLen)]
+}
+
+// register records id as requested by the next fetch call, in the slot
+// index.findOrAdd has just given it, and counts it against the budget
+// (which the caller checks).
 func (w *backfillWalk) register(id string) {
-	w.index[id] = len(w.slots)
-	w.slots = append(w.slots, backfillSlot{id: id, batch: w.batch + 1})
+	w.ids = append(w.ids, id)
+	w.slots = append(w.slots, backfillSlot{batch: w.batch + 1})
 	w.budget--
 }
 
@@ -287,26 +282,27 @@ func (w *backfillWalk) reach(slot int) {
 	w.frontier.push(slot)
 }
 
-// fetchBatch requests ids, all registered for this call, and records the
-// answers it may trust: the first node for each ID of this call.
-func (w *backfillWalk) fetchBatch(ctx context.Context, ids []string) error {
+// fetchBatch requests the IDs of the slots from first on, all registered
+// for this call, and records the answers it may trust: the first node for
+// each ID of this call.
+func (w *backfillWalk) fetchBatch(ctx context.Context, first int) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("dag: backfill walk: %w", err)
 	}
 	w.batch++
-	nodes, err := w.fetch(ctx, ids)
+	ids := w.ids[first:]
+	nodes, err := w.fetch(ctx, w.batches.copyOf(ids))
 	if err != nil {
 		return fmt.Errorf("dag: backfill walk: fetching %d events: %w", len(ids), err)
 	}
 	// The IDs of this call were registered last, in order: a store that
 	// answers in the order asked needs no index lookups.
-	first := len(w.slots) - len(ids)
 	for i := range nodes {
 		n := &nodes[i]
 		slot := first + i
-		if i >= len(ids) || w.slots[slot].id != n.ID {
+		if i >= len(ids) || w.ids[slot] != n.ID {
 			var ok bool
-			if slot, ok = w.index[n.ID]; !ok {
+			if slot, ok = w.index.find(w.ids, n.ID); !ok {
 				continue
 			}
 		}
@@ -336,30 +332,26 @@ func (w *backfillWalk) expand(ctx context.Context, slot, need int) (bool, error)
 	if w.slots[slot].expanded {
 		return true, nil
 	}
-	batch := w.appendUnrequested(w.batchSpace(), w.slots[slot].prevEvents)
-	if len(batch) > w.budget {
+	first := len(w.slots)
+	if !w.expandSlot(slot) {
 		return false, nil
 	}
-	w.slots[slot].expanded = true
-	if len(batch) == 0 {
+	if len(w.slots) == first {
 		return true, nil
 	}
-	for _, id := range batch {
-		w.register(id)
-	}
-	batch = w.lookahead(batch, w.slots[slot].depth-1, need)
-	return true, w.fetchBatch(ctx, w.claim(batch))
+	w.lookahead(w.slots[slot].depth-1, need)
+	return true, w.fetchBatch(ctx, first)
 }
 
-// lookahead appends to batch the unrequested prev_events of the next events
-// in the frontier, best first, while the budget allows. It considers at most
+// lookahead registers the unrequested prev_events of the next events in
+// the frontier, best first, while the budget allows. It considers at most
 // need events (no more can be returned) and only events of depth >= minDepth:
 // in a DAG with consistent depths every prev event of the event just taken
 // has a depth below that event's, so the frontier events at most one below
 // it will be taken before them (or tie), whereas lower ones may never be.
-func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []string {
+func (w *backfillWalk) lookahead(minDepth int64, need int) {
 	if w.frontier.len() == 0 || w.budget == 0 {
-		return batch
+		return
 	}
 	// Walk the frontier heap in priority order without popping it: a
 	// second heap of positions, seeded with the root, yields each position
@@ -371,16 +363,8 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 		if w.slots[slot].depth < minDepth {
 			break
 		}
-		if !w.slots[slot].expanded {
-			start := len(batch)
-			batch = w.appendUnrequested(batch, w.slots[slot].prevEvents)
-			if len(batch)-start > w.budget {
-				return batch[:start]
-			}
-			w.slots[slot].expanded = true
-			for _, id := range batch[start:] {
-				w.register(id)
-			}
+		if !w.slots[slot].expanded && !w.expandSlot(slot) {
+			return
 		}
 		for _, child := range [2]int{2*pos + 1, 2*pos + 2} {
 			if child < w.frontier.len() {
@@ -388,18 +372,36 @@ func (w *backfillWalk) lookahead(batch []string, minDepth int64, need int) []str
 			}
 		}
 	}
-	return batch
 }
 
-// appendUnrequested appends the IDs among prevEvents that have never been
-// requested, each once.
-func (w *backfillWalk) appendUnrequested(dst []string, prevEvents []string) []string {
-	start := len(dst)
-	for _, id := range prevEvents {
-		if _, requested := w.index[id]; requested || slices.Contains(dst[start:], id) {
-			continue
+// expandSlot expands slot if the budget allows: it registers, for the next
+// fetch call, the IDs among the slot's followed prev_events that have never
+// been requested, and records the slots of all its followed prev_events.
+// When the budget cannot pay for them it leaves the walk as it was and
+// returns false.
+func (w *backfillWalk) expandSlot(slot int) bool {
+	firstNew, prevsAt := len(w.slots), len(w.prevs)
+	for _, id := range w.slots[slot].prevEvents {
+		// Register new IDs right away, so that one probe of the index
+		// both finds known IDs and adds new ones (a repeat in prevEvents
+		// is then known too); undo it below if the budget cannot pay.
+		prev, known := w.index.findOrAdd(w.ids, id)
+		if !known {
+			w.register(id)
 		}
-		dst = append(dst, id)
+		w.prevs = append(w.prevs, prev)
 	}
-	return dst
+	if w.budget < 0 {
+		for i := len(w.ids) - 1; i >= firstNew; i-- {
+			w.index.removeLast(w.ids[:i+1], w.ids[i])
+		}
+		clear(w.ids[firstNew:])
+		w.budget += len(w.ids) - firstNew
+		w.ids, w.slots, w.prevs = w.ids[:firstNew], w.slots[:firstNew], w.prevs[:prevsAt]
+		return false
+	}
+	s := &w.slots[slot]
+	s.expanded = true
+	s.prevsAt, s.prevsLen = prevsAt, uint8(len(w.prevs)-prevsAt)
+	return true
 }

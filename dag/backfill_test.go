@@ -431,3 +431,25 @@ func TestBackfillIgnoresLateAnswers(t *testing.T) {
 	require.Equal(t, []string{"$c3", "$c2", "$c1"}, got)
 	require.Equal(t, [][]string{{"$c3"}, {"$c2", "$late"}, {"$c1"}}, s.calls)
 }
+
+func TestBackfillUnaffordableLookaheadIsUndone(t *testing.T) {
+	// Taking $a fetches $c and looks ahead at $b, whose new prev events
+	// $y and $z the budget cannot pay for. $c's forged depth puts it before
+	// $b, and $c needs only $y, which the budget can pay for: $y must not
+	// count as requested just because the lookahead considered it.
+	s := newStore(
+		ev("$t", 10, "$a", "$b"),
+		ev("$a", 9, "$c"),
+		ev("$b", 9, "$y", "$z"),
+		ev("$c", 50, "$y"),
+		ev("$y", 20),
+		ev("$z", 1),
+	)
+	req := BackfillRequest{RoomID: testRoom, From: []string{"$t"}, Limit: 10, MaxVisits: 5}
+	got, err := Backfill(context.Background(), req, s.fetch)
+	require.NoError(t, err)
+	require.Equal(t, []string{"$c", "$y", "$t", "$a", "$b"}, got)
+	require.Equal(t, [][]string{{"$t"}, {"$a", "$b"}, {"$c"}, {"$y"}}, s.calls)
+	req.Limit = len(got)
+	require.Equal(t, got, referenceBackfill(t, req, s.fetch), "the walk stops where it is still exact")
+}

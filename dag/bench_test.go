@@ -101,3 +101,55 @@ func BenchmarkBackfillWalk(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMissingEvents walks back from the newest event of each room
+// shape, as a get_missing_events request of 20 events (the handler
+// benchmark's limit) and of 100, with an Earliest event far behind.
+func BenchmarkMissingEvents(b *testing.B) {
+	shapes := []struct {
+		prefix string
+		build  func(n int) map[string]Node
+	}{
+		{"", benchChain},
+		{"fork/", benchForks},
+	}
+	const events = 10_000
+	for _, shape := range shapes {
+		room := shape.build(events)
+		for _, limit := range []int{20, 100} {
+			b.Run(shape.prefix+"limit="+strconv.Itoa(limit), func(b *testing.B) {
+				var calls, fetched int
+				fetch := func(_ context.Context, ids []string) ([]Node, error) {
+					calls++
+					fetched += len(ids)
+					out := make([]Node, 0, len(ids))
+					for _, id := range ids {
+						if n, ok := room[id]; ok {
+							out = append(out, n)
+						}
+					}
+					return out, nil
+				}
+				req := MissingEventsRequest{
+					RoomID:   testRoom,
+					Earliest: []string{"$" + strconv.Itoa(events/2)},
+					Latest:   []string{"$" + strconv.Itoa(events-1)},
+					Limit:    limit,
+				}
+				ctx := context.Background()
+				b.ReportAllocs()
+				for b.Loop() {
+					got, err := MissingEvents(ctx, req, fetch)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(got) != req.Limit {
+						b.Fatalf("got %d events, want %d", len(got), req.Limit)
+					}
+				}
+				b.ReportMetric(float64(calls)/float64(b.N), "fetches/op")
+				b.ReportMetric(float64(fetched)/float64(b.N), "ids/op")
+			})
+		}
+	}
+}

@@ -34,7 +34,6 @@ package dag
 import (
 	"context"
 	"math"
-	"slices"
 	"strings"
 )
 
@@ -140,29 +139,25 @@ func olderFirst(a, b *Node) int {
 	return strings.Compare(a.ID, b.ID)
 }
 
-// smallDedupe is the size up to which dedupe compares IDs pairwise.
-const smallDedupe = 8
+// batchBlock is how many IDs a block of fetch batches holds at least.
+// Walking a chain fetches one ID per call; a slice per call would be a
+// hundred allocations.
+const batchBlock = 64
 
-// dedupe returns ids without repeats, keeping first occurrences in order.
-func dedupe(ids []string) []string {
-	if len(ids) <= smallDedupe {
-		// Requests name one or a few events: a linear scan beats a map.
-		out := make([]string, 0, len(ids))
-		for _, id := range ids {
-			if !slices.Contains(out, id) {
-				out = append(out, id)
-			}
-		}
-		return out
+// batchBlocks hands out the slices a walk passes to fetch. Each is a
+// fresh part of a block no other call was handed (FetchFunc's contract
+// lets fetch keep it), its capacity capped so that an append by fetch
+// cannot reach the next one. Blocks are never reused.
+type batchBlocks struct {
+	block []string
+}
+
+// copyOf returns a fresh slice holding ids.
+func (b *batchBlocks) copyOf(ids []string) []string {
+	if cap(b.block)-len(b.block) < len(ids) {
+		b.block = make([]string, 0, max(batchBlock, len(ids)))
 	}
-	seen := make(map[string]struct{}, min(len(ids), maxPrealloc))
-	out := make([]string, 0, min(len(ids), maxPrealloc))
-	for _, id := range ids {
-		if _, dup := seen[id]; dup {
-			continue
-		}
-		seen[id] = struct{}{}
-		out = append(out, id)
-	}
-	return out
+	start := len(b.block)
+	b.block = append(b.block, ids...)
+	return b.block[start:len(b.block):len(b.block)]
 }

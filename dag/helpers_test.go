@@ -28,6 +28,9 @@ type store struct {
 	calls  [][]string
 	// extra, when set, is appended to every answer: hostile noise.
 	extra func(ids []string) []Node
+	// reversed answers in the reverse order of the request, which the
+	// walks must handle as well as the order asked.
+	reversed bool
 }
 
 func newStore(nodes ...Node) *store {
@@ -47,6 +50,9 @@ func (s *store) fetch(ctx context.Context, ids []string) ([]Node, error) {
 		if n, ok := s.events[id]; ok {
 			out = append(out, n)
 		}
+	}
+	if s.reversed {
+		slices.Reverse(out)
 	}
 	if s.extra != nil {
 		out = append(out, s.extra(ids)...)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 )
 
 // MissingEventsRequest is one get_missing_events walk.
@@ -23,13 +25,6 @@ type MissingEventsRequest struct {
 	// Earliest (see the package documentation).
 	MaxVisits int
 }
-
-// Marks in MissingEvents' seen map besides the walk step (>= 1) in which
-// an ID is requested; an answer is accepted only in that step.
-const (
-	markEarliest = 0  // never requested
-	markAnswered = -1 // requested and answered; later answers are ignored
-)
 
 // MissingEvents returns the IDs of up to Limit events, oldest first.
 //
@@ -57,13 +52,11 @@ const (
 //
 // Errors are those of fetch and of ctx, wrapped.
 func MissingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]string, error) {
-	nodes, err := missingEvents(ctx, req, fetch)
-	if nodes == nil {
+	var ids []string
+	err := missingEvents(ctx, req, fetch, func(found int) { ids = make([]string, 0, found) },
+		func(id string, _ int) { ids = append(ids, id) })
+	if err != nil {
 		return nil, err
-	}
-	ids := make([]string, len(nodes))
-	for i := range nodes {
-		ids[i] = nodes[i].ID
 	}
 	return ids, nil
 }
@@ -72,41 +65,40 @@ func MissingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFun
 // than its ID: the caller's own reference to each event, so that it need
 // not look the IDs up again.
 func MissingEventsRefs(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]int, error) {
-	nodes, err := missingEvents(ctx, req, fetch)
-	if nodes == nil {
+	var refs []int
+	err := missingEvents(ctx, req, fetch, func(found int) { refs = make([]int, 0, found) },
+		func(_ string, ref int) { refs = append(refs, ref) })
+	if err != nil {
 		return nil, err
-	}
-	refs := make([]int, len(nodes))
-	for i := range nodes {
-		refs[i] = nodes[i].Ref
 	}
 	return refs, nil
 }
 
-// missingEvents runs the walk and returns the nodes found, nil when it
-// fails or returns nothing before the walk starts.
-func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]Node, error) {
+// missingEvents runs the walk. Unless it fails or Limit is not positive,
+// it calls start with the number of events found, then emit for each of
+// them in order.
+func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc, start func(int), emit func(id string, ref int)) error {
 	if req.Limit <= 0 {
-		return nil, nil
+		return nil
 	}
-	// seen holds every ID the walk must not request again, with its mark.
-	seen := make(map[string]int, min(len(req.Earliest)+len(req.Latest), maxPrealloc))
+	w := newMissingWalk(min(len(req.Earliest)+len(req.Latest)+2*min(req.Limit, maxPrealloc), maxPrealloc))
+	defer w.release()
+	// Earliest IDs take the first slots, marked never to be requested;
+	// the distinct Latest IDs not among them are the first level.
 	for _, id := range req.Earliest {
-		seen[id] = markEarliest
+		w.add(id, markEarliest)
 	}
-	level := make([]string, 0, min(len(req.Latest), maxPrealloc))
+	levelStart := len(w.ids)
 	for _, id := range req.Latest {
-		if _, ok := seen[id]; ok {
-			continue
-		}
-		seen[id] = 1
-		level = append(level, id)
+		w.add(id, 1)
 	}
-	budget := visitBudget(req.MaxVisits, req.Limit, len(level))
+	budget := visitBudget(req.MaxVisits, req.Limit, len(w.ids)-levelStart)
 
-	found := make([]Node, 0, min(req.Limit, maxPrealloc))
+	found := w.found[:0]
+	defer func() { w.found = found[:0] }()
 walk:
-	for step := 1; len(level) > 0; step++ {
+	for step := 1; len(w.ids) > levelStart; step++ {
+		level := w.ids[levelStart:]
 		// A partial level would make the answer depend on which part was
 		// fetched; stop where it is still exact instead.
 		if len(level) > budget {
@@ -114,60 +106,157 @@ walk:
 		}
 		budget -= len(level)
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("dag: get_missing_events walk: %w", err)
+			return fmt.Errorf("dag: get_missing_events walk: %w", err)
 		}
-		nodes, err := fetch(ctx, level)
+		nodes, err := fetch(ctx, w.batches.copyOf(level))
 		if err != nil {
-			return nil, fmt.Errorf("dag: get_missing_events walk: fetching %d events: %w", len(level), err)
+			return fmt.Errorf("dag: get_missing_events walk: fetching %d events: %w", len(level), err)
 		}
 
-		answered := make([]Node, 0, min(len(nodes), len(level)))
+		answered := w.answered[:0]
 		for i := range nodes {
 			n := &nodes[i]
-			if mark, ok := seen[n.ID]; !ok || mark != step {
+			// A store that answers in the order asked needs no index
+			// lookups.
+			slot := levelStart + i
+			if i >= len(level) || level[i] != n.ID {
+				var ok bool
+				if slot, ok = w.index.find(w.ids, n.ID); !ok {
+					continue // not asked for
+				}
+			}
+			if w.slots[slot].mark != step {
 				continue // not asked for in this call, or a repeat
 			}
-			seen[n.ID] = markAnswered
+			w.slots[slot].mark = markAnswered
 			if enterable(n, req.RoomID) {
-				answered = append(answered, *n)
+				answered = append(answered, answer{node: i, slot: slot})
 			}
 		}
-		slices.SortFunc(answered, func(a, b Node) int { return compareNewerFirst(&a, &b) })
+		slices.SortFunc(answered, func(a, b answer) int { return compareNewerFirst(&nodes[a.node], &nodes[b.node]) })
+		w.answered = answered
 
-		var next []string
-		nextAffordable := true // false once next outgrows the budget
-		for i := range answered {
-			n := &answered[i]
+		levelStart = len(w.ids)
+		nextAffordable := true // false once the next level outgrows the budget
+		for _, a := range answered {
+			n := &nodes[a.node]
 			if n.Depth < req.MinDepth {
 				continue
 			}
 			if step > 1 && !n.Rejected { // step 1 fetches Latest
-				found = append(found, *n)
+				// Keep what the result needs: nodes is valid only until
+				// the next fetch.
+				w.slots[a.slot].depth, w.slots[a.slot].ref = n.Depth, n.Ref
+				found = append(found, a.slot)
 				if len(found) == req.Limit {
 					break walk
 				}
 			}
+			if !nextAffordable {
+				continue
+			}
 			for _, prev := range followedPrevEvents(n) {
-				if _, ok := seen[prev]; ok || !nextAffordable {
+				if len(w.ids)-levelStart < budget {
+					w.add(prev, step+1)
 					continue
 				}
-				if len(next) == budget {
-					// The next level cannot be fetched whole; keep
-					// collecting this level's events but stop growing
-					// memory for a level that will never be walked.
+				// The next level cannot be fetched whole; keep collecting
+				// this level's events but stop growing memory for a level
+				// that will never be walked.
+				if _, known := w.index.find(w.ids, prev); !known {
 					nextAffordable = false
-					continue
+					break
 				}
-				seen[prev] = step + 1
-				next = append(next, prev)
 			}
 		}
 		if !nextAffordable {
 			break
 		}
-		level = next
 	}
 
-	slices.SortFunc(found, func(a, b Node) int { return olderFirst(&a, &b) })
-	return found, nil
+	slices.SortFunc(found, w.olderFirst)
+	start(len(found))
+	for _, slot := range found {
+		emit(w.ids[slot], w.slots[slot].ref)
+	}
+	return nil
+}
+
+// Marks of a MissingEvents slot besides the walk step (>= 1) in which its
+// ID is requested; an answer is accepted only in that step.
+const (
+	markEarliest = 0  // never requested
+	markAnswered = -1 // requested and answered; later answers are ignored
+)
+
+// missingSlot is the walk's knowledge of one event ID, whose ID is in the
+// walk's ids at the same index.
+type missingSlot struct {
+	mark int
+	// depth and ref of a node found for the result.
+	depth int64
+	ref   int
+}
+
+type missingWalk struct {
+	// ids and slots are indexed alike, one entry per distinct ID of
+	// Earliest, Latest and the levels requested since; the IDs are kept
+	// apart so that index can compare them and the slots hold no pointers.
+	ids     []string
+	slots   []missingSlot
+	index   idIndex // event ID → slot
+	batches batchBlocks
+
+	answered []answer // scratch: the accepted nodes of a fetch's answer
+	found    []int    // slots of the events found, in order
+}
+
+// answer is a node of fetch's answer accepted for a slot.
+type answer struct {
+	node int // position in the answer
+	slot int
+}
+
+// missingWalks recycles walk state, as backfillWalks does.
+var missingWalks = sync.Pool{New: func() any { return new(missingWalk) }}
+
+// newMissingWalk returns an empty walk with room for expected IDs.
+func newMissingWalk(expected int) *missingWalk {
+	w := missingWalks.Get().(*missingWalk)
+	w.index.reset(expected)
+	if cap(w.slots) < expected {
+		w.ids = make([]string, 0, expected)
+		w.slots = make([]missingSlot, 0, expected)
+	}
+	return w
+}
+
+// release empties w and recycles it. The batches fetch was given are
+// dropped, not reused, since fetch may keep them.
+func (w *missingWalk) release() {
+	if len(w.slots) > maxPooledSlots {
+		return
+	}
+	clear(w.ids) // drop the references to the IDs
+	w.ids, w.slots, w.batches = w.ids[:0], w.slots[:0], batchBlocks{}
+	missingWalks.Put(w)
+}
+
+// add gives id a slot with mark unless it has one already.
+func (w *missingWalk) add(id string, mark int) {
+	if _, known := w.index.findOrAdd(w.ids, id); !known {
+		w.ids = append(w.ids, id)
+		w.slots = append(w.slots, missingSlot{mark: mark})
+	}
+}
+
+// olderFirst is olderFirst for slots.
+func (w *missingWalk) olderFirst(a, b int) int {
+	if da, db := w.slots[a].depth, w.slots[b].depth; da != db {
+		if da < db {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(w.ids[a], w.ids[b])
 }

@@ -179,7 +179,7 @@ func randomRoom(rng *rand.Rand) []Node {
 		if rng.Intn(20) == 0 {
 			prevCount = 21 + rng.Intn(5)
 		}
-		node := Node{ID: id(i), RoomID: testRoom}
+		node := Node{ID: id(i), RoomID: testRoom, Ref: 1000 + i}
 		var depth int64
 		for range prevCount {
 			switch {
@@ -217,9 +217,13 @@ func randomRoom(rng *rand.Rand) []Node {
 
 // randomStore serves nodes; when hostile, every answer also carries a
 // tampered copy of each requested event and tampered events nobody asked for.
+// Half the well-behaved stores answer in reverse order.
 func randomStore(rng *rand.Rand, nodes []Node) *store {
 	s := newStore(nodes...)
 	if rng.Intn(2) == 0 {
+		// Decided without a draw, so that the seeds keep their rooms and
+		// requests.
+		s.reversed = len(nodes)%2 == 1
 		return s
 	}
 	s.extra = func(ids []string) []Node {
@@ -250,11 +254,36 @@ func randomIDs(rng *rand.Rand, nodes []Node, max int) []string {
 	return ids
 }
 
+// refsOf returns the Ref of each of ids in nodes: the node a store serves
+// first for its ID. An ID the room lacks can only have been answered by a
+// hostile store's tampered copy, whose Ref is 0.
+func refsOf(nodes []Node, ids []string) []int {
+	refs := make([]int, 0, len(ids))
+	for _, id := range ids {
+		ref := 0
+		for _, n := range nodes {
+			if n.ID == id {
+				ref = n.Ref
+				break
+			}
+		}
+		refs = append(refs, ref)
+	}
+	return refs
+}
+
 func orEmpty(ids []string) []string {
 	if ids == nil {
 		return []string{}
 	}
 	return ids
+}
+
+func orNone(refs []int) []int {
+	if refs == nil {
+		return []int{}
+	}
+	return refs
 }
 
 func TestBackfillMatchesReference(t *testing.T) {
@@ -273,6 +302,9 @@ func TestBackfillMatchesReference(t *testing.T) {
 		require.NoError(t, err)
 		requireNoRepeats(t, s.fetched())
 		require.Equal(t, orEmpty(referenceBackfill(t, req, s.fetch)), orEmpty(got), "seed %d", seed)
+		refs, err := BackfillRefs(context.Background(), req, s.fetch)
+		require.NoError(t, err)
+		require.Equal(t, refsOf(nodes, got), orNone(refs), "refs of seed %d", seed)
 
 		// Any budget: never exceeded, and what is returned is exactly the
 		// unbounded answer for that many events.
@@ -307,6 +339,9 @@ func TestMissingEventsMatchesReference(t *testing.T) {
 		require.NoError(t, err)
 		requireNoRepeats(t, s.fetched())
 		require.Equal(t, orEmpty(referenceMissingEvents(t, req, s.fetch)), orEmpty(got), "seed %d", seed)
+		refs, err := MissingEventsRefs(context.Background(), req, s.fetch)
+		require.NoError(t, err)
+		require.Equal(t, refsOf(nodes, got), orNone(refs), "refs of seed %d", seed)
 
 		req.MaxVisits = 1 + rng.Intn(2*len(nodes)+2)
 		s.calls = nil
