@@ -37,7 +37,7 @@ func FuzzAdd(f *testing.F) {
 					continue
 				}
 				s.mu.RLock()
-				rec := s.events[id]
+				rec := s.events.at(id)
 				s.mu.RUnlock()
 				events, err := s.Events(context.Background(), rec.RoomID, []string{id})
 				require.NoError(t, err)

@@ -44,7 +44,7 @@ func TestStateResolutionPrefersTheMorePowerfulSender(t *testing.T) {
 	for _, version := range testedVersions {
 		t.Run("room v"+version, func(t *testing.T) {
 			s, r := buildPowerConflict(t, version)
-			merge := s.events[r.id("merge")]
+			merge := s.events.at(r.id("merge"))
 			pl, ok := merge.before.Get(stateKey{Type: spec.MRoomPowerLevels})
 			require.True(t, ok)
 			require.Equal(t, r.id("plA"), pl.ID)
@@ -66,7 +66,7 @@ func TestMergeStateAgreesWithGomatrixserverlib(t *testing.T) {
 		for _, version := range []string{"1", "3", "10", "11"} {
 			t.Run(name+" v"+version, func(t *testing.T) {
 				s, r := build(t, version)
-				merge := s.events[r.id("merge")]
+				merge := s.events.at(r.id("merge"))
 				var stateSets [][]gomatrixserverlib.PDU
 				known := make(map[string]gomatrixserverlib.PDU)
 				var remember func(ev *stateres.Event)
@@ -81,7 +81,7 @@ func TestMergeStateAgreesWithGomatrixserverlib(t *testing.T) {
 				}
 				for _, prevID := range merge.PrevEvents {
 					var set []gomatrixserverlib.PDU
-					s.events[prevID].after.All(func(_ stateKey, rec *record) bool {
+					s.events.at(prevID).after.All(func(_ stateKey, rec *record) bool {
 						set = append(set, rec.state.event.PDU)
 						remember(&rec.state.event)
 						return true

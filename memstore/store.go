@@ -55,7 +55,7 @@ type Store struct {
 	// modified, so readers take mu only to look them up and do the rest of
 	// their work unlocked.
 	mu     sync.RWMutex
-	events map[string]*record
+	events eventIndex
 	rooms  map[string]*room
 
 	// The rest is Add's alone (guarded by addMu).
@@ -130,7 +130,7 @@ type resolvedState struct {
 // New returns an empty store.
 func New() *Store {
 	return &Store{
-		events:   make(map[string]*record),
+		events:   newEventIndex(),
 		rooms:    make(map[string]*room),
 		dangling: make(map[string]struct{}),
 		interned: make(map[string]string),
@@ -211,7 +211,7 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 	s.addMu.Lock()
 	defer s.addMu.Unlock()
 
-	if _, dup := s.events[rec.ID]; dup {
+	if _, dup := s.events.get(rec.ID); dup {
 		return "", fmt.Errorf("%w: %s", ErrDuplicateEvent, rec.ID)
 	}
 	rm := s.rooms[parsed.roomID]
@@ -227,7 +227,7 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 	// linear history does not store every ID twice.
 	prevs := make([]*record, 0, len(rec.PrevEvents))
 	for i, id := range rec.PrevEvents {
-		if prev, ok := s.events[id]; ok {
+		if prev, ok := s.events.get(id); ok {
 			rec.PrevEvents[i] = prev.ID
 			if prev.RoomID == rec.RoomID {
 				prevs = append(prevs, prev)
@@ -236,7 +236,7 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 	}
 	if rec.state != nil {
 		for _, id := range parsed.pdu.AuthEventIDs() {
-			if auth, ok := s.events[id]; ok && auth.state != nil && auth.RoomID == rec.RoomID {
+			if auth, ok := s.events.get(id); ok && auth.state != nil && auth.RoomID == rec.RoomID {
 				rec.state.event.Auth = append(rec.state.event.Auth, &auth.state.event)
 			}
 		}
@@ -244,7 +244,7 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 
 	if !rec.Outlier {
 		// Add is the only writer and holds addMu: it reads events without mu.
-		lookup := func(id string) *record { return s.events[id] }
+		lookup := func(id string) *record { rec, _ := s.events.get(id); return rec }
 		before, err := stateBefore(gomatrixserverlib.RoomVersion(roomVersion), prevs, lookup)
 		if err != nil {
 			return "", fmt.Errorf("state before %s: %w", rec.ID, err)
@@ -271,14 +271,14 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 		}
 		s.rooms[rm.id] = rm
 	}
-	s.events[rec.ID] = rec
+	s.events.put(rec)
 	_, hasChild := s.dangling[rec.ID]
 	delete(s.dangling, rec.ID)
 	if !rec.Outlier && !rec.Rejected {
 		// Forward extremities follow Synapse: outliers and rejected events
 		// neither become extremities nor retire their prev_events.
 		for _, id := range rec.PrevEvents {
-			if _, known := s.events[id]; known {
+			if _, known := s.events.get(id); known {
 				delete(rm.extremities, id)
 			} else {
 				s.dangling[id] = struct{}{}
@@ -456,7 +456,7 @@ func (s *Store) Events(_ context.Context, roomID string, ids []string) ([]*fedhi
 	defer s.mu.RUnlock()
 	events := make([]*fedhistory.Event, 0, len(ids))
 	for _, id := range ids {
-		if rec, ok := s.events[id]; ok && rec.RoomID == roomID {
+		if rec, ok := s.events.get(id); ok && rec.RoomID == roomID {
 			events = append(events, &rec.Event)
 		}
 	}
@@ -542,7 +542,8 @@ func (s *Store) currentState(roomID string) (statemap, error) {
 		lookup := func(id string) *record {
 			s.mu.RLock()
 			defer s.mu.RUnlock()
-			return s.events[id]
+			rec, _ := s.events.get(id)
+			return rec
 		}
 		if state, err = resolveStates(rm.version, states, lookup); err != nil {
 			return statemap{}, fmt.Errorf("memstore: current state of %s: %w", roomID, err)
@@ -573,7 +574,7 @@ func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []
 	}
 	s.mu.RLock()
 	for _, id := range eventIDs {
-		rec, ok := s.events[id]
+		rec, ok := s.events.get(id)
 		if !ok || rec.RoomID != roomID || rec.Outlier {
 			rec = nil
 		}

@@ -69,7 +69,7 @@ func (f *walkFetcher) fetch(_ context.Context, ids []string) ([]dag.Node, error)
 	nodes := f.nodes[:0]
 	f.store.mu.RLock()
 	for _, id := range ids {
-		rec, ok := f.store.events[id]
+		rec, ok := f.store.events.get(id)
 		if !ok || rec.RoomID != f.roomID {
 			continue
 		}
