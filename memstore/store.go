@@ -89,6 +89,10 @@ type record struct {
 	before, after statemap
 	// state is set for state events only.
 	state *stateInfo
+	// prevs are the records of PrevEvents in the same room that the store
+	// held when the event was added: the walks' way to the next event
+	// without an index lookup (see walkFetcher).
+	prevs []*record
 }
 
 // stateInfo is what a state event contributes to state resolution and to
@@ -250,6 +254,9 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 			return "", fmt.Errorf("state before %s: %w", rec.ID, err)
 		}
 		rec.before, rec.after = before, before
+		if len(prevs) > 0 {
+			rec.prevs = slices.Clip(prevs)
+		}
 		if rec.state != nil && !rec.Rejected {
 			rec.after = before.Set(rec.state.event.Key, rec)
 		}

@@ -51,7 +51,17 @@ type walkFetcher struct {
 	// nodes is reused by every call, as dag.FetchFunc allows: the walks
 	// read an answer only until they fetch again.
 	nodes []dag.Node
+	// recent are the prevs of the records the last call returned, at most
+	// maxRecent of them. The walks ask next for prev_events of what they
+	// were just given, so most IDs are found here by a comparison or two
+	// instead of an index lookup. The ID strings the walks pass are the
+	// very strings Add shared with the prev records (see Store.Add), so a
+	// hit compares equal without reading the bytes.
+	recent []*record
 }
+
+// maxRecent bounds the linear search of walkFetcher.recent.
+const maxRecent = 8
 
 var walkFetchers = sync.Pool{New: func() any { return new(walkFetcher) }}
 
@@ -67,10 +77,17 @@ func (s *Store) newWalkFetcher(roomID string) *walkFetcher {
 
 func (f *walkFetcher) fetch(_ context.Context, ids []string) ([]dag.Node, error) {
 	nodes := f.nodes[:0]
+	first := len(f.fetched)
 	f.store.mu.RLock()
 	for _, id := range ids {
-		rec, ok := f.store.events.get(id)
-		if !ok || rec.RoomID != f.roomID {
+		rec := f.recentRecord(id)
+		if rec == nil {
+			var ok bool
+			if rec, ok = f.store.events.get(id); !ok {
+				continue
+			}
+		}
+		if rec.RoomID != f.roomID {
 			continue
 		}
 		nodes = append(nodes, dag.Node{
@@ -81,7 +98,24 @@ func (f *walkFetcher) fetch(_ context.Context, ids []string) ([]dag.Node, error)
 	}
 	f.store.mu.RUnlock()
 	f.nodes = nodes
+	f.recent = f.recent[:0]
+	for _, rec := range f.fetched[first:] {
+		if len(f.recent)+len(rec.prevs) > maxRecent {
+			break
+		}
+		f.recent = append(f.recent, rec.prevs...)
+	}
 	return nodes, nil
+}
+
+// recentRecord returns the record among f.recent with ID id, or nil.
+func (f *walkFetcher) recentRecord(id string) *record {
+	for _, rec := range f.recent {
+		if rec.ID == id {
+			return rec
+		}
+	}
+	return nil
 }
 
 // events returns the records of refs, in order, as the events handed out.
@@ -100,7 +134,8 @@ func (f *walkFetcher) release() {
 	}
 	clear(f.fetched)
 	clear(f.nodes)
-	f.store, f.roomID, f.fetched, f.nodes = nil, "", f.fetched[:0], f.nodes[:0]
+	clear(f.recent)
+	f.store, f.roomID, f.fetched, f.nodes, f.recent = nil, "", f.fetched[:0], f.nodes[:0], f.recent[:0]
 	walkFetchers.Put(f)
 }
 
