@@ -433,6 +433,9 @@ func (s *Store) EraseUser(userID string) {
 func (s *Store) ErasedUsers(_ context.Context, userIDs []string) (map[string]bool, error) {
 	s.erasedMu.RLock()
 	defer s.erasedMu.RUnlock()
+	if len(s.erased) == 0 {
+		return nil, nil // the common case: nobody erased, nothing to allocate
+	}
 	erased := make(map[string]bool)
 	for _, id := range userIDs {
 		if _, ok := s.erased[id]; ok {
