@@ -35,9 +35,10 @@ var errVisibilityMisaligned = errors.New("the store's Visibility answer does not
 //   - the stored JSON, untouched, when origin may see the event;
 //   - the event redacted with roomVersion's redaction algorithm when origin
 //     may not see it (serverMaySeeEvent), when the store knows no state for
-//     it (EventVisibility.Known is false), or when its sender is erased (ErasureStore). Redacting rather than
-//     dropping keeps the DAG whole for origin: the hashes and signatures
-//     survive, so origin can still check and link the event;
+//     it (EventVisibility.Known is false), or when its sender is erased
+//     (ErasureStore). Redacting rather than dropping keeps the DAG whole for
+//     origin: the hashes and signatures survive, so origin can still check
+//     and link the event;
 //   - nothing for an m.room.redaction whose target the store does not hold
 //     in roomID, or whose target is the room's create event;
 //   - nothing for an event of another room (a misbehaving store; logged once
