@@ -324,6 +324,29 @@ func BenchmarkBackfillHandler(b *testing.B) {
 	cpu.report(b)
 }
 
+// BenchmarkBackfillHandlerLimits is BenchmarkBackfillHandler at several
+// limits, to show how its allocations grow with the limit (-benchmem).
+func BenchmarkBackfillHandlerLimits(b *testing.B) {
+	s := sharedBenchServer(b)
+	for _, limit := range []int{1, 10, 50, 100} {
+		b.Run("limit="+strconv.Itoa(limit), func(b *testing.B) {
+			req := httptest.NewRequest(http.MethodGet, backfillURL(s.room.roomID, strconv.Itoa(limit), s.room.newest), nil)
+			require.NoError(b, s.keys[benchOrigins[0]].SignRequest(req, benchOrigins[0], ourServer))
+			rec := httptest.NewRecorder()
+			s.handler.ServeHTTP(rec, req)
+			require.Len(b, servedPDUs(b, rec, "pdus"), limit)
+			b.ReportAllocs()
+			for b.Loop() {
+				rec := httptest.NewRecorder()
+				s.handler.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					b.Fatalf("status %d: %s", rec.Code, rec.Body.Bytes())
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkBackfillHandlerParallel is BenchmarkBackfillHandler from
 // GOMAXPROCS goroutines at once (run it with -cpu 1,2,…), each for its own
 // origin in turn, so that the per-origin limit is not what is measured.
