@@ -89,10 +89,12 @@ type record struct {
 	before, after statemap
 	// state is set for state events only.
 	state *stateInfo
-	// prevs are the records of PrevEvents in the same room that the store
-	// held when the event was added: the walks' way to the next event
-	// without an index lookup (see walkFetcher).
-	prevs []*record
+	// onlyPrev is the record of the event's prev_event when it has exactly
+	// one and the store held it, in the same room, when the event was added:
+	// the walks' way down a chain without an index lookup (see
+	// backfillChain and walkFetcher). A pointer rather than a slice of all
+	// prevs, so that it costs the garbage collector no extra object.
+	onlyPrev *record
 }
 
 // stateInfo is what a state event contributes to state resolution and to
@@ -254,8 +256,8 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 			return "", fmt.Errorf("state before %s: %w", rec.ID, err)
 		}
 		rec.before, rec.after = before, before
-		if len(prevs) > 0 {
-			rec.prevs = slices.Clip(prevs)
+		if len(rec.PrevEvents) == 1 && len(prevs) == 1 {
+			rec.onlyPrev = prevs[0]
 		}
 		if rec.state != nil && !rec.Rejected {
 			rec.after = before.Set(rec.state.event.Key, rec)

@@ -65,7 +65,7 @@ const (
 // backfillChain is dag.Backfill with the default visit budget for the one
 // shape where that walk is a plain walk down a list: from a single seed,
 // every event taken has exactly one prev_event, which the store held in the
-// same room when the event was added (record.prevs), and which is neither
+// same room when the event was added (record.onlyPrev), and which is neither
 // rejected nor an outlier and has a depth in range and strictly below its
 // child's. Along such a chain the best-first walk always has exactly one
 // event to take, in decreasing depth; it takes min(limit, chain length)
@@ -85,10 +85,10 @@ func backfillChain(seed *record, roomID string, limit int) ([]*fedhistory.Event,
 		if len(events) == limit || len(rec.PrevEvents) == 0 {
 			return events, true
 		}
-		if len(rec.PrevEvents) != 1 || len(rec.prevs) != 1 {
+		prev := rec.onlyPrev
+		if prev == nil || len(rec.PrevEvents) != 1 {
 			return nil, false
 		}
-		prev := rec.prevs[0]
 		if !chainLink(prev, roomID) || prev.Depth >= rec.Depth {
 			return nil, false
 		}
@@ -111,8 +111,9 @@ type walkFetcher struct {
 	// nodes is reused by every call, as dag.FetchFunc allows: the walks
 	// read an answer only until they fetch again.
 	nodes []dag.Node
-	// recent are the prevs of the records the last call returned, at most
-	// maxRecent of them. The walks ask next for prev_events of what they
+	// recent are the only prevs (record.onlyPrev) of the records the last
+	// call returned, at most maxRecent of them. The walks ask next for
+	// prev_events of what they
 	// were just given, so most IDs are found here by a comparison or two
 	// instead of an index lookup. The ID strings the walks pass are the
 	// very strings Add shared with the prev records (see Store.Add), so a
@@ -160,10 +161,12 @@ func (f *walkFetcher) fetch(_ context.Context, ids []string) ([]dag.Node, error)
 	f.nodes = nodes
 	f.recent = f.recent[:0]
 	for _, rec := range f.fetched[first:] {
-		if len(f.recent)+len(rec.prevs) > maxRecent {
+		if len(f.recent) == maxRecent {
 			break
 		}
-		f.recent = append(f.recent, rec.prevs...)
+		if rec.onlyPrev != nil {
+			f.recent = append(f.recent, rec.onlyPrev)
+		}
 	}
 	return nodes, nil
 }

@@ -21,7 +21,7 @@ func chain(n int) []*record {
 		recs[i] = &record{Event: fedhistory.Event{ID: "$e" + strconv.Itoa(i), RoomID: "!r", Depth: int64(i + 1)}}
 		if i > 0 {
 			recs[i].PrevEvents = []string{recs[i-1].ID}
-			recs[i].prevs = []*record{recs[i-1]}
+			recs[i].onlyPrev = recs[i-1]
 		}
 	}
 	return recs
@@ -42,7 +42,7 @@ func TestBackfillChainTakesOnlyPlainChains(t *testing.T) {
 		{"an outlier on the way", func(r []*record) { r[4].Outlier = true }, 5, -1},
 		{"the seed is in another room", func(r []*record) { r[5].RoomID = "!other" }, 3, -1},
 		{"a prev in another room", func(r []*record) { r[4].RoomID = "!other" }, 5, -1},
-		{"a prev the store did not hold when its child was added", func(r []*record) { r[3].prevs = nil }, 5, -1},
+		{"a prev the store did not hold when its child was added", func(r []*record) { r[3].onlyPrev = nil }, 5, -1},
 		{"two prev_events", func(r []*record) { r[3].PrevEvents = append(r[3].PrevEvents, "$x") }, 5, -1},
 		{"a prev as deep as its child", func(r []*record) { r[3].Depth = r[4].Depth }, 5, -1},
 		{"a prev deeper than its child", func(r []*record) { r[3].Depth = 100 }, 5, -1},
