@@ -2,6 +2,7 @@ package memstore
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/fedhistory/fedhistory"
@@ -78,12 +79,17 @@ func backfillChain(seed *record, roomID string, limit int) ([]*fedhistory.Event,
 	if !chainLink(seed, roomID) {
 		return nil, false
 	}
-	events := make([]*fedhistory.Event, 0, min(limit, 1024))
+	// Collect on the stack and allocate the answer only once it is known
+	// to be one: a declined walk then costs no garbage, and the answer is
+	// filled by one copy rather than a pointer store per event (each one a
+	// write barrier while the collector marks).
+	var stack [128]*fedhistory.Event
+	events := stack[:0]
 	rec := seed
 	for {
 		events = append(events, &rec.Event)
 		if len(events) == limit || len(rec.PrevEvents) == 0 {
-			return events, true
+			return slices.Clone(events), true
 		}
 		prev := rec.onlyPrev
 		if prev == nil || len(rec.PrevEvents) != 1 {
