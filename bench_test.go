@@ -179,11 +179,12 @@ func sharedBenchServer(tb testing.TB) *benchServer {
 	return benchServerVal
 }
 
-// backfillRequest is origin's signed GET /backfill from the newest event.
-func (s *benchServer) backfillRequest(tb testing.TB, origin string) *http.Request {
+// backfillRequest is origin's signed GET /backfill of limit events from
+// the newest event.
+func (s *benchServer) backfillRequest(tb testing.TB, origin string, limit int) *http.Request {
 	tb.Helper()
 	req := httptest.NewRequest(http.MethodGet,
-		backfillURL(s.room.roomID, strconv.Itoa(benchBackfillLimit), s.room.newest), nil)
+		backfillURL(s.room.roomID, strconv.Itoa(limit), s.room.newest), nil)
 	require.NoError(tb, s.keys[origin].SignRequest(req, origin, ourServer))
 	return req
 }
@@ -237,7 +238,7 @@ func servedPDUs(tb testing.TB, rec *httptest.ResponseRecorder, key string) []jso
 func BenchmarkFloor(b *testing.B) {
 	s := sharedBenchServer(b)
 	origin := benchOrigins[0]
-	req := s.backfillRequest(b, origin)
+	req := s.backfillRequest(b, origin, benchBackfillLimit)
 
 	// The message the verifier checks: the request's canonical JSON
 	// (spec: server-server API, "Request Authentication").
@@ -306,7 +307,7 @@ func BenchmarkFloor(b *testing.B) {
 // filter and the response.
 func BenchmarkBackfillHandler(b *testing.B) {
 	s := sharedBenchServer(b)
-	req := s.backfillRequest(b, benchOrigins[0])
+	req := s.backfillRequest(b, benchOrigins[0], benchBackfillLimit)
 	rec := httptest.NewRecorder()
 	s.handler.ServeHTTP(rec, req)
 	require.Len(b, servedPDUs(b, rec, "pdus"), benchBackfillLimit)
@@ -330,8 +331,7 @@ func BenchmarkBackfillHandlerLimits(b *testing.B) {
 	s := sharedBenchServer(b)
 	for _, limit := range []int{1, 10, 50, 100} {
 		b.Run("limit="+strconv.Itoa(limit), func(b *testing.B) {
-			req := httptest.NewRequest(http.MethodGet, backfillURL(s.room.roomID, strconv.Itoa(limit), s.room.newest), nil)
-			require.NoError(b, s.keys[benchOrigins[0]].SignRequest(req, benchOrigins[0], ourServer))
+			req := s.backfillRequest(b, benchOrigins[0], limit)
 			rec := httptest.NewRecorder()
 			s.handler.ServeHTTP(rec, req)
 			require.Len(b, servedPDUs(b, rec, "pdus"), limit)
@@ -354,7 +354,7 @@ func BenchmarkBackfillHandlerParallel(b *testing.B) {
 	s := sharedBenchServer(b)
 	requests := make([]*http.Request, len(benchOrigins))
 	for i, origin := range benchOrigins {
-		requests[i] = s.backfillRequest(b, origin)
+		requests[i] = s.backfillRequest(b, origin, benchBackfillLimit)
 	}
 	var next atomic.Int64
 	b.ReportAllocs()

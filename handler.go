@@ -133,16 +133,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	setDefault(&cfg.MaxBackfillSeeds, DefaultMaxBackfillSeeds)
 	setDefault(&cfg.MaxMissingEvents, DefaultMaxMissingEvents)
 	setDefault(&cfg.MaxMissingEventIDs, DefaultMaxMissingEventIDs)
-	if cfg.MaxRequestBodyBytes <= 0 {
-		cfg.MaxRequestBodyBytes = DefaultMaxRequestBodyBytes
-	}
+	setDefault(&cfg.MaxRequestBodyBytes, DefaultMaxRequestBodyBytes)
 	setDefault(&cfg.MaxConcurrentPerOrigin, DefaultMaxConcurrentPerOrigin)
 	setDefault(&cfg.MaxQueuedPerOrigin, DefaultMaxQueuedPerOrigin)
 	setDefault(&cfg.MaxInFlight, DefaultMaxInFlight)
 	setDefault(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
-	if cfg.RequestTimeout <= 0 {
-		cfg.RequestTimeout = DefaultRequestTimeout
-	}
+	setDefault(&cfg.RequestTimeout, DefaultRequestTimeout)
 	if cfg.MaxWalkVisits < 0 {
 		cfg.MaxWalkVisits = 0
 	}
@@ -155,7 +151,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	return cfg, nil
 }
 
-func setDefault(v *int, def int) {
+// setDefault replaces a zero or negative limit with its default.
+func setDefault[T int | int64 | time.Duration](v *T, def T) {
 	if *v <= 0 {
 		*v = def
 	}

@@ -48,6 +48,32 @@ func benchForks(n int) map[string]Node {
 	return room
 }
 
+// fetchCounts counts what a benchmark's walks asked countingFetch for.
+type fetchCounts struct{ calls, ids int }
+
+// report adds the counts per operation to b's results.
+func (c *fetchCounts) report(b *testing.B) {
+	b.ReportMetric(float64(c.calls)/float64(b.N), "fetches/op")
+	b.ReportMetric(float64(c.ids)/float64(b.N), "ids/op")
+}
+
+// countingFetch is a FetchFunc over room that counts its calls and the IDs
+// asked for.
+func countingFetch(room map[string]Node) (FetchFunc, *fetchCounts) {
+	counts := new(fetchCounts)
+	return func(_ context.Context, ids []string) ([]Node, error) {
+		counts.calls++
+		counts.ids += len(ids)
+		out := make([]Node, 0, len(ids))
+		for _, id := range ids {
+			if n, ok := room[id]; ok {
+				out = append(out, n)
+			}
+		}
+		return out, nil
+	}, counts
+}
+
 func BenchmarkBackfillWalk(b *testing.B) {
 	shapes := []struct {
 		prefix string
@@ -71,18 +97,7 @@ func BenchmarkBackfillWalk(b *testing.B) {
 				if room == nil {
 					room = shape.build(size.n)
 				}
-				var calls, fetched int
-				fetch := func(_ context.Context, ids []string) ([]Node, error) {
-					calls++
-					fetched += len(ids)
-					out := make([]Node, 0, len(ids))
-					for _, id := range ids {
-						if n, ok := room[id]; ok {
-							out = append(out, n)
-						}
-					}
-					return out, nil
-				}
+				fetch, counts := countingFetch(room)
 				req := BackfillRequest{RoomID: testRoom, From: []string{"$" + strconv.Itoa(size.n-1)}, Limit: 100}
 				ctx := context.Background()
 				b.ReportAllocs()
@@ -95,8 +110,7 @@ func BenchmarkBackfillWalk(b *testing.B) {
 						b.Fatalf("got %d events, want %d", len(got), req.Limit)
 					}
 				}
-				b.ReportMetric(float64(calls)/float64(b.N), "fetches/op")
-				b.ReportMetric(float64(fetched)/float64(b.N), "ids/op")
+				counts.report(b)
 			})
 		}
 	}
@@ -118,18 +132,7 @@ func BenchmarkMissingEvents(b *testing.B) {
 		room := shape.build(events)
 		for _, limit := range []int{20, 100} {
 			b.Run(shape.prefix+"limit="+strconv.Itoa(limit), func(b *testing.B) {
-				var calls, fetched int
-				fetch := func(_ context.Context, ids []string) ([]Node, error) {
-					calls++
-					fetched += len(ids)
-					out := make([]Node, 0, len(ids))
-					for _, id := range ids {
-						if n, ok := room[id]; ok {
-							out = append(out, n)
-						}
-					}
-					return out, nil
-				}
+				fetch, counts := countingFetch(room)
 				req := MissingEventsRequest{
 					RoomID:   testRoom,
 					Earliest: []string{"$" + strconv.Itoa(events/2)},
@@ -147,8 +150,7 @@ func BenchmarkMissingEvents(b *testing.B) {
 						b.Fatalf("got %d events, want %d", len(got), req.Limit)
 					}
 				}
-				b.ReportMetric(float64(calls)/float64(b.N), "fetches/op")
-				b.ReportMetric(float64(fetched)/float64(b.N), "ids/op")
+				counts.report(b)
 			})
 		}
 	}

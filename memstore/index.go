@@ -57,6 +57,3 @@ func (x *eventIndex) put(rec *record) {
 	}
 	x.byHash[h] = rec
 }
-
-// len returns the number of records held.
-func (x *eventIndex) len() int { return len(x.byHash) + len(x.collided) }

@@ -11,6 +11,9 @@ import (
 	"github.com/fedhistory/fedhistory/storetest"
 )
 
+// len returns the number of records held.
+func (x *eventIndex) len() int { return len(x.byHash) + len(x.collided) }
+
 // at returns the record of id, or nil: for tests that know it is there.
 func (x *eventIndex) at(id string) *record {
 	rec, _ := x.get(id)
