@@ -19,8 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
-	"github.com/fedhistory/fedhistory/roomgen"
 	"github.com/fedhistory/fedhistory/sign"
 )
 

@@ -26,7 +26,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
-	"github.com/fedhistory/fedhistory/faultstore"
+	"github.com/fedhistory/fedhistory/internal/faultstore"
 	"github.com/fedhistory/fedhistory/memstore"
 	"github.com/fedhistory/fedhistory/sign"
 )

@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
 // oracleState is the visibility-relevant state the property test tracks

@@ -28,7 +28,7 @@ import (
 	"github.com/stretchr/testify/require"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
-	"github.com/fedhistory/fedhistory/roomdump"
+	"github.com/fedhistory/fedhistory/internal/roomdump"
 	"github.com/fedhistory/fedhistory/sign"
 )
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/dag"
-	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
 // chain builds records e0 … e(n-1), each the single prev of the next,

@@ -6,8 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
-	"github.com/fedhistory/fedhistory/roomgen"
 	"github.com/stretchr/testify/require"
 )
 

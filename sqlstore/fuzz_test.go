@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/stretchr/testify/require"
 )
 

@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
-	"github.com/fedhistory/fedhistory/roomgen"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/stretchr/testify/require"
 )

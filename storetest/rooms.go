@@ -10,7 +10,7 @@ import (
 	"sync"
 
 	"github.com/fedhistory/fedhistory"
-	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
 // Room is one reference room: its events, to be added to the store under

@@ -3,8 +3,8 @@ package main
 import (
 	"fmt"
 
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
-	"github.com/fedhistory/fedhistory/roomgen"
 	"github.com/fedhistory/fedhistory/sign"
 )
 

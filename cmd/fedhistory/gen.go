@@ -8,8 +8,8 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 
-	"github.com/fedhistory/fedhistory/roomdump"
-	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/internal/roomdump"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
 func runGen(ctx context.Context, out streams, args []string) error {

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/fedhistory/fedhistory/roomdump"
+	"github.com/fedhistory/fedhistory/internal/roomdump"
 	"github.com/fedhistory/fedhistory/sqlstore"
 )
 

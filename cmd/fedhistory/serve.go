@@ -12,8 +12,8 @@ import (
 	"strconv"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/roomdump"
 	"github.com/fedhistory/fedhistory/memstore"
-	"github.com/fedhistory/fedhistory/roomdump"
 	"github.com/fedhistory/fedhistory/sign"
 	"github.com/fedhistory/fedhistory/sqlstore"
 )

@@ -23,7 +23,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fedhistory/fedhistory/roomdump"
+	"github.com/fedhistory/fedhistory/internal/roomdump"
 	"github.com/fedhistory/fedhistory/sign"
 )
 

@@ -18,7 +18,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
 // Version is the room version of every synthetic room: the only versions

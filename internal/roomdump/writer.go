@@ -8,7 +8,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
-	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
 // Writer writes a dump, one line per call. Each line goes to the underlying

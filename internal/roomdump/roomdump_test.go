@@ -14,8 +14,8 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fedhistory/fedhistory/roomdump"
-	"github.com/fedhistory/fedhistory/roomgen"
+	"github.com/fedhistory/fedhistory/internal/roomdump"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/room-v10.jsonl")
