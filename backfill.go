@@ -135,19 +135,10 @@ func parsePositiveCapped(s string, max int) (int, bool) {
 	return n, true
 }
 
-// walk runs the backfill walk: in the store when it can (BackfillWalker)
-// and the default visit budget applies, else with dag.Backfill over batched
-// Events lookups.
+// walk runs the backfill walk, honouring MaxWalkVisits.
 func (h *backfillHandler) walk(ctx context.Context, roomID string, seeds []string, limit int) ([]*Event, error) {
-	if walker, ok := h.cfg.Store.(BackfillWalker); ok && h.cfg.MaxWalkVisits == 0 {
-		return walker.WalkBackfill(ctx, roomID, seeds, limit)
-	}
-	fetcher := newDAGFetcher(h.cfg.Store, roomID)
-	walked, err := dag.BackfillRefs(ctx, dag.BackfillRequest{
+	result, err := WalkBackfill(ctx, h.cfg.Store, dag.BackfillRequest{
 		RoomID: roomID, From: seeds, Limit: limit, MaxVisits: h.cfg.MaxWalkVisits,
-	}, fetcher.fetch)
-	if err != nil {
-		return nil, err
-	}
-	return fetcher.events(walked), nil
+	})
+	return result.Events, err
 }

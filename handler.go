@@ -82,11 +82,8 @@ type Config struct {
 	// MaxWalkVisits bounds the events one walk may fetch from the store,
 	// whatever the DAG looks like (a room full of rejected events, a huge
 	// fan-out of prev_events). 0 selects the dag package's default, which
-	// grows with the request's limit, and lets a store that walks itself
-	// (BackfillWalker, MissingEventsWalker) do so with that default. Any
-	// other value is honoured by running the dag package's walk over the
-	// store's Events even when the store could walk itself, since the
-	// walker interfaces carry no budget.
+	// grows with the request's limit. A store that walks itself
+	// (BackfillWalker, MissingEventsWalker) gets the budget with the request.
 	MaxWalkVisits int
 
 	// MaxConcurrentPerOrigin is how many requests of one origin are served

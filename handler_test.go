@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/dag"
 	"github.com/fedhistory/fedhistory/memstore"
 )
 
@@ -142,9 +143,9 @@ type lyingWalker struct {
 	bad *fedhistory.Event
 }
 
-func (s lyingWalker) WalkBackfill(ctx context.Context, roomID string, from []string, limit int) ([]*fedhistory.Event, error) {
-	evs, err := s.Events(ctx, roomID, from)
-	return append(evs, s.bad), err
+func (s lyingWalker) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedhistory.WalkResult, error) {
+	evs, err := s.Events(ctx, req.RoomID, req.From)
+	return fedhistory.WalkResult{Events: append(evs, s.bad)}, err
 }
 
 func TestStoreWalkersCannotServeOutOfRangeDepths(t *testing.T) {
@@ -162,8 +163,8 @@ func TestStoreWalkersCannotServeOutOfRangeDepths(t *testing.T) {
 }
 
 // TestMaxWalkVisitsBoundsTheWalk: a configured visit budget is honoured on
-// both endpoints, also for a store that could walk itself (the walker
-// interfaces carry no budget, so the handler walks with dag instead). What
+// both endpoints, also by a store that walks itself (the walker interfaces
+// take the budget with the request). What
 // a cut-short walk returns is the start of the unbounded answer (dag's
 // documented guarantee).
 func TestMaxWalkVisitsBoundsTheWalk(t *testing.T) {

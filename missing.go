@@ -144,20 +144,11 @@ func jsonFieldError(err error) string {
 	return "a field has the wrong type"
 }
 
-// walk runs the get_missing_events walk: in the store when it can
-// (MissingEventsWalker) and the default visit budget applies, else with
-// dag.MissingEvents over batched lookups.
+// walk runs the get_missing_events walk, honouring MaxWalkVisits.
 func (h *missingEventsHandler) walk(ctx context.Context, roomID string, req *parsedMissingEvents) ([]*Event, error) {
-	if walker, ok := h.cfg.Store.(MissingEventsWalker); ok && h.cfg.MaxWalkVisits == 0 {
-		return walker.WalkMissingEvents(ctx, roomID, req.earliest, req.latest, req.limit, req.minDepth)
-	}
-	fetcher := newDAGFetcher(h.cfg.Store, roomID)
-	walked, err := dag.MissingEventsRefs(ctx, dag.MissingEventsRequest{
+	result, err := WalkMissingEvents(ctx, h.cfg.Store, dag.MissingEventsRequest{
 		RoomID: roomID, Earliest: req.earliest, Latest: req.latest,
 		Limit: req.limit, MinDepth: req.minDepth, MaxVisits: h.cfg.MaxWalkVisits,
-	}, fetcher.fetch)
-	if err != nil {
-		return nil, err
-	}
-	return fetcher.events(walked), nil
+	})
+	return result.Events, err
 }

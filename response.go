@@ -1,14 +1,12 @@
 package fedhistory
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"runtime/debug"
 	"strconv"
 	"sync"
 
-	"github.com/fedhistory/fedhistory/dag"
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
 )
 
@@ -99,66 +97,3 @@ func stack() string { return string(debug.Stack()) }
 
 // canonicalJSONMaxInt is the largest integer canonical JSON allows (2^53-1).
 const canonicalJSONMaxInt = 1<<53 - 1
-
-// dagFetcher adapts an EventStore to dag.FetchFunc. It keeps every event
-// the store returns, and gives each node the event's index among them as
-// its Ref, so that the walk's result maps back to stored events without a
-// second lookup.
-type dagFetcher struct {
-	store   EventStore
-	roomID  string
-	fetched []*Event
-	// nodes is reused by every call: the walks read a FetchFunc's answer
-	// only until they call it again (dag.FetchFunc).
-	nodes []dag.Node
-}
-
-// dagFetchers recycles fetchers and their buffers.
-var dagFetchers = sync.Pool{New: func() any { return new(dagFetcher) }}
-
-// maxPooledFetched bounds the buffers that are recycled.
-const maxPooledFetched = 2048
-
-func newDAGFetcher(store EventStore, roomID string) *dagFetcher {
-	f := dagFetchers.Get().(*dagFetcher)
-	f.store, f.roomID = store, roomID
-	return f
-}
-
-func (f *dagFetcher) fetch(ctx context.Context, ids []string) ([]dag.Node, error) {
-	events, err := f.store.Events(ctx, f.roomID, ids)
-	if err != nil {
-		return nil, err
-	}
-	nodes := f.nodes[:0]
-	for _, ev := range events {
-		if ev == nil {
-			continue // a misbehaving store; the walk treats the ID as unknown
-		}
-		// The walk keeps the first answer for each ID it asked for, and
-		// ignores the rest: duplicates need no filtering here.
-		nodes = append(nodes, dag.Node{
-			ID: ev.ID, RoomID: ev.RoomID, Depth: ev.Depth, PrevEvents: ev.PrevEvents,
-			Rejected: ev.Rejected, Outlier: ev.Outlier, Ref: len(f.fetched),
-		})
-		f.fetched = append(f.fetched, ev)
-	}
-	f.nodes = nodes
-	return nodes, nil
-}
-
-// events returns the stored events the walk returned (by the Refs of
-// fetch's nodes), in order. It is the fetcher's last use: it recycles f.
-func (f *dagFetcher) events(refs []int) []*Event {
-	out := make([]*Event, len(refs))
-	for i, ref := range refs {
-		out[i] = f.fetched[ref]
-	}
-	if cap(f.fetched) <= maxPooledFetched && cap(f.nodes) <= maxPooledFetched {
-		clear(f.fetched) // drop the references to stored events
-		clear(f.nodes)
-		f.store, f.roomID, f.fetched, f.nodes = nil, "", f.fetched[:0], f.nodes[:0]
-		dagFetchers.Put(f)
-	}
-	return out
-}

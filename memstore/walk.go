@@ -21,39 +21,39 @@ import (
 // default visit budget. A backfill from one event along a plain chain, the
 // shape of most history, takes a shortcut with the same answer (see
 // backfillChain).
-func (s *Store) WalkBackfill(ctx context.Context, roomID string, from []string, limit int) ([]*fedhistory.Event, error) {
+func (s *Store) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedhistory.WalkResult, error) {
+	roomID, from, limit := req.RoomID, req.From, req.Limit
 	// A cancelled request goes the long way, so that it fails as dag's does.
-	if len(from) == 1 && limit > 0 && ctx.Err() == nil {
+	// The shortcut spends exactly the default visit budget's share.
+	if len(from) == 1 && limit > 0 && req.MaxVisits == 0 && ctx.Err() == nil {
 		s.mu.RLock()
 		seed, ok := s.events.get(from[0])
 		s.mu.RUnlock()
 		if ok {
 			if events, ok := backfillChain(seed, roomID, limit); ok {
-				return events, nil
+				return fedhistory.WalkResult{Events: events, Visits: len(events) + 1}, nil
 			}
 		}
 	}
 	f := s.newWalkFetcher(roomID)
 	defer f.release()
-	refs, err := dag.BackfillRefs(ctx, dag.BackfillRequest{RoomID: roomID, From: from, Limit: limit}, f.fetch)
+	refs, err := dag.BackfillRefs(ctx, req, f.fetch)
 	if err != nil {
-		return nil, err
+		return fedhistory.WalkResult{}, err
 	}
-	return f.events(refs), nil
+	return fedhistory.WalkResult{Events: f.events(refs)}, nil
 }
 
 // WalkMissingEvents is dag.MissingEventsRefs over the store's records, with
 // the default visit budget.
-func (s *Store) WalkMissingEvents(ctx context.Context, roomID string, earliest, latest []string, limit int, minDepth int64) ([]*fedhistory.Event, error) {
-	f := s.newWalkFetcher(roomID)
+func (s *Store) WalkMissingEvents(ctx context.Context, req dag.MissingEventsRequest) (fedhistory.WalkResult, error) {
+	f := s.newWalkFetcher(req.RoomID)
 	defer f.release()
-	refs, err := dag.MissingEventsRefs(ctx, dag.MissingEventsRequest{
-		RoomID: roomID, Earliest: earliest, Latest: latest, Limit: limit, MinDepth: minDepth,
-	}, f.fetch)
+	refs, err := dag.MissingEventsRefs(ctx, req, f.fetch)
 	if err != nil {
-		return nil, err
+		return fedhistory.WalkResult{}, err
 	}
-	return f.events(refs), nil
+	return fedhistory.WalkResult{Events: f.events(refs)}, nil
 }
 
 // maxChainDepth and minChainDepth are the depths canonical JSON can carry

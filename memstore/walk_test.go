@@ -121,7 +121,7 @@ func TestWalkBackfillIsDagBackfill(t *testing.T) {
 			for _, limit := range []int{1, 2, 5, 20, 100} {
 				want, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: b.RoomID(), From: []string{ev.ID}, Limit: limit}, fetch)
 				require.NoError(t, err)
-				got, err := store.WalkBackfill(ctx, b.RoomID(), []string{ev.ID}, limit)
+				got, err := walkBackfill(ctx, store, b.RoomID(), []string{ev.ID}, limit)
 				require.NoError(t, err)
 				gotIDs := make([]string, 0, len(got))
 				for _, g := range got {

@@ -75,7 +75,7 @@ func BenchmarkSQLBackfill(b *testing.B) {
 			b.ResetTimer()
 			before := s.Queries()
 			for b.Loop() {
-				events, err := s.WalkBackfill(ctx, room[0].RoomID, newest, limit)
+				events, err := walkBackfill(ctx, s, room[0].RoomID, newest, limit)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -53,7 +53,7 @@ func TestConcurrentWritersAndReaders(t *testing.T) {
 					// Reads race the writes: any answer is fine, an error is not.
 					for range 20 {
 						latest := room.Events[len(room.Events)-1].ID
-						if _, err := s.WalkBackfill(ctx, room.ID, []string{latest}, 10); err != nil {
+						if _, err := walkBackfill(ctx, s, room.ID, []string{latest}, 10); err != nil {
 							errs <- err
 							return
 						}

@@ -49,7 +49,7 @@ func FuzzAdd(f *testing.F) {
 			require.Equal(t, pdu, []byte(events[0].JSON))
 			_, err = s.Visibility(ctx, roomID, "b", []string{id})
 			require.NoError(t, err)
-			_, err = s.WalkBackfill(ctx, roomID, []string{id}, 5)
+			_, err = walkBackfill(ctx, s, roomID, []string{id}, 5)
 			require.NoError(t, err)
 			_, _ = s.CurrentState(ctx, roomID, "b")
 			break

@@ -50,24 +50,31 @@ const (
 // events for the same request (default visit budget), with the events' JSON,
 // newest first. It costs two queries for any limit in any room whose depths
 // are consistent (see the comment on the walks).
-func (s *Store) WalkBackfill(ctx context.Context, roomID string, from []string, limit int) ([]*fedhistory.Event, error) {
+func (s *Store) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedhistory.WalkResult, error) {
+	roomID, from, limit := req.RoomID, req.From, req.Limit
 	if limit <= 0 || !s.storable(roomID) {
-		return nil, nil
+		return fedhistory.WalkResult{}, nil
 	}
-	c := s.newCandidates(roomID, visitBudget(limit, len(dedupe(from))), nil, minCanonicalInt)
-	ids, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: roomID, From: from, Limit: limit}, c.fetch)
+	budget := req.MaxVisits
+	if budget <= 0 {
+		budget = visitBudget(limit, len(dedupe(from)))
+	}
+	c := s.newCandidates(roomID, budget, nil, minCanonicalInt)
+	ids, err := dag.Backfill(ctx, req, c.fetch)
 	if err != nil {
-		return nil, fmt.Errorf("sqlstore: backfill of %s: %w", roomID, err)
+		return fedhistory.WalkResult{}, fmt.Errorf("sqlstore: backfill of %s: %w", roomID, err)
 	}
-	return s.walkResult(ctx, roomID, ids)
+	events, err := s.walkResult(ctx, roomID, ids)
+	return fedhistory.WalkResult{Events: events}, err
 }
 
 // WalkMissingEvents returns exactly what dag.MissingEvents returns over this
 // store's events for the same request (default visit budget), with the
 // events' JSON, oldest first. It costs two queries like WalkBackfill.
-func (s *Store) WalkMissingEvents(ctx context.Context, roomID string, earliest, latest []string, limit int, minDepth int64) ([]*fedhistory.Event, error) {
+func (s *Store) WalkMissingEvents(ctx context.Context, req dag.MissingEventsRequest) (fedhistory.WalkResult, error) {
+	roomID, earliest, latest, limit, minDepth := req.RoomID, req.Earliest, req.Latest, req.Limit, req.MinDepth
 	if limit <= 0 || !s.storable(roomID) {
-		return nil, nil
+		return fedhistory.WalkResult{}, nil
 	}
 	// The visit budget's seeds are the Latest IDs not in Earliest.
 	isEarliest := make(map[string]bool, len(earliest))
@@ -80,13 +87,17 @@ func (s *Store) WalkMissingEvents(ctx context.Context, roomID string, earliest, 
 			seeds++
 		}
 	}
-	c := s.newCandidates(roomID, visitBudget(limit, seeds), earliest, max(minDepth, minCanonicalInt))
-	req := dag.MissingEventsRequest{RoomID: roomID, Earliest: earliest, Latest: latest, Limit: limit, MinDepth: minDepth}
+	budget := req.MaxVisits
+	if budget <= 0 {
+		budget = visitBudget(limit, seeds)
+	}
+	c := s.newCandidates(roomID, budget, earliest, max(minDepth, minCanonicalInt))
 	ids, err := dag.MissingEvents(ctx, req, c.fetch)
 	if err != nil {
-		return nil, fmt.Errorf("sqlstore: get_missing_events of %s: %w", roomID, err)
+		return fedhistory.WalkResult{}, fmt.Errorf("sqlstore: get_missing_events of %s: %w", roomID, err)
 	}
-	return s.walkResult(ctx, roomID, ids)
+	events, err := s.walkResult(ctx, roomID, ids)
+	return fedhistory.WalkResult{Events: events}, err
 }
 
 // walkResult reads the events of ids, in that order.

@@ -146,7 +146,7 @@ func TestWalksMatchPackageDag(t *testing.T) {
 				want, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: room, From: from, Limit: limit}, fetch)
 				require.NoError(t, err)
 				before := s.Queries()
-				got, err := s.WalkBackfill(ctx, room, from, limit)
+				got, err := walkBackfill(ctx, s, room, from, limit)
 				require.NoError(t, err)
 				queries := s.Queries() - before
 				require.Equal(t, want, eventIDs(got), "backfill, "+name)
@@ -171,7 +171,7 @@ func TestWalksMatchPackageDag(t *testing.T) {
 					RoomID: room, Earliest: earliest, Latest: from, Limit: limit, MinDepth: minDepth}, fetch)
 				require.NoError(t, err)
 				before = s.Queries()
-				gotMissing, err := s.WalkMissingEvents(ctx, room, earliest, from, limit, minDepth)
+				gotMissing, err := walkMissingEvents(ctx, s, room, earliest, from, limit, minDepth)
 				require.NoError(t, err)
 				queries = s.Queries() - before
 				require.Equal(t, wantMissing, eventIDs(gotMissing), "missing events, earliest %v min depth %d, %s", earliest, minDepth, name)
@@ -201,14 +201,14 @@ func TestWalksStayExactWhenTheCandidatesRunOut(t *testing.T) {
 			want, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: walkRoom, From: from, Limit: limit}, fetch)
 			require.NoError(t, err)
 			before := s.Queries()
-			got, err := s.WalkBackfill(ctx, walkRoom, from, limit)
+			got, err := walkBackfill(ctx, s, walkRoom, from, limit)
 			require.NoError(t, err)
 			extra += s.Queries() - before - 2
 			require.Equal(t, want, eventIDs(got), "backfill walk %d", walk)
 
 			wantMissing, err := dag.MissingEvents(ctx, dag.MissingEventsRequest{RoomID: walkRoom, Latest: from, Limit: limit}, fetch)
 			require.NoError(t, err)
-			gotMissing, err := s.WalkMissingEvents(ctx, walkRoom, nil, from, limit, 0)
+			gotMissing, err := walkMissingEvents(ctx, s, walkRoom, nil, from, limit, 0)
 			require.NoError(t, err)
 			require.Equal(t, wantMissing, eventIDs(gotMissing), "missing events walk %d", walk)
 		}
@@ -247,7 +247,7 @@ func TestWalksOverRealRooms(t *testing.T) {
 				want, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: room.ID, From: []string{latest}, Limit: limit}, fetch)
 				require.NoError(t, err)
 				before := s.Queries()
-				got, err := s.WalkBackfill(ctx, room.ID, []string{latest}, limit)
+				got, err := walkBackfill(ctx, s, room.ID, []string{latest}, limit)
 				require.NoError(t, err)
 				require.Equal(t, int64(2), s.Queries()-before)
 				require.Equal(t, want, eventIDs(got))
@@ -256,7 +256,7 @@ func TestWalksOverRealRooms(t *testing.T) {
 				want, err = dag.MissingEvents(ctx, dag.MissingEventsRequest{RoomID: room.ID, Earliest: earliest, Latest: []string{latest}, Limit: limit}, fetch)
 				require.NoError(t, err)
 				before = s.Queries()
-				got, err = s.WalkMissingEvents(ctx, room.ID, earliest, []string{latest}, limit, 0)
+				got, err = walkMissingEvents(ctx, s, room.ID, earliest, []string{latest}, limit, 0)
 				require.NoError(t, err)
 				require.LessOrEqual(t, s.Queries()-before, int64(2))
 				require.Equal(t, want, eventIDs(got))

@@ -289,33 +289,33 @@ func (s *walkingStore) fetch(roomID string) dag.FetchFunc {
 	}
 }
 
-func (s *walkingStore) WalkBackfill(ctx context.Context, roomID string, from []string, limit int) ([]*fedhistory.Event, error) {
-	ids, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: roomID, From: from, Limit: limit}, s.fetch(roomID))
+func (s *walkingStore) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedhistory.WalkResult, error) {
+	ids, err := dag.Backfill(ctx, req, s.fetch(req.RoomID))
 	if err != nil {
-		return nil, err
+		return fedhistory.WalkResult{}, err
 	}
 	if s.bug == "backfill walker drops the oldest" && len(ids) > 1 {
 		ids = ids[:len(ids)-1]
 	}
-	return s.inOrder(ctx, roomID, ids)
+	return s.inOrder(ctx, req.RoomID, ids)
 }
 
-func (s *walkingStore) WalkMissingEvents(ctx context.Context, roomID string, earliest, latest []string, limit int, minDepth int64) ([]*fedhistory.Event, error) {
+func (s *walkingStore) WalkMissingEvents(ctx context.Context, req dag.MissingEventsRequest) (fedhistory.WalkResult, error) {
 	if s.bug == "missing events walker ignores min_depth" {
-		minDepth = 0
+		req.MinDepth = 0
 	}
-	ids, err := dag.MissingEvents(ctx, dag.MissingEventsRequest{RoomID: roomID, Earliest: earliest, Latest: latest, Limit: limit, MinDepth: minDepth}, s.fetch(roomID))
+	ids, err := dag.MissingEvents(ctx, req, s.fetch(req.RoomID))
 	if err != nil {
-		return nil, err
+		return fedhistory.WalkResult{}, err
 	}
-	return s.inOrder(ctx, roomID, ids)
+	return s.inOrder(ctx, req.RoomID, ids)
 }
 
 // inOrder returns the events of ids, in the order of ids.
-func (s *walkingStore) inOrder(ctx context.Context, roomID string, ids []string) ([]*fedhistory.Event, error) {
+func (s *walkingStore) inOrder(ctx context.Context, roomID string, ids []string) (fedhistory.WalkResult, error) {
 	events, err := s.Events(ctx, roomID, ids)
 	if err != nil {
-		return nil, err
+		return fedhistory.WalkResult{}, err
 	}
 	byID := make(map[string]*fedhistory.Event, len(events))
 	for _, ev := range events {
@@ -325,5 +325,5 @@ func (s *walkingStore) inOrder(ctx context.Context, roomID string, ids []string)
 	for _, id := range ids {
 		out = append(out, byID[id])
 	}
-	return out, nil
+	return fedhistory.WalkResult{Events: out}, nil
 }

@@ -777,9 +777,9 @@ func checkBackfill(t require.TestingT, ctx context.Context, walker fedhistory.Ba
 	want, err := dag.Backfill(context.Background(), dag.BackfillRequest{RoomID: rf.room.ID, From: tc.from, Limit: tc.limit},
 		fetchFromEvents(walker, rf.room.ID))
 	require.NoError(t, err, "dag.Backfill over the store's Events")
-	got, err := walker.WalkBackfill(ctx, rf.room.ID, slices.Clone(tc.from), tc.limit)
+	got, err := walker.WalkBackfill(ctx, dag.BackfillRequest{RoomID: rf.room.ID, From: slices.Clone(tc.from), Limit: tc.limit})
 	if answered(t, err, m, "WalkBackfill") {
-		requireWalk(t, rf, want, got, "WalkBackfill must return what dag.Backfill returns, in its order")
+		requireWalk(t, rf, want, got.Events, "WalkBackfill must return what dag.Backfill returns, in its order")
 	}
 }
 
@@ -803,9 +803,11 @@ func checkMissingEvents(t require.TestingT, ctx context.Context, walker fedhisto
 		RoomID: rf.room.ID, Earliest: tc.earliest, Latest: tc.latest, Limit: tc.limit, MinDepth: tc.minDepth,
 	}, fetchFromEvents(walker, rf.room.ID))
 	require.NoError(t, err, "dag.MissingEvents over the store's Events")
-	got, err := walker.WalkMissingEvents(ctx, rf.room.ID, slices.Clone(tc.earliest), slices.Clone(tc.latest), tc.limit, tc.minDepth)
+	got, err := walker.WalkMissingEvents(ctx, dag.MissingEventsRequest{
+		RoomID: rf.room.ID, Earliest: slices.Clone(tc.earliest), Latest: slices.Clone(tc.latest), Limit: tc.limit, MinDepth: tc.minDepth,
+	})
 	if answered(t, err, m, "WalkMissingEvents") {
-		requireWalk(t, rf, want, got, "WalkMissingEvents must return what dag.MissingEvents returns, in its order")
+		requireWalk(t, rf, want, got.Events, "WalkMissingEvents must return what dag.MissingEvents returns, in its order")
 	}
 }
 
