@@ -60,7 +60,9 @@ func forbiddenReason(err error) string {
 // Either failure alone denies; the wording never changes the outcome.
 func authorizeRoom(ctx context.Context, store EventStore, roomID, origin string) error {
 	state, err := store.CurrentState(ctx, roomID, origin)
-	if errors.Is(err, ErrRoomNotFound) {
+	if errors.Is(err, ErrRoomNotFound) || errors.Is(err, ErrStateUnknown) {
+		// A room whose current state is unknown is never authorised from an
+		// invented one: it answers as a room the origin is not in.
 		return &forbiddenError{reason: reasonNotInRoom}
 	}
 	if err != nil {
@@ -79,6 +81,15 @@ func authorizeRoom(ctx context.Context, store EventStore, roomID, origin string)
 		return &forbiddenError{reason: reasonNotInRoom}
 	}
 	return nil
+}
+
+// authorise applies the room-level rules (authorizeRoom) and returns the
+// room's version, which the filter's redaction algorithm needs.
+func authorise(ctx context.Context, store EventStore, roomID, origin string) (roomVersion string, err error) {
+	if err := authorizeRoom(ctx, store, roomID, origin); err != nil {
+		return "", err
+	}
+	return store.RoomVersion(ctx, roomID)
 }
 
 // serverHasJoinedUser reports whether some user of server has membership

@@ -1,7 +1,6 @@
 package fedhistory
 
 import (
-	"context"
 	"net/http"
 	"strconv"
 	"strings"
@@ -10,59 +9,52 @@ import (
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
 )
 
-// backfillHandler serves GET /backfill/{roomId}?v=…&limit=N
-// (spec: server-server API, "Backfilling and retrieving missing events").
-type backfillHandler struct {
-	cfg Config
-	// txnPrefix is `{"origin":"<server name>","origin_server_ts":`, encoded
-	// once: the rest of the response is the timestamp and stored bytes.
-	txnPrefix []byte
-}
-
-func (h *backfillHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	// 1. Authenticated by the Authenticator that wraps this handler; 2. parse.
-	origin, roomID, ok := requestRoom(w, r)
-	if !ok {
+// backfill serves GET /backfill/{roomId}?v=…&limit=N (spec: server-server
+// API, "Backfilling and retrieving missing events"): a bounded, best-first
+// walk back from the v events, newest first, as a transaction.
+func (h *Handler) backfill(req *request, params []string) {
+	// 1. Authenticate (the body, if any, is read and bounded there).
+	if !req.authenticate() {
 		return
 	}
-	seeds, limit, perr := h.parseQuery(r)
+	// 2. Parse.
+	roomID, perr := pathRoomID(params[0])
 	if perr != nil {
-		perr.write(w)
+		req.writeParamError(perr)
 		return
 	}
-
+	req.roomID = roomID
+	seeds, limit, perr := h.parseBackfillQuery(req.r)
+	if perr != nil {
+		req.writeParamError(perr)
+		return
+	}
 	// 3. Authorise: server ACL and "is the origin in the room now".
-	roomVersion, err := authorise(ctx, h.cfg.Store, roomID, origin)
+	roomVersion, err := authorise(req.ctx, h.cfg.Store, roomID, req.origin)
 	if err != nil {
-		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
+		req.fail(err)
 		return
 	}
-
 	// 4. Walk.
-	events, err := h.walk(ctx, roomID, seeds, limit)
+	walked, err := WalkBackfill(req.ctx, h.cfg.Store, dag.BackfillRequest{
+		RoomID: roomID, From: seeds, Limit: limit, MaxVisits: h.cfg.MaxWalkVisits,
+	})
 	if err != nil {
-		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
+		req.fail(err)
 		return
 	}
-
-	// 5. Filter: history visibility, erasure, redaction withholding.
-	pdus, err := filterEvents(ctx, h.cfg.Store, roomVersion, roomID, origin, events, h.cfg.Logger)
+	// 5. Filter: history visibility, erasure, applied redactions.
+	pdus, err := req.filter(roomVersion, roomID, walked.Events)
 	if err != nil {
-		writeStoreError(w, r, h.cfg.Logger, "backfill", err)
+		req.fail(err)
 		return
 	}
-
 	// 6. Write the stored bytes as a transaction.
-	var headBuf [512]byte // the prefix holds a server name of at most 255 bytes
-	head := append(headBuf[:0], h.txnPrefix...)
-	head = strconv.AppendInt(head, h.cfg.Now().UnixMilli(), 10)
-	head = append(head, `,"pdus":`...)
-	writePDUResponse(w, head, pdus)
+	req.writeOK(appendTransaction(nil, h.cfg.ServerName, h.cfg.Now(), pdus))
 }
 
-// parseQuery reads "v" and "limit".
-func (h *backfillHandler) parseQuery(r *http.Request) (seeds []string, limit int, perr *paramError) {
+// parseBackfillQuery reads "v" and "limit".
+func (h *Handler) parseBackfillQuery(r *http.Request) (seeds []string, limit int, perr *paramError) {
 	query := r.URL.Query()
 	values, present := query["v"]
 	if !present {
@@ -133,12 +125,4 @@ func parsePositiveCapped(s string, max int) (int, bool) {
 		return 0, false
 	}
 	return n, true
-}
-
-// walk runs the backfill walk, honouring MaxWalkVisits.
-func (h *backfillHandler) walk(ctx context.Context, roomID string, seeds []string, limit int) ([]*Event, error) {
-	result, err := WalkBackfill(ctx, h.cfg.Store, dag.BackfillRequest{
-		RoomID: roomID, From: seeds, Limit: limit, MaxVisits: h.cfg.MaxWalkVisits,
-	})
-	return result.Events, err
 }

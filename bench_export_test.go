@@ -1,12 +1,16 @@
 package fedhistory
 
-import "context"
+import (
+	"context"
+
+	"github.com/fedhistory/fedhistory/dag"
+)
 
 // WalkBackfillForBenchmark runs the handler's backfill walk, the store's
 // own when it is a BackfillWalker, else dag.Backfill over the handler's
 // fetch adapter, so that the benchmarks in package fedhistory_test (which
 // may import memstore; this package may not) measure the real path.
 func WalkBackfillForBenchmark(ctx context.Context, store EventStore, roomID string, from []string, limit int) ([]*Event, error) {
-	h := &backfillHandler{cfg: Config{Store: store}}
-	return h.walk(ctx, roomID, from, limit)
+	result, err := WalkBackfill(ctx, store, dag.BackfillRequest{RoomID: roomID, From: from, Limit: limit})
+	return result.Events, err
 }

@@ -88,7 +88,7 @@ func ExampleRegister() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = fedhistory.Register(router, fedhistory.Config{
+	_, err = fedhistory.Register(router, fedhistory.Config{
 		ServerName:    "example.org",
 		Store:         store,
 		Authenticator: verifier,

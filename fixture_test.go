@@ -2,6 +2,7 @@ package fedhistory_test
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"io"
 	"log/slog"
@@ -21,7 +22,6 @@ import (
 	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
-	"github.com/fedhistory/fedhistory/sign"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
@@ -36,22 +36,16 @@ const (
 var fixedNow = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
 // originHeader names the origin in tests that exercise the handler without
-// signatures: testAuth trusts it. The sign package's middleware is tested
-// in sign/ and end to end in e2e_test.go.
+// signatures: testAuth trusts it. The sign package's verifier is tested in
+// sign/ and end to end in e2e_test.go.
 const originHeader = "X-Test-Origin"
 
-type testAuth struct{}
-
-func (testAuth) Wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		origin := r.Header.Get(originHeader)
-		if origin == "" {
-			http.Error(w, "no test origin", http.StatusUnauthorized)
-			return
-		}
-		next.ServeHTTP(w, r.WithContext(sign.ContextWithOrigin(r.Context(), origin)))
-	})
-}
+var testAuth = fedhistory.AuthenticatorFunc(func(r *http.Request) (string, error) {
+	if origin := r.Header.Get(originHeader); origin != "" {
+		return origin, nil
+	}
+	return "", errors.New("no test origin")
+})
 
 // testRoom is a room built with roomgen, with its events named.
 type testRoom struct {
@@ -134,12 +128,12 @@ func storeViews(store *memstore.Store) []storeView {
 	}
 }
 
-func newHandler(t testing.TB, store fedhistory.EventStore, mutate ...func(*fedhistory.Config)) http.Handler {
+func newHandler(t testing.TB, store fedhistory.EventStore, mutate ...func(*fedhistory.Config)) *fedhistory.Handler {
 	t.Helper()
 	cfg := fedhistory.Config{
 		ServerName:    ourServer,
 		Store:         store,
-		Authenticator: testAuth{},
+		Authenticator: testAuth,
 		Logger:        slog.New(slog.DiscardHandler),
 		Now:           func() time.Time { return fixedNow },
 	}

@@ -1,61 +1,77 @@
 package fedhistory
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
 
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
-	"github.com/fedhistory/fedhistory/sign"
 )
 
 // Prefix is the path under which the history endpoints live. The handler
-// returned by New answers both the full paths and, when a homeserver mounts it
+// New returns answers both the full paths and, when a homeserver mounts it
 // with http.StripPrefix(Prefix, …), the stripped ones.
 const Prefix = "/_matrix/federation/v1"
 
-// Defaults for the limits in Config. They follow Synapse where the spec is
-// silent: backfill pages of at most 100 events, get_missing_events answers of
-// at most 20 (Synapse caps limit at 20 in FederationHandler too).
+// Defaults for the request limits in Config. They follow Synapse where the
+// spec is silent: backfill pages of at most 100 events, get_missing_events
+// answers of at most 20 (Synapse caps limit at 20 in FederationHandler too).
 const (
-	DefaultMaxBackfillLimit     = 100
-	DefaultMaxBackfillSeeds     = 100
-	DefaultMissingEventsLimit   = 10 // the spec's default for "limit"
-	DefaultMaxMissingEvents     = 20
-	DefaultMaxMissingEventIDs   = 1000
-	DefaultMaxRequestBodyBytes  = 64 << 10
-	DefaultWalkVisitsPerRequest = 0 // 0: the dag package's default, proportional to the limit
+	DefaultMaxBackfillLimit    = 100
+	DefaultMaxBackfillSeeds    = 100
+	DefaultMissingEventsLimit  = 10 // the spec's default for "limit"
+	DefaultMaxMissingEvents    = 20
+	DefaultMaxMissingEventIDs  = 1000
+	DefaultMaxRequestBodyBytes = 64 << 10
 )
 
-// Authenticator puts request authentication in front of the endpoints.
-// *sign.Verifier implements it. Wrap must only call next for an
-// authenticated request, and must put the origin's server name in the
-// request context with sign.ContextWithOrigin.
+// Authenticator authenticates a federation request: it returns the name of
+// the server that sent it, or an error, and the handler answers the error
+// 401 M_UNAUTHORIZED (with the error's text) before any other work. A
+// *sign.Verifier checks X-Matrix signatures; a homeserver that authenticates
+// federation requests itself can pass its own (see AuthenticatorFunc).
+//
+// The handler calls Authenticate first thing, with r.Body wrapped in
+// http.MaxBytesReader (Config.MaxRequestBodyBytes) and, on servers that
+// allow it, a read deadline at the request's deadline: an Authenticator
+// that reads the body to check a signature needs no limits of its own, and
+// must leave r.Body readable again for the endpoint. A body that is too
+// large is answered 413 when the error wraps *http.MaxBytesError.
 type Authenticator interface {
-	Wrap(next http.Handler) http.Handler
+	Authenticate(r *http.Request) (origin string, err error)
 }
+
+// AuthenticatorFunc adapts a function to Authenticator, as
+// http.HandlerFunc does for handlers.
+type AuthenticatorFunc func(r *http.Request) (origin string, err error)
+
+// Authenticate calls f(r).
+func (f AuthenticatorFunc) Authenticate(r *http.Request) (string, error) { return f(r) }
 
 // Config configures the handler. Only ServerName, Store and Authenticator
 // are required; every other zero value selects the documented default.
 type Config struct {
-	// ServerName is our server name: the "origin" of backfill transactions.
+	// ServerName is our server name: the "origin" of the transactions we
+	// answer with.
 	ServerName string
 
 	// Store holds the rooms' events. See EventStore, and storetest for a
-	// conformance suite to run against your own implementation.
+	// conformance suite to run against your own implementation. The
+	// optional capabilities it implements decide which endpoints are
+	// served (see Handler.Endpoints).
 	Store EventStore
 
-	// Authenticator verifies the X-Matrix signature of each request before
-	// any other work is done (typically a *sign.Verifier). It is required:
-	// there is no unauthenticated mode, because the endpoints hand out
-	// private room history.
+	// Authenticator verifies each request before any other work is done
+	// (typically a *sign.Verifier). It is required: there is no
+	// unauthenticated mode, because the endpoints hand out private room
+	// history.
 	Authenticator Authenticator
 
 	// MaxBackfillLimit caps backfill's "limit" query parameter; larger
@@ -75,8 +91,10 @@ type Config struct {
 	// Default 1000.
 	MaxMissingEventIDs int
 
-	// MaxRequestBodyBytes caps a get_missing_events body; a larger one is
-	// answered 413 M_TOO_LARGE. Default 64 KiB.
+	// MaxRequestBodyBytes caps a request's body, whatever the endpoint; a
+	// larger one is answered 413 M_TOO_LARGE. It is the only body limit: the
+	// handler hands the Authenticator the body already bounded by it.
+	// Default 64 KiB.
 	MaxRequestBodyBytes int64
 
 	// MaxWalkVisits bounds the events one walk may fetch from the store,
@@ -86,20 +104,26 @@ type Config struct {
 	// (BackfillWalker, MissingEventsWalker) gets the budget with the request.
 	MaxWalkVisits int
 
-	// MaxConcurrentPerOrigin is how many requests of one origin are served
-	// at once; MaxQueuedPerOrigin how many more may wait for a turn. Beyond
-	// that an origin gets 429 M_LIMIT_EXCEEDED with retry_after_ms, so one
-	// noisy server cannot starve the others. Defaults 3 and 50 (Synapse's
-	// federation limiter).
+	// MaxConcurrentPerOrigin is how many requests of one authenticated
+	// origin are served at once; MaxQueuedPerOrigin how many more may wait
+	// for a turn. Beyond that an origin gets 429 M_LIMIT_EXCEEDED with
+	// retry_after_ms, so one noisy server cannot starve the others. A
+	// request whose deadline passes while it waits is answered 503 (a
+	// timeout, not a refusal). Defaults 3 and 50 (Synapse's federation
+	// limiter).
 	MaxConcurrentPerOrigin int
 	MaxQueuedPerOrigin     int
 
-	// MaxInFlight caps the requests the handler serves at once, from all
-	// origins, counted before authentication; beyond it: 429. Default 256.
+	// MaxInFlight caps the authenticated requests the handler runs at once,
+	// from all origins; beyond it: 429. Requests waiting in an origin's
+	// queue do not count, so no origin's queue can take the others'
+	// capacity. Work before authentication (key fetches) is bounded by the
+	// Authenticator (sign.VerifierConfig). Default 256.
 	MaxInFlight int
 
-	// RequestTimeout is the deadline of one request, including key fetching
-	// and every store call (the context reaches the store). Default 30s.
+	// RequestTimeout is the deadline of one request, including reading its
+	// body, key fetching and every store call (the context reaches the
+	// store). Default 30s.
 	RequestTimeout time.Duration
 
 	// MaxHeaderBytes caps the request line's URI plus all header names and
@@ -155,157 +179,213 @@ func setDefault[T int | int64 | time.Duration](v *T, def T) {
 	}
 }
 
-// New returns an http.Handler serving
-//
-//	GET  /_matrix/federation/v1/backfill/{roomId}
-//	POST /_matrix/federation/v1/get_missing_events/{roomId}
-//
-// Mount it at the server's root, or behind http.StripPrefix(Prefix, …).
-// Any other path gets 404 M_UNRECOGNIZED, a wrong method 405 M_UNRECOGNIZED.
-func New(cfg Config) (http.Handler, error) {
-	// SkipClean: gorilla/mux would answer "/a/../b" with a redirect, which
-	// no federation client follows; an unclean path is simply not ours (404).
-	router := mux.NewRouter().UseEncodedPath().SkipClean(true)
-	if err := Register(router, cfg); err != nil {
-		return nil, err
-	}
-	router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		matrixerr.Write(w, http.StatusNotFound, matrixerr.Unrecognized, "unrecognized request")
-	})
-	router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		matrixerr.Write(w, http.StatusMethodNotAllowed, matrixerr.Unrecognized, "method not allowed: "+r.Method)
-	})
-	return router, nil
+// Handler serves the history endpoints. It is an http.Handler for the whole
+// API under Prefix; Routes gives one handler per route for routers that
+// dispatch themselves.
+type Handler struct {
+	cfg       Config
+	perOrigin *originLimiter
+	inFlight  inFlightLimit
+	// routes are the endpoints the store supports, by their path segment.
+	routes map[string]*route
 }
 
-// Register adds the two endpoints to an existing router, for a homeserver
-// that already routes its federation API with gorilla/mux:
+// route is one endpoint: GET or POST Prefix/name/{params…}.
+type route struct {
+	name   string
+	method string
+	params []string // the path parameters' names, in order
+	// serve runs the endpoint; params are the path parameters, still
+	// percent-encoded.
+	serve func(req *request, params []string)
+}
+
+// New returns a Handler serving, under Prefix,
 //
-//	err := fedhistory.Register(router, cfg)
+//	GET  /backfill/{roomId}
+//	POST /get_missing_events/{roomId}
 //
-// Both the full paths and the paths without Prefix are registered. Call
-// router.UseEncodedPath() on your router if room IDs may hold "%2F".
-func Register(router *mux.Router, cfg Config) error {
+// and, when cfg.Store implements the capability each needs (see
+// Handler.Endpoints),
+//
+//	GET  /state_ids/{roomId}, /state/{roomId}, /event_auth/{roomId}/{eventId}   (StateStore)
+//	GET  /event/{eventId}                                                       (EventLookupStore)
+//	GET  /timestamp_to_event/{roomId}                                           (TimestampStore)
+//
+// Mount it at the server's root or behind http.StripPrefix(Prefix, …). Any
+// other path gets 404 M_UNRECOGNIZED, a wrong method 405 M_UNRECOGNIZED.
+// Every path also accepts a trailing slash, as Synapse does.
+func New(cfg Config) (*Handler, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	endpoints := []struct {
-		method, name string
-		handler      http.Handler
-	}{
-		{http.MethodGet, "backfill", &backfillHandler{cfg: cfg, txnPrefix: transactionPrefix(cfg.ServerName)}},
-		{http.MethodPost, "get_missing_events", &missingEventsHandler{cfg: cfg}},
+	h := &Handler{
+		cfg:       cfg,
+		perOrigin: newOriginLimiter(cfg.MaxConcurrentPerOrigin, cfg.MaxQueuedPerOrigin),
+		inFlight:  make(inFlightLimit, cfg.MaxInFlight),
+		routes:    make(map[string]*route),
 	}
-	// Every request passes, in order: panic recovery, the header cap and
-	// deadline, the handler-wide in-flight cap, authentication, the
-	// per-origin limiter, and then the endpoint itself.
-	perOrigin := newOriginLimiter(cfg.MaxConcurrentPerOrigin, cfg.MaxQueuedPerOrigin)
-	inFlight := newInFlightLimit(cfg.MaxInFlight)
-	guard := func(endpoint http.Handler) http.Handler {
-		h := perOrigin.wrap(endpoint)
-		h = cfg.Authenticator.Wrap(h)
-		h = inFlight(h)
-		h = requestGuard(cfg.RequestTimeout, cfg.MaxHeaderBytes, h)
-		return recoverPanics(cfg.Logger, h)
+	add := func(method, name string, params []string, serve func(*request, []string)) {
+		h.routes[name] = &route{name: name, method: method, params: params, serve: serve}
 	}
-	for _, e := range endpoints {
-		h := guard(e.handler)
-		for _, prefix := range []string{Prefix, ""} {
-			// The trailing-slash form is what Sytest sends; Synapse accepts it.
-			for _, suffix := range []string{"", "/"} {
-				router.Handle(prefix+"/"+e.name+"/{roomId}"+suffix, h).Methods(e.method)
-			}
-		}
-	}
-	return nil
+	add(http.MethodGet, "backfill", []string{"roomId"}, h.backfill)
+	add(http.MethodPost, "get_missing_events", []string{"roomId"}, h.getMissingEvents)
+	return h, nil
 }
 
-// roomIDFromRequest returns the {roomId} path variable, percent-decoded.
-// gomatrixserverlib's client sends "!" and ":" raw, others encode them; both
-// decode to the same ID.
-func roomIDFromRequest(r *http.Request) (string, error) {
-	raw := mux.Vars(r)["roomId"]
+// Endpoint is one route a Handler serves: its method and its path, in the
+// pattern syntax of http.ServeMux and gorilla/mux.
+type Endpoint struct {
+	Method string // "GET" or "POST"
+	Path   string // "/_matrix/federation/v1/backfill/{roomId}"
+}
+
+// Endpoints lists the routes h serves, sorted by path: the two walks always,
+// the others as far as the store's capabilities allow.
+func (h *Handler) Endpoints() []Endpoint {
+	var out []Endpoint
+	for _, name := range slices.Sorted(maps.Keys(h.routes)) {
+		rt := h.routes[name]
+		out = append(out, Endpoint{Method: rt.method, Path: rt.path()})
+	}
+	return out
+}
+
+func (rt *route) path() string {
+	p := Prefix + "/" + rt.name
+	for _, param := range rt.params {
+		p += "/{" + param + "}"
+	}
+	return p
+}
+
+// Route is one route with its own handler, for mounting on a router that
+// dispatches by pattern.
+type Route struct {
+	// Pattern is an http.ServeMux pattern: "GET /_matrix/federation/v1/backfill/{roomId}",
+	// or the same path with a trailing slash ("…/{roomId}/{$}").
+	Pattern string
+	Handler http.Handler
+}
+
+// Routes returns a pattern and a handler for each route h serves, with and
+// without a trailing slash, for http.ServeMux:
+//
+//	for _, route := range h.Routes() {
+//		mux.Handle(route.Pattern, route.Handler)
+//	}
+//
+// Each handler reads its parameters from the end of the request's path, so
+// it works under any prefix. (Mounting h itself, mux.Handle(Prefix+"/", h),
+// works too, but claims every path under Prefix.)
+func (h *Handler) Routes() []Route {
+	var out []Route
+	for _, name := range slices.Sorted(maps.Keys(h.routes)) {
+		rt := h.routes[name]
+		handler := h.routeHandler(rt)
+		out = append(out,
+			Route{Pattern: rt.method + " " + rt.path(), Handler: handler},
+			Route{Pattern: rt.method + " " + rt.path() + "/{$}", Handler: handler})
+	}
+	return out
+}
+
+// Register adds the routes New(cfg) serves, each under Prefix (never at the
+// router's root) and with an optional trailing slash, to a gorilla/mux
+// router, for a homeserver that routes its federation API with it. Call
+// router.UseEncodedPath() if room IDs may hold "%2F".
+func Register(router *mux.Router, cfg Config) (*Handler, error) {
+	h, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range slices.Sorted(maps.Keys(h.routes)) {
+		rt := h.routes[name]
+		handler := h.routeHandler(rt)
+		router.Handle(rt.path(), handler).Methods(rt.method)
+		router.Handle(rt.path()+"/", handler).Methods(rt.method)
+	}
+	return h, nil
+}
+
+// routeHandler serves rt alone, taking its parameters from the end of the
+// path.
+func (h *Handler) routeHandler(rt *route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		segments := strings.Split(strings.TrimSuffix(r.URL.EscapedPath(), "/"), "/")
+		if len(segments) < len(rt.params) {
+			writeUnrecognized(w)
+			return
+		}
+		h.serve(w, r, rt, segments[len(segments)-len(rt.params):])
+	})
+}
+
+// ServeHTTP routes a request under Prefix (or with Prefix stripped) to its
+// endpoint.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt, params := h.route(r.URL.EscapedPath())
+	switch {
+	case rt == nil:
+		writeUnrecognized(w)
+	case r.Method != rt.method:
+		matrixerr.Write(w, http.StatusMethodNotAllowed, matrixerr.Unrecognized, "method not allowed: "+r.Method)
+	default:
+		h.serve(w, r, rt, params)
+	}
+}
+
+// route finds the endpoint of an escaped path: Prefix (optional), the
+// endpoint's name, then exactly its parameters, each a non-empty segment,
+// and an optional trailing slash. The parameters stay percent-encoded, so
+// an encoded "/" in a room ID never splits it.
+func (h *Handler) route(path string) (*route, []string) {
+	if rest, ok := strings.CutPrefix(path, Prefix); ok && strings.HasPrefix(rest, "/") {
+		path = rest
+	}
+	path, ok := strings.CutPrefix(path, "/")
+	if !ok {
+		return nil, nil
+	}
+	segments := strings.Split(strings.TrimSuffix(path, "/"), "/")
+	rt := h.routes[segments[0]]
+	if rt == nil || len(segments)-1 != len(rt.params) {
+		return nil, nil
+	}
+	for _, s := range segments[1:] {
+		if s == "" {
+			return nil, nil
+		}
+	}
+	return rt, segments[1:]
+}
+
+func writeUnrecognized(w http.ResponseWriter) {
+	matrixerr.Write(w, http.StatusNotFound, matrixerr.Unrecognized, "unrecognized request")
+}
+
+// pathRoomID decodes a {roomId} path parameter. gomatrixserverlib's client
+// sends "!" and ":" raw, others encode them; both decode to the same ID.
+func pathRoomID(raw string) (string, *paramError) {
 	roomID, err := url.PathUnescape(raw)
 	if err != nil {
-		return "", fmt.Errorf("room ID is not percent-encoded correctly: %w", err)
+		return "", &paramError{matrixerr.InvalidParam, "room ID is not percent-encoded correctly"}
 	}
 	if !strings.HasPrefix(roomID, "!") || len(roomID) > 255 {
-		return "", errors.New("not a room ID")
+		return "", &paramError{matrixerr.InvalidParam, "not a room ID"}
 	}
 	return roomID, nil
 }
 
-// requestRoom is where both endpoints start: the origin the Authenticator
-// vouched for and the {roomId} of the path. When it returns false it has
-// answered the request.
-func requestRoom(w http.ResponseWriter, r *http.Request) (origin, roomID string, ok bool) {
-	if origin, ok = requestOrigin(w, r); !ok {
-		return "", "", false
-	}
-	roomID, err := roomIDFromRequest(r)
+// pathEventID decodes an {eventId} path parameter.
+func pathEventID(raw string) (string, *paramError) {
+	eventID, err := url.PathUnescape(raw)
 	if err != nil {
-		matrixerr.Write(w, http.StatusBadRequest, matrixerr.InvalidParam, err.Error())
-		return "", "", false
+		return "", &paramError{matrixerr.InvalidParam, "event ID is not percent-encoded correctly"}
 	}
-	return origin, roomID, true
-}
-
-// authorise applies the room-level rules (authorizeRoom: server ACL, a
-// joined user of origin now) and returns the room's version, which the
-// filter's redaction algorithm needs.
-func authorise(ctx context.Context, store EventStore, roomID, origin string) (roomVersion string, err error) {
-	if err := authorizeRoom(ctx, store, roomID, origin); err != nil {
-		return "", err
+	if !strings.HasPrefix(eventID, "$") || len(eventID) > 255 {
+		return "", &paramError{matrixerr.InvalidParam, "not an event ID"}
 	}
-	return store.RoomVersion(ctx, roomID)
-}
-
-// requestOrigin returns the server the Authenticator vouched for.
-func requestOrigin(w http.ResponseWriter, r *http.Request) (string, bool) {
-	origin, ok := sign.OriginFromContext(r.Context())
-	if !ok {
-		// Only reachable with a custom Authenticator that forgot
-		// sign.ContextWithOrigin: fail closed.
-		matrixerr.Write(w, http.StatusUnauthorized, matrixerr.Unauthorized, "request is not authenticated")
-		return "", false
-	}
-	return origin, true
-}
-
-// writeStoreError answers a failure of authorisation or of the store. The
-// body never carries internal detail; the log line does.
-func writeStoreError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, endpoint string, err error) {
-	if errors.Is(err, ErrForbidden) {
-		matrixerr.Write(w, http.StatusForbidden, matrixerr.Forbidden, forbiddenReason(err))
-		return
-	}
-	if r.Context().Err() != nil {
-		// The client went away or the deadline passed; nobody reads a body.
-		logger.LogAttrs(r.Context(), slog.LevelInfo, "fedhistory: request abandoned",
-			slog.String("endpoint", endpoint), slog.String("error", err.Error()))
-		matrixerr.Write(w, http.StatusServiceUnavailable, matrixerr.Unknown, "request cancelled")
-		return
-	}
-	logger.LogAttrs(r.Context(), slog.LevelError, "fedhistory: store error",
-		slog.String("endpoint", endpoint), slog.String("path", r.URL.Path), slog.String("error", err.Error()))
-	matrixerr.Write(w, http.StatusInternalServerError, matrixerr.Unknown, "internal server error")
-}
-
-// recoverPanics turns a panic below it (in a store, say) into a 500 and a
-// logged stack, so that one bad request cannot take the process down.
-func recoverPanics(logger *slog.Logger, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() {
-			if p := recover(); p != nil {
-				if p == http.ErrAbortHandler {
-					panic(p)
-				}
-				logger.LogAttrs(r.Context(), slog.LevelError, "fedhistory: panic serving request",
-					slog.String("path", r.URL.Path), slog.Any("panic", p), slog.String("stack", stack()))
-				matrixerr.Write(w, http.StatusInternalServerError, matrixerr.Unknown, "internal server error")
-			}
-		}()
-		next.ServeHTTP(w, r)
-	})
+	return eventID, nil
 }

@@ -22,8 +22,8 @@ func TestNewRequiresTheEssentials(t *testing.T) {
 		name string
 		cfg  fedhistory.Config
 	}{
-		{"no server name", fedhistory.Config{Store: store, Authenticator: testAuth{}}},
-		{"no store", fedhistory.Config{ServerName: ourServer, Authenticator: testAuth{}}},
+		{"no server name", fedhistory.Config{Store: store, Authenticator: testAuth}},
+		{"no store", fedhistory.Config{ServerName: ourServer, Authenticator: testAuth}},
 		{"no authenticator: there is no unauthenticated mode", fedhistory.Config{ServerName: ourServer, Store: store}},
 	}
 	for _, tc := range tests {
@@ -85,12 +85,34 @@ func TestMounting(t *testing.T) {
 	t.Run("on an existing gorilla/mux router", func(t *testing.T) {
 		router := mux.NewRouter()
 		router.HandleFunc("/_matrix/federation/v1/version", func(w http.ResponseWriter, r *http.Request) {})
-		require.NoError(t, fedhistory.Register(router, fedhistory.Config{
-			ServerName: ourServer, Store: store, Authenticator: testAuth{},
-		}))
+		_, err := fedhistory.Register(router, fedhistory.Config{
+			ServerName: ourServer, Store: store, Authenticator: testAuth,
+		})
+		require.NoError(t, err)
 		resp := do(t, router, http.MethodGet, target, memberServer, "")
 		require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 		require.Equal(t, []string{m2}, resp.eventIDs(t, "pdus", room.version))
+		resp = do(t, router, http.MethodGet, target+"/", memberServer, "")
+		require.Equal(t, http.StatusOK, resp.status, "the trailing-slash form")
+		// Only the prefixed routes: nothing at the root of the host's router.
+		resp = do(t, router, http.MethodGet, strings.TrimPrefix(target, fedhistory.Prefix), memberServer, "")
+		require.Equal(t, http.StatusNotFound, resp.status)
+	})
+	t.Run("on http.ServeMux, one pattern per route", func(t *testing.T) {
+		h := newHandler(t, store)
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /_matrix/federation/v1/version", func(w http.ResponseWriter, r *http.Request) {})
+		for _, route := range h.Routes() {
+			mux.Handle(route.Pattern, route.Handler)
+		}
+		resp := do(t, mux, http.MethodGet, target, memberServer, "")
+		require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+		require.Equal(t, []string{m2}, resp.eventIDs(t, "pdus", room.version))
+		resp = do(t, mux, http.MethodGet, target+"/", memberServer, "")
+		require.Equal(t, http.StatusOK, resp.status, "the trailing-slash form")
+		// A room ID with an encoded slash stays one segment.
+		resp = do(t, mux, http.MethodGet, backfillURL("!a/b:hs1.example", "1", m2), memberServer, "")
+		require.Equal(t, http.StatusForbidden, resp.status, "body: %s", resp.body)
 	})
 }
 

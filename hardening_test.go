@@ -238,15 +238,17 @@ func TestInFlightCap(t *testing.T) {
 	}{
 		{"a third origin", "hs4.example"},
 		{"an origin with requests running", memberServer},
-		// The cap is counted before authentication: verifying signatures
-		// is work too.
-		{"an unauthenticated request", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			requireRetryLater(t, serveRequest(h, historyRequest(t.Context(), http.MethodGet, target, tc.origin, "")))
 		})
 	}
+	// The cap counts authenticated requests only: work before
+	// authentication is bounded by the Authenticator (sign's pending
+	// key-fetch limits), so a request that fails it is told so.
+	resp := serveRequest(h, historyRequest(t.Context(), http.MethodGet, target, "", ""))
+	require.Equal(t, http.StatusUnauthorized, resp.status, "body: %s", resp.body)
 
 	close(gated.open)
 	for range 2 {
@@ -254,8 +256,51 @@ func TestInFlightCap(t *testing.T) {
 		require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 	}
 	// The slots are free again.
-	resp := serveRequest(h, historyRequest(t.Context(), http.MethodGet, target, memberServer, ""))
+	resp = serveRequest(h, historyRequest(t.Context(), http.MethodGet, target, memberServer, ""))
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+}
+
+// TestQueuedRequestsHoldNoInFlightSlot: requests waiting in one origin's
+// queue do not count against MaxInFlight, so a queue cannot take the other
+// origins' capacity (security issue, item 5); and a queued request whose
+// deadline passes is answered as a timeout, not as a refusal.
+func TestQueuedRequestsHoldNoInFlightSlot(t *testing.T) {
+	room := twoServerRoom(t)
+	store := load(t, room)
+	target := backfillURL(room.id, "3", room.ev(t, "m5"))
+	gated := newGatedStore(store, "CurrentState", memberServer)
+	h := newHandler(t, gated, func(cfg *fedhistory.Config) {
+		cfg.MaxConcurrentPerOrigin = 1
+		cfg.MaxQueuedPerOrigin = 10
+		cfg.MaxInFlight = 2
+		cfg.RequestTimeout = time.Hour
+	})
+
+	const sent = 6 // 1 running, 5 queued: three times MaxInFlight
+	results := make(chan response, sent)
+	for range sent {
+		go func() {
+			results <- serveRequest(h, historyRequest(t.Context(), http.MethodGet, target, memberServer, ""))
+		}()
+	}
+	<-gated.entered // the one running request holds the origin's slot
+
+	other := serveRequest(h, historyRequest(t.Context(), http.MethodGet, target, otherMember, ""))
+	require.Equal(t, http.StatusOK, other.status, "another origin is served: body %s", other.body)
+
+	// A request that would queue behind the running one but whose deadline
+	// has passed is a timeout (503), not a 429.
+	expired, cancel := context.WithCancel(t.Context())
+	cancel()
+	late := serveRequest(h, historyRequest(expired, http.MethodGet, target, memberServer, ""))
+	require.Equal(t, http.StatusServiceUnavailable, late.status, "body: %s", late.body)
+	require.Equal(t, "M_UNKNOWN", late.errcode(t))
+
+	close(gated.open)
+	for range sent {
+		resp := <-results
+		require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	}
 }
 
 func TestRequestSizeCaps(t *testing.T) {

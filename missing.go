@@ -2,7 +2,6 @@ package fedhistory
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -13,12 +12,6 @@ import (
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
 )
 
-// missingEventsHandler serves POST /get_missing_events/{roomId}
-// (spec: server-server API, "Backfilling and retrieving missing events").
-type missingEventsHandler struct {
-	cfg Config
-}
-
 // missingEventsRequest is the request body. Pointers tell "absent" from zero.
 type missingEventsRequest struct {
 	Limit          *int64   `json:"limit"`
@@ -27,46 +20,50 @@ type missingEventsRequest struct {
 	LatestEvents   []string `json:"latest_events"`
 }
 
-func (h *missingEventsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	// 1. Authenticated by the Authenticator that wraps this handler; 2. parse.
-	origin, roomID, ok := requestRoom(w, r)
-	if !ok {
+// getMissingEvents serves POST /get_missing_events/{roomId} (spec:
+// server-server API, "Backfilling and retrieving missing events"): a
+// breadth-first walk of prev_events from latest_events, stopping at
+// earliest_events, oldest first.
+func (h *Handler) getMissingEvents(req *request, params []string) {
+	// 1. Authenticate (which reads the body, bounded).
+	if !req.authenticate() {
 		return
 	}
-	req, perr := h.parseBody(w, r)
+	// 2. Parse.
+	roomID, perr := pathRoomID(params[0])
 	if perr != nil {
-		perr.write(w)
+		req.writeParamError(perr)
 		return
 	}
-
+	req.roomID = roomID
+	body, perr := h.parseMissingEvents(req.r)
+	if perr != nil {
+		req.writeParamError(perr)
+		return
+	}
 	// 3. Authorise: server ACL and "is the origin in the room now".
-	roomVersion, err := authorise(ctx, h.cfg.Store, roomID, origin)
+	roomVersion, err := authorise(req.ctx, h.cfg.Store, roomID, req.origin)
 	if err != nil {
-		writeStoreError(w, r, h.cfg.Logger, "get_missing_events", err)
+		req.fail(err)
 		return
 	}
-	if req.limit <= 0 {
-		writeJSON(w, []byte(`{"events":[]}`))
-		return
-	}
-
 	// 4. Walk.
-	events, err := h.walk(ctx, roomID, req)
+	walked, err := WalkMissingEvents(req.ctx, h.cfg.Store, dag.MissingEventsRequest{
+		RoomID: roomID, Earliest: body.earliest, Latest: body.latest,
+		Limit: body.limit, MinDepth: body.minDepth, MaxVisits: h.cfg.MaxWalkVisits,
+	})
 	if err != nil {
-		writeStoreError(w, r, h.cfg.Logger, "get_missing_events", err)
+		req.fail(err)
 		return
 	}
-
-	// 5. Filter: history visibility, erasure, redaction withholding.
-	pdus, err := filterEvents(ctx, h.cfg.Store, roomVersion, roomID, origin, events, h.cfg.Logger)
+	// 5. Filter: history visibility, erasure, applied redactions.
+	pdus, err := req.filter(roomVersion, roomID, walked.Events)
 	if err != nil {
-		writeStoreError(w, r, h.cfg.Logger, "get_missing_events", err)
+		req.fail(err)
 		return
 	}
-
 	// 6. Write the stored bytes.
-	writePDUResponse(w, []byte(`{"events":`), pdus)
+	req.writeOK(appendObject(nil, `{"events":`, pdus))
 }
 
 // parsedMissingEvents is a validated request.
@@ -77,8 +74,10 @@ type parsedMissingEvents struct {
 	latest   []string
 }
 
-func (h *missingEventsHandler) parseBody(w http.ResponseWriter, r *http.Request) (*parsedMissingEvents, *paramError) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBodyBytes))
+// parseMissingEvents reads the body, which authentication has already read
+// once within Config.MaxRequestBodyBytes.
+func (h *Handler) parseMissingEvents(r *http.Request) (*parsedMissingEvents, *paramError) {
+	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
@@ -104,9 +103,13 @@ func (h *missingEventsHandler) parseBody(w http.ResponseWriter, r *http.Request)
 	if req.MinDepth != nil {
 		parsed.minDepth = *req.MinDepth
 	}
-	for name, list := range map[string][]string{"earliest_events": parsed.earliest, "latest_events": parsed.latest} {
-		if len(list) > h.cfg.MaxMissingEventIDs {
-			return nil, &paramError{matrixerr.InvalidParam, name + " holds more than " +
+	// In a fixed order, so that the message does not depend on map order.
+	for _, list := range []struct {
+		name string
+		ids  []string
+	}{{"earliest_events", parsed.earliest}, {"latest_events", parsed.latest}} {
+		if len(list.ids) > h.cfg.MaxMissingEventIDs {
+			return nil, &paramError{matrixerr.InvalidParam, list.name + " holds more than " +
 				strconv.Itoa(h.cfg.MaxMissingEventIDs) + " event IDs"}
 		}
 	}
@@ -142,13 +145,4 @@ func jsonFieldError(err error) string {
 		return typeErr.Field + " has the wrong type"
 	}
 	return "a field has the wrong type"
-}
-
-// walk runs the get_missing_events walk, honouring MaxWalkVisits.
-func (h *missingEventsHandler) walk(ctx context.Context, roomID string, req *parsedMissingEvents) ([]*Event, error) {
-	result, err := WalkMissingEvents(ctx, h.cfg.Store, dag.MissingEventsRequest{
-		RoomID: roomID, Earliest: req.earliest, Latest: req.latest,
-		Limit: req.limit, MinDepth: req.minDepth, MaxVisits: h.cfg.MaxWalkVisits,
-	})
-	return result.Events, err
 }

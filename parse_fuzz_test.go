@@ -29,7 +29,7 @@ func parserConfig(t testing.TB, maxSeeds, maxLimit, maxMissing, maxIDs int, maxB
 	cfg, err := Config{
 		ServerName:          "hs1.example",
 		Store:               unusedStore{},
-		Authenticator:       unusedAuthenticator{},
+		Authenticator:       unusedAuthenticator,
 		MaxBackfillSeeds:    maxSeeds,
 		MaxBackfillLimit:    maxLimit,
 		MaxMissingEvents:    maxMissing,
@@ -44,11 +44,9 @@ func parserConfig(t testing.TB, maxSeeds, maxLimit, maxMissing, maxIDs int, maxB
 // touch either, and a call would fail the target.
 type unusedStore struct{ EventStore }
 
-type unusedAuthenticator struct{}
-
-func (unusedAuthenticator) Wrap(http.Handler) http.Handler {
+var unusedAuthenticator = AuthenticatorFunc(func(*http.Request) (string, error) {
 	panic("the parsers must not authenticate")
-}
+})
 
 // FuzzBackfillQuery feeds raw query strings to the backfill parser. Whatever
 // the query: no panic, and either a spec-form error (M_MISSING_PARAM or
@@ -70,10 +68,10 @@ func FuzzBackfillQuery(f *testing.F) {
 	f.Add("v=$a&limit=92233720368547758070", 0, 1<<62)
 	f.Fuzz(func(t *testing.T, rawQuery string, maxSeeds, maxLimit int) {
 		cfg := parserConfig(t, maxSeeds, maxLimit, 0, 0, 0)
-		h := &backfillHandler{cfg: cfg}
+		h := &Handler{cfg: cfg}
 		r := &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/backfill/!r:x", RawQuery: rawQuery}}
 
-		seeds, limit, perr := h.parseQuery(r)
+		seeds, limit, perr := h.parseBackfillQuery(r)
 		query := r.URL.Query()
 		if perr != nil {
 			require.Contains(t, []string{matrixerr.MissingParam, matrixerr.InvalidParam}, perr.errcode)
@@ -141,11 +139,13 @@ func FuzzMissingEventsBody(f *testing.F) {
 	f.Add([]byte(`{"latest_events":["$aaaaaaaaaaaaaaaaaaaa"]}`), 0, 0, int64(10))
 	f.Fuzz(func(t *testing.T, body []byte, maxMissing, maxIDs int, maxBody int64) {
 		cfg := parserConfig(t, 0, 0, maxMissing, maxIDs, maxBody)
-		h := &missingEventsHandler{cfg: cfg}
+		h := &Handler{cfg: cfg}
 		r := httptest.NewRequestWithContext(context.Background(), http.MethodPost, "/get_missing_events/!r:x", bytes.NewReader(body))
 		w := httptest.NewRecorder()
+		// Authentication bounds the body before the parser reads it.
+		r.Body = http.MaxBytesReader(w, r.Body, cfg.MaxRequestBodyBytes)
 
-		req, perr := h.parseBody(w, r)
+		req, perr := h.parseMissingEvents(r)
 		tooLarge := int64(len(body)) > cfg.MaxRequestBodyBytes
 		if perr != nil {
 			require.NotEmpty(t, perr.message)
@@ -181,7 +181,7 @@ func FuzzMissingEventsBody(f *testing.F) {
 func requireSpecFormError(t *testing.T, perr *paramError, status int) {
 	t.Helper()
 	w := httptest.NewRecorder()
-	perr.write(w)
+	(&request{w: w}).writeParamError(perr)
 	require.Equal(t, status, w.Code)
 	require.Equal(t, "application/json", w.Header().Get("Content-Type"))
 	var body struct {

@@ -294,7 +294,7 @@ func TestFilterEventsUnknownStateRedacts(t *testing.T) {
 	// The store answers a state that would allow anybody, but says it does
 	// not know it: Known decides, not the states.
 	store := newAuthzFakeStore()
-	readable := VisibilityState{HistoryVisibility: historyVisibilityWorldReadable}
+	readable := VisibilityState{HistoryVisibility: "world_readable"}
 	known := visTestEvent(t, visTestVersion, "$known", visTestRoom, "m.room.message", nil, visTestBob, "", 1)
 	unknown := visTestEvent(t, visTestVersion, "$unknown", visTestRoom, "m.room.message", nil, visTestBob, "", 2)
 	store.visibility[known.ID] = EventVisibility{Known: true, Before: readable, After: readable}
@@ -320,7 +320,7 @@ func (s *misalignedStore) Visibility(ctx context.Context, roomID, server string,
 	if s.delta < 0 {
 		return answer[:len(answer)+s.delta], nil
 	}
-	readable := VisibilityState{HistoryVisibility: historyVisibilityWorldReadable}
+	readable := VisibilityState{HistoryVisibility: "world_readable"}
 	for range s.delta {
 		answer = append(answer, EventVisibility{Known: true, Before: readable, After: readable})
 	}
@@ -328,7 +328,7 @@ func (s *misalignedStore) Visibility(ctx context.Context, roomID, server string,
 }
 
 func TestFilterEventsFailsOnAMisalignedVisibilityAnswer(t *testing.T) {
-	readable := VisibilityState{HistoryVisibility: historyVisibilityWorldReadable}
+	readable := VisibilityState{HistoryVisibility: "world_readable"}
 	for _, delta := range []int{-3, -1, 1, 2} {
 		t.Run(fmt.Sprintf("%+d answers", delta), func(t *testing.T) {
 			store := &misalignedStore{authzFakeStore: newAuthzFakeStore(), delta: delta}
@@ -512,7 +512,10 @@ func TestFilterEventsDropsForeignRoomEventsAndLogsOnce(t *testing.T) {
 	require.ElementsMatch(t, []string{"$e0", "$e2", "$e4"}, store.requested["Visibility"][0], "foreign events are not even looked up")
 }
 
-func TestFilterEventsNeverServesRejectedOrOutliers(t *testing.T) {
+// TestFilterEventsNeverServesRejectedEventsNorOutliersWhole: rejected events
+// are never served; an outlier's state is unknown, so it is served redacted
+// even when a store claims to know its visibility.
+func TestFilterEventsNeverServesRejectedEventsNorOutliersWhole(t *testing.T) {
 	store := newAuthzFakeStore()
 	visible := EventVisibility{Known: true, Before: VisibilityState{HistoryVisibility: "world_readable"}}
 	rejected := visTestEvent(t, visTestVersion, "$rejected", visTestRoom, "m.room.message", nil, visTestBob, "", 1)
@@ -526,7 +529,7 @@ func TestFilterEventsNeverServesRejectedOrOutliers(t *testing.T) {
 
 	out, err := filterEvents(context.Background(), store, visTestVersion, visTestRoom, visTestOrigin, []*Event{rejected, outlier, normal}, visTestDiscard)
 	require.NoError(t, err)
-	require.Equal(t, []json.RawMessage{normal.JSON}, out)
+	require.Equal(t, []json.RawMessage{visRedacted(t, visTestVersion, outlier), normal.JSON}, out)
 }
 
 func TestFilterEventsBatchesStoreCalls(t *testing.T) {

@@ -539,3 +539,7 @@ func plainJSONString(s string) bool {
 	}
 	return true
 }
+
+// Authenticate authenticates r and returns the origin server name, as Verify
+// does: the fedhistory.Authenticator contract.
+func (v *Verifier) Authenticate(r *http.Request) (string, error) { return v.Verify(r) }

@@ -83,15 +83,14 @@ type originSlotKey struct{}
 // the request's originSlot before passing the request on.
 type originRecorder struct{ inner fedhistory.Authenticator }
 
-func (a originRecorder) Wrap(next http.Handler) http.Handler {
-	return a.inner.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if origin, ok := sign.OriginFromContext(r.Context()); ok {
-			if slot, ok := r.Context().Value(originSlotKey{}).(*originSlot); ok {
-				slot.origin = origin
-			}
+func (a originRecorder) Authenticate(r *http.Request) (string, error) {
+	origin, err := a.inner.Authenticate(r)
+	if err == nil {
+		if slot, ok := r.Context().Value(originSlotKey{}).(*originSlot); ok {
+			slot.origin = origin
 		}
-		next.ServeHTTP(w, r)
-	}))
+	}
+	return origin, err
 }
 
 // statusRecorder remembers the status a handler wrote.

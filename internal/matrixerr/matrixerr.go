@@ -20,6 +20,7 @@ const (
 	Unrecognized  = "M_UNRECOGNIZED"
 	Unknown       = "M_UNKNOWN"
 	LimitExceeded = "M_LIMIT_EXCEEDED"
+	NotFound      = "M_NOT_FOUND"
 )
 
 type body struct {
