@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
 )
@@ -131,6 +132,12 @@ type Config struct {
 	// http.Server.MaxHeaderBytes: it rejects before the handler runs.)
 	MaxHeaderBytes int
 
+	// StateCacheBytes bounds the cache of /state_ids answers (the state
+	// before an event and its auth chain, as IDs), which never go stale
+	// (see EventStore, "Order of adds"). /state shares it for the IDs and
+	// reads the events afresh. Default 64 MiB.
+	StateCacheBytes int
+
 	// Logger receives one line per failed request (store errors, recovered
 	// panics, misbehaving stores). Default slog.Default().
 	Logger *slog.Logger
@@ -160,6 +167,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	setDefault(&cfg.MaxInFlight, DefaultMaxInFlight)
 	setDefault(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	setDefault(&cfg.RequestTimeout, DefaultRequestTimeout)
+	setDefault(&cfg.StateCacheBytes, DefaultStateCacheBytes)
 	if cfg.MaxWalkVisits < 0 {
 		cfg.MaxWalkVisits = 0
 	}
@@ -188,6 +196,11 @@ type Handler struct {
 	inFlight  inFlightLimit
 	// routes are the endpoints the store supports, by their path segment.
 	routes map[string]*route
+
+	// stateCache holds /state_ids answers; stateLookups lets concurrent
+	// requests for one event's state share one lookup.
+	stateCache   *stateIDsCache
+	stateLookups singleflight.Group
 }
 
 // route is one endpoint: GET or POST Prefix/name/{params…}.
@@ -221,16 +234,28 @@ func New(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{
-		cfg:       cfg,
-		perOrigin: newOriginLimiter(cfg.MaxConcurrentPerOrigin, cfg.MaxQueuedPerOrigin),
-		inFlight:  make(inFlightLimit, cfg.MaxInFlight),
-		routes:    make(map[string]*route),
+		cfg:        cfg,
+		perOrigin:  newOriginLimiter(cfg.MaxConcurrentPerOrigin, cfg.MaxQueuedPerOrigin),
+		inFlight:   make(inFlightLimit, cfg.MaxInFlight),
+		routes:     make(map[string]*route),
+		stateCache: newStateIDsCache(cfg.StateCacheBytes),
 	}
 	add := func(method, name string, params []string, serve func(*request, []string)) {
 		h.routes[name] = &route{name: name, method: method, params: params, serve: serve}
 	}
 	add(http.MethodGet, "backfill", []string{"roomId"}, h.backfill)
 	add(http.MethodPost, "get_missing_events", []string{"roomId"}, h.getMissingEvents)
+	if _, ok := cfg.Store.(StateStore); ok {
+		add(http.MethodGet, "state_ids", []string{"roomId"}, h.stateIDs)
+		add(http.MethodGet, "state", []string{"roomId"}, h.state)
+		add(http.MethodGet, "event_auth", []string{"roomId", "eventId"}, h.eventAuth)
+	}
+	if _, ok := cfg.Store.(EventLookupStore); ok {
+		add(http.MethodGet, "event", []string{"eventId"}, h.event)
+	}
+	if _, ok := cfg.Store.(TimestampStore); ok {
+		add(http.MethodGet, "timestamp_to_event", []string{"roomId"}, h.timestampToEvent)
+	}
 	return h, nil
 }
 
