@@ -83,13 +83,16 @@ func authorizeRoom(ctx context.Context, store EventStore, roomID, origin string)
 	return nil
 }
 
-// authorise applies the room-level rules (authorizeRoom) and returns the
-// room's version, which the filter's redaction algorithm needs.
-func authorise(ctx context.Context, store EventStore, roomID, origin string) (roomVersion string, err error) {
-	if err := authorizeRoom(ctx, store, roomID, origin); err != nil {
+// authorise applies the room-level rules (authorizeRoom) for the request's
+// origin and returns the room's version, which the filter's redaction
+// algorithm needs.
+func (req *request) authorise(roomID string) (roomVersion string, err error) {
+	end := req.stage("authorise")
+	defer func() { end(err) }()
+	if err := authorizeRoom(req.ctx, req.h.store, roomID, req.origin); err != nil {
 		return "", err
 	}
-	return store.RoomVersion(ctx, roomID)
+	return req.h.store.RoomVersion(req.ctx, roomID)
 }
 
 // serverHasJoinedUser reports whether some user of server has membership

@@ -30,13 +30,13 @@ func (h *Handler) backfill(req *request, params []string) {
 		return
 	}
 	// 3. Authorise: server ACL and "is the origin in the room now".
-	roomVersion, err := authorise(req.ctx, h.cfg.Store, roomID, req.origin)
+	roomVersion, err := req.authorise(roomID)
 	if err != nil {
 		req.fail(err)
 		return
 	}
 	// 4. Walk.
-	walked, err := WalkBackfill(req.ctx, h.cfg.Store, dag.BackfillRequest{
+	walked, err := req.walkBackfill(dag.BackfillRequest{
 		RoomID: roomID, From: seeds, Limit: limit, MaxVisits: h.cfg.MaxWalkVisits,
 	})
 	if err != nil {

@@ -28,7 +28,7 @@ func (h *Handler) event(req *request, params []string) {
 		return
 	}
 	// 3. Look up the event, which names the room to authorise against.
-	ev, err := h.cfg.Store.(EventLookupStore).EventByID(req.ctx, eventID)
+	ev, err := h.store.(EventLookupStore).EventByID(req.ctx, eventID)
 	switch {
 	case err != nil:
 		req.fail(err)
@@ -39,7 +39,7 @@ func (h *Handler) event(req *request, params []string) {
 	}
 	req.roomID = ev.RoomID
 	// 4. Authorise; a refusal is the same 404 as an unknown event.
-	roomVersion, err := authorise(req.ctx, h.cfg.Store, ev.RoomID, req.origin)
+	roomVersion, err := req.authorise(ev.RoomID)
 	if errors.Is(err, ErrForbidden) {
 		err = fmt.Errorf("fedhistory: event %s: %w: %w", eventID, ErrEventNotFound, errNotServable)
 	}

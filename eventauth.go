@@ -31,13 +31,13 @@ func (h *Handler) eventAuth(req *request, params []string) {
 		return
 	}
 	// 3. Authorise.
-	roomVersion, err := authorise(req.ctx, h.cfg.Store, roomID, req.origin)
+	roomVersion, err := req.authorise(roomID)
 	if err != nil {
 		req.fail(err)
 		return
 	}
 	// 4. Look up: the event, in this room and not rejected, then its chain.
-	events, err := h.cfg.Store.Events(req.ctx, roomID, []string{eventID})
+	events, err := h.store.Events(req.ctx, roomID, []string{eventID})
 	if err != nil {
 		req.fail(err)
 		return
@@ -46,7 +46,7 @@ func (h *Handler) eventAuth(req *request, params []string) {
 		req.fail(fmt.Errorf("fedhistory: event_auth of %s in %s: %w", eventID, roomID, ErrEventNotFound))
 		return
 	}
-	chain, err := h.cfg.Store.(StateStore).AuthChain(req.ctx, roomID, []string{eventID})
+	chain, err := h.store.(StateStore).AuthChain(req.ctx, roomID, []string{eventID})
 	if err != nil {
 		req.fail(err)
 		return

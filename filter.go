@@ -47,8 +47,16 @@ const canonicalJSONMaxInt = 1<<53 - 1
 // ErasureStore. roomID must already have passed authorizeRoom for the
 // origin: "shared" history is served on the strength of the origin being in
 // the room now. The result is never nil, so it encodes as a JSON array.
-func (req *request) filter(roomVersion, roomID string, events []*Event) ([]json.RawMessage, error) {
-	store, logger := req.h.cfg.Store, req.h.cfg.Logger
+func (req *request) filter(roomVersion, roomID string, events []*Event) (pdus []json.RawMessage, err error) {
+	end := req.stage("filter")
+	defer func() {
+		end(err)
+		if err == nil {
+			req.served += len(pdus) // the redacted ones are counted out below
+			req.withheld += len(events) - len(pdus)
+		}
+	}()
+	store, logger := req.h.store, req.h.cfg.Logger
 	// Resolve the version before anything else: without its redaction
 	// algorithm nothing hidden could be served safely.
 	version, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(roomVersion))
@@ -120,6 +128,8 @@ func (req *request) filter(roomVersion, roomID string, events []*Event) ([]json.
 			continue
 		}
 		out = append(out, redacted)
+		req.redacted++
+		req.served--
 	}
 	return out, nil
 }
@@ -151,7 +161,7 @@ func withheldRedactions(req *request, roomID string, events []*Event) (map[strin
 		}
 	}
 	if len(missing) > 0 {
-		fetched, err := req.h.cfg.Store.Events(req.ctx, roomID, missing)
+		fetched, err := req.h.store.Events(req.ctx, roomID, missing)
 		if err != nil {
 			return nil, fmt.Errorf("fedhistory: reading %d redaction targets in %s: %w", len(missing), roomID, err)
 		}
@@ -185,7 +195,7 @@ func isCreateEvent(ev *Event) bool {
 // one ErasedUsers call, or nil when the store cannot tell (it is not an
 // ErasureStore).
 func erasedSenders(req *request, events []*Event) (map[string]bool, error) {
-	erasure, ok := req.h.cfg.Store.(ErasureStore)
+	erasure, ok := req.h.store.(ErasureStore)
 	if !ok {
 		return nil, nil
 	}

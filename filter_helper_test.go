@@ -12,6 +12,6 @@ func filterEvents(ctx context.Context, store EventStore, roomVersion, roomID, or
 	if err != nil {
 		return nil, err
 	}
-	req := &request{h: &Handler{cfg: cfg}, ctx: ctx, origin: origin}
+	req := &request{h: &Handler{cfg: cfg, store: store}, ctx: ctx, origin: origin}
 	return req.filter(roomVersion, roomID, events)
 }

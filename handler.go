@@ -138,9 +138,17 @@ type Config struct {
 	// reads the events afresh. Default 64 MiB.
 	StateCacheBytes int
 
-	// Logger receives one line per failed request (store errors, recovered
-	// panics, misbehaving stores). Default slog.Default().
+	// Logger receives a line per failed request (store errors, cancelled
+	// requests, recovered panics, misbehaving stores), with the fields
+	// endpoint, origin, room_id, status, duration and error; never event
+	// content or signatures. The same failure recurring (a database outage)
+	// is logged once per 10 s with a count. Default slog.Default(), as for
+	// sign.VerifierConfig.Logger.
 	Logger *slog.Logger
+
+	// Trace receives callbacks for metrics and tracing (see Trace and the
+	// fedhistory/prom and fedhistory/otel packages). Nil costs nothing.
+	Trace *Trace
 
 	// Now is the clock used for origin_server_ts. Default time.Now.
 	Now func() time.Time
@@ -191,7 +199,11 @@ func setDefault[T int | int64 | time.Duration](v *T, def T) {
 // API under Prefix; Routes gives one handler per route for routers that
 // dispatch themselves.
 type Handler struct {
-	cfg       Config
+	cfg Config
+	// store is cfg.Store, wrapped to report its calls when
+	// cfg.Trace.StoreCall is set.
+	store     EventStore
+	failures  *failureLog
 	perOrigin *originLimiter
 	inFlight  inFlightLimit
 	// routes are the endpoints the store supports, by their path segment.
@@ -235,10 +247,15 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{
 		cfg:        cfg,
+		store:      cfg.Store,
+		failures:   newFailureLog(cfg.Logger),
 		perOrigin:  newOriginLimiter(cfg.MaxConcurrentPerOrigin, cfg.MaxQueuedPerOrigin),
 		inFlight:   make(inFlightLimit, cfg.MaxInFlight),
 		routes:     make(map[string]*route),
 		stateCache: newStateIDsCache(cfg.StateCacheBytes),
+	}
+	if cfg.Trace != nil && cfg.Trace.StoreCall != nil {
+		h.store = &tracedStore{inner: cfg.Store, call: cfg.Trace.StoreCall}
 	}
 	add := func(method, name string, params []string, serve func(*request, []string)) {
 		h.routes[name] = &route{name: name, method: method, params: params, serve: serve}

@@ -624,7 +624,7 @@ func TestStoreErrorsAndPanics(t *testing.T) {
 			var line struct{ Level, Msg, Error string }
 			require.NoError(t, json.Unmarshal([]byte(logs.String()), &line), "log: %s", logs.String())
 			require.Equal(t, "ERROR", line.Level)
-			require.Equal(t, "fedhistory: store error", line.Msg)
+			require.Equal(t, "fedhistory: request failed", line.Msg)
 			require.Contains(t, line.Error, "does not have one entry per event ID")
 		})
 

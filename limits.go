@@ -65,10 +65,11 @@ func newOriginLimiter(concurrent, queued int) *originLimiter {
 	return &originLimiter{concurrent: concurrent, queued: queued, origins: make(map[string]*originSlots)}
 }
 
-// acquire waits for one of origin's slots. It fails with errOriginBusy when
-// the origin already has too many requests waiting, and with ctx's error
-// when ctx ends first; otherwise the caller must call the returned release.
-func (l *originLimiter) acquire(ctx context.Context, origin string) (release func(), err error) {
+// acquire waits for one of origin's slots, reporting whether it had to
+// queue. It fails with errOriginBusy when the origin already has too many
+// requests waiting, and with ctx's error when ctx ends first; otherwise the
+// caller must call the returned release.
+func (l *originLimiter) acquire(ctx context.Context, origin string) (release func(), queued bool, err error) {
 	l.mu.Lock()
 	slots := l.origins[origin]
 	if slots == nil {
@@ -77,20 +78,27 @@ func (l *originLimiter) acquire(ctx context.Context, origin string) (release fun
 	}
 	if slots.users >= l.concurrent+l.queued {
 		l.mu.Unlock()
-		return nil, errOriginBusy
+		return nil, false, errOriginBusy
 	}
+	queued = slots.users >= l.concurrent
 	slots.users++
 	l.mu.Unlock()
 
+	release = func() {
+		<-slots.running
+		l.leave(origin, slots)
+	}
 	select {
 	case slots.running <- struct{}{}:
-		return func() {
-			<-slots.running
-			l.leave(origin, slots)
-		}, nil
+		return release, queued, nil
+	default:
+	}
+	select {
+	case slots.running <- struct{}{}:
+		return release, true, nil
 	case <-ctx.Done():
 		l.leave(origin, slots)
-		return nil, ctx.Err()
+		return nil, true, ctx.Err()
 	}
 }
 

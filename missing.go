@@ -42,13 +42,13 @@ func (h *Handler) getMissingEvents(req *request, params []string) {
 		return
 	}
 	// 3. Authorise: server ACL and "is the origin in the room now".
-	roomVersion, err := authorise(req.ctx, h.cfg.Store, roomID, req.origin)
+	roomVersion, err := req.authorise(roomID)
 	if err != nil {
 		req.fail(err)
 		return
 	}
 	// 4. Walk.
-	walked, err := WalkMissingEvents(req.ctx, h.cfg.Store, dag.MissingEventsRequest{
+	walked, err := req.walkMissingEvents(dag.MissingEventsRequest{
 		RoomID: roomID, Earliest: body.earliest, Latest: body.latest,
 		Limit: body.limit, MinDepth: body.minDepth, MaxVisits: h.cfg.MaxWalkVisits,
 	})

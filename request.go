@@ -3,6 +3,7 @@ package fedhistory
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -31,9 +32,18 @@ type request struct {
 	// releases undo the admission steps, in reverse order.
 	releases []func()
 
-	// status and errcode are what was written (errcode "" for a 200).
+	// status and errcode are what was written (errcode "" for a 200);
+	// cause is why a request failed without the client being told, for
+	// the log line and Trace; aborted marks a streamed answer cut off.
 	status  int
 	errcode string
+	cause   error
+	aborted bool
+
+	// What the filter and the walk did, for Trace.
+	served, redacted, withheld int
+	walkVisits                 int
+	walkExhausted              bool
 }
 
 // serve runs one request of rt: the guards every request passes before
@@ -42,6 +52,9 @@ type request struct {
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt *route, params []string) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.RequestTimeout)
 	defer cancel()
+	if trace := h.cfg.Trace; trace != nil && trace.RequestStart != nil {
+		ctx = trace.RequestStart(ctx, r, rt.name)
+	}
 	req := &request{h: h, w: w, r: r.WithContext(ctx), ctx: ctx, endpoint: rt.name, start: time.Now()}
 	defer req.finish()
 	if size := headerSize(r); size > h.cfg.MaxHeaderBytes {
@@ -64,25 +77,41 @@ func headerSize(r *http.Request) int {
 	return size
 }
 
-// finish releases what the request holds and turns a panic below it (in a
+// finish releases what the request holds, turns a panic below it (in a
 // store, say) into a 500 and a logged stack, so that one bad request cannot
-// take the process down. It must be deferred directly (it calls recover).
+// take the process down, logs a failed request once, and tells Trace. It
+// must be deferred directly (it calls recover).
 func (req *request) finish() {
 	p := recover()
 	for i := len(req.releases) - 1; i >= 0; i-- {
 		req.releases[i]()
 	}
-	if p == nil {
-		return
+	switch {
+	case p == http.ErrAbortHandler:
+		req.aborted = true
+	case p != nil:
+		req.cause = fmt.Errorf("panic: %v", p)
+		req.h.cfg.Logger.LogAttrs(req.ctx, slog.LevelError, "fedhistory: panic serving request",
+			slog.String("endpoint", req.endpoint), slog.String("origin", req.origin),
+			slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+		if req.status == 0 {
+			req.writeError(http.StatusInternalServerError, matrixerr.Unknown, "internal server error")
+		}
+	case req.cause != nil:
+		req.h.logFailure(req)
+	}
+	if trace := req.h.cfg.Trace; trace != nil && trace.RequestDone != nil {
+		trace.RequestDone(req.ctx, RequestInfo{
+			Endpoint: req.endpoint, Origin: req.origin, RoomID: req.roomID,
+			Status: req.status, ErrCode: req.errcode, Aborted: req.aborted,
+			Duration: time.Since(req.start),
+			Served:   req.served, Redacted: req.redacted, Withheld: req.withheld,
+			WalkVisits: req.walkVisits, WalkExhausted: req.walkExhausted,
+			Err: req.cause,
+		})
 	}
 	if p == http.ErrAbortHandler {
 		panic(p)
-	}
-	req.h.cfg.Logger.LogAttrs(req.ctx, slog.LevelError, "fedhistory: panic serving request",
-		slog.String("endpoint", req.endpoint), slog.String("origin", req.origin),
-		slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
-	if req.status == 0 {
-		req.writeError(http.StatusInternalServerError, matrixerr.Unknown, "internal server error")
 	}
 }
 
@@ -105,7 +134,9 @@ func (req *request) authenticate() bool {
 			}
 		}
 	}
-	origin, err := h.cfg.Authenticator.Authenticate(r)
+	end := req.stage("authenticate")
+	origin, err := h.cfg.Authenticator.Authenticate(r.WithContext(req.ctx))
+	end(err)
 	if err != nil {
 		req.writeAuthError(err)
 		return false
@@ -117,20 +148,28 @@ func (req *request) authenticate() bool {
 	}
 	req.origin = origin
 
-	release, err := h.perOrigin.acquire(req.ctx, origin)
+	release, queued, err := h.perOrigin.acquire(req.ctx, origin)
+	if queued {
+		req.limit("origin", "queued", "")
+	}
 	switch {
 	case errors.Is(err, errOriginBusy):
+		req.limit("origin", "rejected", "queue_full")
 		req.writeRetry("too many concurrent requests from " + origin)
 		return false
 	case err != nil:
+		req.limit("origin", "rejected", "deadline")
 		req.fail(err) // the deadline passed while queued: a timeout
 		return false
 	}
+	req.limit("origin", "admitted", "")
 	req.releases = append(req.releases, release)
 	if !h.inFlight.tryAcquire() {
+		req.limit("in_flight", "rejected", "busy")
 		req.writeRetry(errServerBusy.Error())
 		return false
 	}
+	req.limit("in_flight", "admitted", "")
 	req.releases = append(req.releases, h.inFlight.release)
 	return true
 }
@@ -172,15 +211,12 @@ func (req *request) fail(err error) {
 	case errors.Is(err, ErrEventNotFound), errors.Is(err, ErrStateUnknown):
 		req.writeError(http.StatusNotFound, matrixerr.NotFound, notFoundMessage(err))
 	case req.ctx.Err() != nil:
-		// The client went away or the deadline passed.
-		req.h.cfg.Logger.LogAttrs(req.ctx, slog.LevelInfo, "fedhistory: request abandoned",
-			slog.String("endpoint", req.endpoint), slog.String("origin", req.origin),
-			slog.String("room_id", req.roomID), slog.String("error", err.Error()))
+		// The client went away, the deadline passed, or the server is
+		// shutting down (a cancelled base context).
+		req.cause = err
 		req.writeError(http.StatusServiceUnavailable, matrixerr.Unknown, "request timed out or was cancelled")
 	default:
-		req.h.cfg.Logger.LogAttrs(req.ctx, slog.LevelError, "fedhistory: store error",
-			slog.String("endpoint", req.endpoint), slog.String("origin", req.origin),
-			slog.String("room_id", req.roomID), slog.String("error", err.Error()))
+		req.cause = err
 		req.writeError(http.StatusInternalServerError, matrixerr.Unknown, "internal server error")
 	}
 }

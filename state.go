@@ -56,12 +56,12 @@ func (h *Handler) stateIDs(req *request, params []string) {
 	}
 	req.roomID = roomID
 	// 3. Authorise: server ACL and "is the origin in the room now".
-	if _, err := authorise(req.ctx, h.cfg.Store, roomID, req.origin); err != nil {
+	if _, err := req.authorise(roomID); err != nil {
 		req.fail(err)
 		return
 	}
 	// 4. Look up (IDs only: nothing to filter).
-	state, err := h.lookupStateIDs(req.ctx, roomID, eventID)
+	state, err := req.lookupStateIDs(roomID, eventID)
 	if err != nil {
 		req.fail(err)
 		return
@@ -86,13 +86,13 @@ func (h *Handler) state(req *request, params []string) {
 	}
 	req.roomID = roomID
 	// 3. Authorise.
-	roomVersion, err := authorise(req.ctx, h.cfg.Store, roomID, req.origin)
+	roomVersion, err := req.authorise(roomID)
 	if err != nil {
 		req.fail(err)
 		return
 	}
 	// 4. Look up the IDs.
-	state, err := h.lookupStateIDs(req.ctx, roomID, eventID)
+	state, err := req.lookupStateIDs(roomID, eventID)
 	if err != nil {
 		req.fail(err)
 		return
@@ -125,12 +125,15 @@ func parseStateRequest(r *http.Request, params []string) (roomID, eventID string
 // lookupStateIDs returns the state before eventID and its auth chain: from
 // the cache, or from the store (one StateBefore and one AuthChain call),
 // with concurrent requests for the same event sharing one lookup.
-func (h *Handler) lookupStateIDs(ctx context.Context, roomID, eventID string) (*stateIDs, error) {
+func (req *request) lookupStateIDs(roomID, eventID string) (state *stateIDs, err error) {
+	end := req.stage("lookup")
+	defer func() { end(err) }()
+	h, ctx := req.h, req.ctx
 	key := stateIDsKey{roomID, eventID}
 	if cached, ok := h.stateCache.get(key); ok {
 		return cached, nil
 	}
-	store := h.cfg.Store.(StateStore)
+	store := h.store.(StateStore)
 	result := h.stateLookups.DoChan(roomID+"\x00"+eventID, func() (any, error) {
 		// The lookup outlives the request that started it when others
 		// wait for it too, so it runs on its own deadline.
@@ -256,7 +259,7 @@ func (req *request) streamPDUs(roomVersion, roomID string, lists []pduList) {
 
 // readStateBatch reads the events of ids and passes them through the filter.
 func (req *request) readStateBatch(roomVersion, roomID string, ids []string, oneOfEachKey bool, seenKeys map[[2]string]bool) ([]json.RawMessage, error) {
-	events, err := req.h.cfg.Store.Events(req.ctx, roomID, ids)
+	events, err := req.h.store.Events(req.ctx, roomID, ids)
 	if err != nil {
 		return nil, err
 	}

@@ -36,13 +36,13 @@ func (h *Handler) timestampToEvent(req *request, params []string) {
 		return
 	}
 	// 3. Authorise.
-	if _, err := authorise(req.ctx, h.cfg.Store, roomID, req.origin); err != nil {
+	if _, err := req.authorise(roomID); err != nil {
 		req.fail(err)
 		return
 	}
 	// 4. Look up; a store's answer from another room, rejected or an
 	// outlier is not believed.
-	ev, err := h.cfg.Store.(TimestampStore).EventAtTimestamp(req.ctx, roomID, ts, dir)
+	ev, err := h.store.(TimestampStore).EventAtTimestamp(req.ctx, roomID, ts, dir)
 	if err != nil {
 		req.fail(err)
 		return

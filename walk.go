@@ -78,3 +78,22 @@ func (f *eventFetcher) result(refs []int) WalkResult {
 	}
 	return WalkResult{Events: events, Visits: f.visits}
 }
+
+// walkBackfill runs the backfill walk for a request, noting its cost.
+func (req *request) walkBackfill(walk dag.BackfillRequest) (WalkResult, error) {
+	end := req.stage("walk")
+	result, err := WalkBackfill(req.ctx, req.h.store, walk)
+	end(err)
+	req.walkVisits, req.walkExhausted = result.Visits, result.Exhausted
+	return result, err
+}
+
+// walkMissingEvents runs the get_missing_events walk for a request, noting
+// its cost.
+func (req *request) walkMissingEvents(walk dag.MissingEventsRequest) (WalkResult, error) {
+	end := req.stage("walk")
+	result, err := WalkMissingEvents(req.ctx, req.h.store, walk)
+	end(err)
+	req.walkVisits, req.walkExhausted = result.Visits, result.Exhausted
+	return result, err
+}
