@@ -20,8 +20,6 @@ func TestUsageErrorsExitTwoWithOneLine(t *testing.T) {
 		args []string
 		want string // in the one line on stderr
 	}{
-		{"no subcommand", nil, "missing subcommand"},
-		{"unknown subcommand", []string{"frobnicate"}, `unknown subcommand "frobnicate"`},
 		{"unknown flag", []string{"serve", "--bogus"}, "flag provided but not defined: -bogus"},
 		{"bad flag value", []string{"backfill", "--limit", "many"}, `invalid value "many" for flag -limit`},
 		{"positional argument", []string{"gen", "--events", "10", "--out", "x", "extra"}, `unexpected argument "extra"`},
@@ -49,6 +47,7 @@ func TestHelpExitsZero(t *testing.T) {
 	for _, args := range [][]string{
 		{"--help"}, {"help"}, {"demo", "--help"}, {"serve", "--help"}, {"serve", "-h"},
 		{"backfill", "--help"}, {"missing", "--help"}, {"gen", "--help"}, {"keygen", "--help"},
+		{"import", "--help"}, {"version", "--help"}, {"help", "serve"}, {"help", "version"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			t.Parallel()

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestMissingOrUnknownSubcommandPrintsUsage(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string // the first line of stderr
+	}{
+		{"no subcommand", nil, "fedhistory: missing subcommand"},
+		{"unknown subcommand", []string{"frobnicate", "--help"}, `fedhistory: unknown subcommand "frobnicate"`},
+		{"help for an unknown subcommand", []string{"help", "frobnicate"}, `fedhistory: unknown subcommand "frobnicate"`},
+		{"help for two subcommands", []string{"help", "gen", "serve"}, "fedhistory: help takes one subcommand"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			res := runCommand(t, t.TempDir(), tt.args...)
+			require.Equal(t, exitUsage, res.code)
+			require.Empty(t, res.stdout)
+			first, rest, _ := strings.Cut(res.stderr, "\n")
+			require.Equal(t, tt.want, first)
+			require.Contains(t, rest, "Usage: fedhistory SUBCOMMAND")
+			for _, cmd := range subcommands() {
+				require.Contains(t, rest, "  "+cmd.name+" ", "the usage lists every subcommand")
+			}
+		})
+	}
+}
+
+func TestHelpSubcommandShowsTheSubcommandsHelp(t *testing.T) {
+	for _, cmd := range subcommands() {
+		t.Run(cmd.name, func(t *testing.T) {
+			t.Parallel()
+			viaHelp := runCommand(t, t.TempDir(), "help", cmd.name)
+			viaFlag := runCommand(t, t.TempDir(), cmd.name, "--help")
+			require.Equal(t, exitOK, viaHelp.code, viaHelp.stderr)
+			require.Empty(t, viaHelp.stderr)
+			require.Equal(t, viaFlag.stdout, viaHelp.stdout)
+			require.True(t, strings.HasPrefix(viaHelp.stdout, "Usage: fedhistory "+cmd.name), viaHelp.stdout)
+		})
+	}
+}
+
+var versionLine = regexp.MustCompile(`^fedhistory (devel|v\S+)( \(revision [0-9a-f]+(, modified)?\))?\n$`)
+
+func TestVersionFlagAndSubcommand(t *testing.T) {
+	dir := t.TempDir()
+	want := mustRun(t, dir, "version")
+	require.Regexp(t, versionLine, want.stdout)
+	require.Empty(t, want.stderr)
+	for _, spelling := range []string{"--version", "-version"} {
+		res := mustRun(t, dir, spelling)
+		require.Equal(t, want.stdout, res.stdout, spelling)
+		require.Empty(t, res.stderr)
+	}
+}
+
+func TestVersionString(t *testing.T) {
+	tests := []struct {
+		name string
+		info *debug.BuildInfo
+		want string
+	}{
+		{"no build information", nil, "devel"},
+		{"a work tree build without VCS stamping", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "devel"},
+		{"a released module", &debug.BuildInfo{Main: debug.Module{Version: "v1.4.0"}}, "v1.4.0"},
+		{"a work tree build with VCS stamping", &debug.BuildInfo{
+			Main: debug.Module{Version: "(devel)"},
+			Settings: []debug.BuildSetting{
+				{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "false"},
+			},
+		}, "devel (revision 0123abcd)"},
+		{"uncommitted changes", &debug.BuildInfo{
+			Main:     debug.Module{Version: "v0.0.0-20260101000000-0123abcd0123+dirty"},
+			Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "0123abcd0123"}, {Key: "vcs.modified", Value: "true"}},
+		}, "v0.0.0-20260101000000-0123abcd0123+dirty (revision 0123abcd0123, modified)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := versionString(tt.info)
+			require.Equal(t, tt.want, got)
+			require.Regexp(t, versionLine, "fedhistory "+got+"\n")
+		})
+	}
+}
