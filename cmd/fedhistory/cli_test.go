@@ -92,3 +92,33 @@ func TestVersionString(t *testing.T) {
 		})
 	}
 }
+
+func TestFlagHelpNamesEachValueOnce(t *testing.T) {
+	optionLine := regexp.MustCompile(`^  --([a-z-]+)(?: (\S+))?$`)
+	typeNames := map[string]bool{"string": true, "int": true, "int64": true, "uint": true, "float": true, "duration": true, "value": true}
+	for _, cmd := range subcommands() {
+		t.Run(cmd.name, func(t *testing.T) {
+			t.Parallel()
+			res := mustRun(t, t.TempDir(), cmd.name, "--help")
+			_, options, _ := strings.Cut(res.stdout, "\nOptions:\n")
+			lines := strings.Split(strings.TrimSuffix(options, "\n"), "\n")
+			if options == "" {
+				return // a subcommand without options
+			}
+			require.Zero(t, len(lines)%2, "each option takes two lines:\n%s", options)
+			for i := 0; i < len(lines); i += 2 {
+				m := optionLine.FindStringSubmatch(lines[i])
+				require.NotNil(t, m, "option line %q", lines[i])
+				name, placeholder := m[1], m[2]
+				description, ok := strings.CutPrefix(lines[i+1], "        ")
+				require.True(t, ok && description != "", "--%s has no description", name)
+				require.False(t, typeNames[placeholder], "--%s shows the Go type %q as its placeholder", name, placeholder)
+				if placeholder != "" {
+					repeated := regexp.MustCompile(`(^|\W)` + regexp.QuoteMeta(placeholder) + `($|\W)`)
+					require.NotRegexp(t, repeated, description, "--%s %s repeats its placeholder", name, placeholder)
+				}
+				require.LessOrEqual(t, strings.Count(description, "(default"), 1, "--%s: %s", name, description)
+			}
+		})
+	}
+}

@@ -217,6 +217,33 @@ func printUsage(w io.Writer, fs *flag.FlagSet, synopsis, description string) {
 	})
 }
 
+// requireFlags returns a usageError naming, all at once, every one of names
+// that the command line did not give a value (an empty string counts as
+// none).
+func requireFlags(fs *flag.FlagSet, names ...string) error {
+	given := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) {
+		if f.Value.String() != "" {
+			given[f.Name] = true
+		}
+	})
+	var missing []string
+	for _, name := range names {
+		if !given[name] {
+			missing = append(missing, "--"+name)
+		}
+	}
+	switch len(missing) {
+	case 0:
+		return nil
+	case 1:
+		return usageErrorf("%s is required", missing[0])
+	default:
+		last := len(missing) - 1
+		return usageErrorf("%s and %s are required", strings.Join(missing[:last], ", "), missing[last])
+	}
+}
+
 func isZeroDefault(f *flag.Flag) bool {
 	switch f.DefValue {
 	case "", "0", "false", "[]":

@@ -20,19 +20,19 @@ import (
 
 func runServe(ctx context.Context, out streams, args []string) error {
 	fs := newFlagSet("serve")
-	listen := fs.String("listen", "127.0.0.1:8008", "listen on `HOST:PORT` (port 0 picks a free port)")
-	serverName := fs.String("server-name", "", "our server `NAME` (default: the listen address, with the port actually bound)")
-	keyFile := fs.String("signing-key", "", "our signing key `FILE` (Synapse format), created if it does not exist (default: an ephemeral key)")
-	tlsCert := fs.String("tls-cert", "", "serve HTTPS with this certificate `FILE` (with --tls-key)")
-	tlsKey := fs.String("tls-key", "", "the private key `FILE` of --tls-cert")
+	listen := fs.String("listen", "127.0.0.1:8008", "`HOST:PORT` the address to listen on; port 0 picks a free port")
+	serverName := fs.String("server-name", "", "`NAME` our server name (default: the --listen address, with the port actually bound)")
+	keyFile := fs.String("signing-key", "", "`FILE` our signing key, Synapse format, created if it does not exist (default: an ephemeral key)")
+	tlsCert := fs.String("tls-cert", "", "`FILE` a PEM certificate to serve HTTPS with (with --tls-key)")
+	tlsKey := fs.String("tls-key", "", "`FILE` the PEM private key of --tls-cert")
 	var rooms, trust, resolve stringList
-	fs.Var(&rooms, "room", "a room dump `FILE` to load (repeatable; default: generate the demo room)")
-	fs.Var(&trust, "trust", "`SERVER=KEYID:BASE64KEY`: pin a public key of SERVER, whose keys are then never fetched (repeatable)")
-	fs.Var(&resolve, "resolve", "`SERVER=HOST:PORT`: fetch SERVER's keys from http://HOST:PORT (repeatable)")
-	dsn := fs.String("db", "", "serve the rooms of this SQL database, `sqlite:FILE|postgres://…` (fill it with fedhistory import), instead of an in-memory store")
-	maxBackfill := fs.Int("max-backfill", 0, "cap backfill's limit at `N` (default: fedhistory's, 100)")
-	maxMissing := fs.Int("max-missing", 0, "cap get_missing_events' limit at `N` (default: fedhistory's, 20)")
-	debugAddr := fs.String("debug-addr", "", "also serve net/http/pprof and expvar (goroutines, memstats) on `HOST:PORT`; keep it on loopback (default: off)")
+	fs.Var(&rooms, "room", "`FILE` a room dump to load into memory (repeatable; default: generate the demo room)")
+	fs.Var(&trust, "trust", "`SERVER=KEYID:BASE64KEY` pin a public key of a server, whose keys are then never fetched (repeatable)")
+	fs.Var(&resolve, "resolve", "`SERVER=HOST:PORT` fetch that server's keys from that address, over plain HTTP unless given as an https:// URL (repeatable)")
+	dsn := fs.String("db", "", "`DSN` a SQL database, sqlite:FILE or postgres://…, to serve the rooms of instead of loading them into memory (fill it with fedhistory import)")
+	maxBackfill := fs.Int("max-backfill", 0, "`N` the cap on backfill's limit (default: fedhistory's, 100)")
+	maxMissing := fs.Int("max-missing", 0, "`N` the cap on get_missing_events' limit (default: fedhistory's, 20)")
+	debugAddr := fs.String("debug-addr", "", "`HOST:PORT` a second address, serving net/http/pprof and expvar (goroutines, memstats); keep it on loopback (default: off)")
 	if err := parseFlags(fs, args, out.stdout, "[--listen HOST:PORT] [--server-name NAME] [--signing-key FILE] [--room FILE]… [OPTIONS]", `
 Serves GET /_matrix/federation/v1/backfill, POST /_matrix/federation/v1/get_missing_events
 (behind X-Matrix authentication) and our key document, /_matrix/key/v2/server.
