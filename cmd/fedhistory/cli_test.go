@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"regexp"
 	"runtime/debug"
 	"strings"
@@ -119,6 +120,32 @@ func TestFlagHelpNamesEachValueOnce(t *testing.T) {
 				}
 				require.LessOrEqual(t, strings.Count(description, "(default"), 1, "--%s: %s", name, description)
 			}
+		})
+	}
+}
+
+func TestServeChecksListenBeforeDoingAnything(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no port", []string{"--listen", "localhost"}, `--listen "localhost": want HOST:PORT`},
+		{"a port out of range", []string{"--listen", "127.0.0.1:65536"}, `--listen "127.0.0.1:65536": the port must be a number`},
+		{"a port that is not a number", []string{"--listen", "127.0.0.1:http"}, `--listen "127.0.0.1:http": the port must be a number`},
+		{"no host and no server name", []string{"--listen", ":8008"}, `--listen ":8008" has no host: give --server-name`},
+		{"a bad debug address", []string{"--listen", "127.0.0.1:0", "--debug-addr", "127.0.0.1"}, `--debug-addr "127.0.0.1": want HOST:PORT`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			res := runCommand(t, dir, append([]string{"serve", "--signing-key", "hs1.key"}, tt.args...)...)
+			require.Equal(t, exitUsage, res.code)
+			requireOneLine(t, res.stderr)
+			require.Contains(t, res.stderr, tt.want)
+			require.Empty(t, res.stdout)
+			require.NoFileExists(t, filepath.Join(dir, "hs1.key"), "no key is made for a server that cannot start")
 		})
 	}
 }

@@ -43,6 +43,19 @@ The rooms come from --room dumps (held in memory), from a --db database, or,
 with neither, from the generated demo room.`); err != nil {
 		return err
 	}
+	// Everything the command line alone can tell is checked before anything
+	// is done: no key is generated for a server that cannot start.
+	if err := checkListenAddr("--listen", *listen); err != nil {
+		return err
+	}
+	if host, _, _ := net.SplitHostPort(*listen); host == "" && *serverName == "" {
+		return usageErrorf("--listen %q has no host: give --server-name", *listen)
+	}
+	if *debugAddr != "" {
+		if err := checkListenAddr("--debug-addr", *debugAddr); err != nil {
+			return err
+		}
+	}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return usageErrorf("--tls-cert and --tls-key go together")
 	}
@@ -192,6 +205,19 @@ func serverKey(path string, out streams) (*sign.SigningKey, error) {
 	}
 	fmt.Fprintf(out.stderr, "fedhistory: no --signing-key: using the ephemeral key %s (%s), forgotten on exit\n", key.ID, encodePublicKey(key))
 	return key, nil
+}
+
+// checkListenAddr checks that addr, the value of flag, is a HOST:PORT to
+// listen on, with a numeric port. An empty host listens on every address.
+func checkListenAddr(flag, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return usageErrorf("%s %q: want HOST:PORT: %v", flag, addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return usageErrorf("%s %q: the port must be a number from 0 to 65535", flag, addr)
+	}
+	return nil
 }
 
 // defaultServerName returns the server name: flagValue when given, else the
