@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
@@ -147,5 +148,15 @@ func TestServeChecksListenBeforeDoingAnything(t *testing.T) {
 			require.Empty(t, res.stdout)
 			require.NoFileExists(t, filepath.Join(dir, "hs1.key"), "no key is made for a server that cannot start")
 		})
+	}
+}
+
+func TestGenWritesAReadableDumpAndAPrivateKey(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, dir, "gen", "--events", "10", "--out", "room.jsonl", "--signing-key", "creator.key")
+	for file, want := range map[string]os.FileMode{"room.jsonl": 0o644, "creator.key": 0o600} {
+		info, err := os.Stat(filepath.Join(dir, file))
+		require.NoError(t, err)
+		require.Equal(t, want, info.Mode().Perm(), file)
 	}
 }

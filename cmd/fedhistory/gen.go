@@ -80,13 +80,20 @@ then messages) as a room dump, one JSON line per event, for serve --room.`); err
 }
 
 // writeDump writes room to path through a temporary file in the same
-// directory, so that a failure never leaves a half-written dump behind.
+// directory, so that a failure never leaves a half-written dump behind. The
+// dump is readable by all (mode 0644): it holds only signed public events,
+// unlike a key file.
 func writeDump(path string, room *roomgen.Room) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return fmt.Errorf("writing the dump: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	// CreateTemp makes the file 0600.
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing the dump: %w", err)
+	}
 	if err := roomdump.WriteRoom(tmp, room); err != nil {
 		tmp.Close()
 		return fmt.Errorf("writing the dump: %w", err)
