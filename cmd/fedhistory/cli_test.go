@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -9,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedhistory/fedhistory/internal/roomdump"
 )
 
 func TestMissingOrUnknownSubcommandPrintsUsage(t *testing.T) {
@@ -95,6 +98,10 @@ func TestVersionString(t *testing.T) {
 	}
 }
 
+// TestFlagHelpNamesEachValueOnce reads every subcommand's --help: a flag
+// that takes a value names it once, after the flag, with a placeholder
+// chosen for it (not a Go type name), and its description says what the
+// value is without repeating the placeholder.
 func TestFlagHelpNamesEachValueOnce(t *testing.T) {
 	optionLine := regexp.MustCompile(`^  --([a-z-]+)(?: (\S+))?$`)
 	typeNames := map[string]bool{"string": true, "int": true, "int64": true, "uint": true, "float": true, "duration": true, "value": true}
@@ -159,4 +166,66 @@ func TestGenWritesAReadableDumpAndAPrivateKey(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, info.Mode().Perm(), file)
 	}
+}
+
+// parseLandmarks reads gen's NAME=VALUE lines.
+func parseLandmarks(t *testing.T, stdout string) map[string]string {
+	t.Helper()
+	values := make(map[string]string)
+	for line := range strings.Lines(stdout) {
+		name, value, ok := strings.Cut(strings.TrimSuffix(line, "\n"), "=")
+		require.True(t, ok, "line %q of %q", line, stdout)
+		values[name] = value
+	}
+	return values
+}
+
+// TestGenAndServeTellTheIDsToAskFor follows a new user: gen tells the
+// room's ID, its create event and its newest event; serve --room logs the
+// same on stderr, keeping stdout to the line that says it is ready; and a
+// backfill from the newest event reaches back to the create event.
+func TestGenAndServeTellTheIDsToAskFor(t *testing.T) {
+	dir := t.TempDir()
+	res := mustRun(t, dir, "gen", "--events", "30", "--fork-every", "4", "--seed", "21", "--out", "room.jsonl")
+	ids := parseLandmarks(t, res.stdout)
+	require.Len(t, ids, 3, res.stdout)
+
+	f, err := os.Open(filepath.Join(dir, "room.jsonl"))
+	require.NoError(t, err)
+	records, err := roomdump.Read(f)
+	f.Close()
+	require.NoError(t, err)
+	var create string
+	for _, rec := range records {
+		var fields struct {
+			Type string `json:"type"`
+		}
+		require.NoError(t, json.Unmarshal(rec.Event, &fields))
+		if fields.Type == "m.room.create" {
+			create = rec.EventID
+		}
+	}
+	require.Equal(t, records[0].RoomID, ids["room_id"])
+	require.Equal(t, create, ids["create_event"])
+	require.Equal(t, records[len(records)-1].EventID, ids["latest_event"])
+
+	trust := strings.TrimSpace(mustRun(t, dir, "keygen", "--out", "hs2.key").stdout)
+	srv := startServer(t, dir, "--room", "room.jsonl", "--trust", asker+"="+trust)
+	require.Contains(t, srv.stderr.String(), `msg="loaded room" file=room.jsonl room_id=`+ids["room_id"]+
+		" create_event="+ids["create_event"]+" latest_event="+ids["latest_event"]+" events=30")
+
+	answer := mustRun(t, dir, "backfill", "--server", srv.URL, "--origin", asker, "--signing-key", "hs2.key",
+		"--room", ids["room_id"], "--v", ids["latest_event"], "--limit", "100", "--raw")
+	var txn backfillAnswer
+	require.NoError(t, json.Unmarshal([]byte(answer.stdout), &txn))
+	require.Len(t, txn.PDUs, 30)
+	var oldest struct {
+		Type string `json:"type"`
+	}
+	require.NoError(t, json.Unmarshal(txn.PDUs[len(txn.PDUs)-1], &oldest))
+	require.Equal(t, "m.room.create", oldest.Type)
+
+	require.Equal(t, exitOK, srv.stop(t), srv.stderr.String())
+	require.Equal(t, "fedhistory: serving "+srv.Name+" on "+srv.URL+"\n", srv.stdout.String(),
+		"serve's stdout is the one line scripts wait for")
 }

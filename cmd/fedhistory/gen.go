@@ -27,7 +27,9 @@ func runGen(ctx context.Context, out streams, args []string) error {
 	acl := fs.Bool("server-acl", false, "add a server ACL denying evil.example")
 	if err := parseFlags(fs, args, out.stdout, "--events N --out FILE [--room-version VERSION] [--fork-every K] [--seed N] [--server-name NAME] [--signing-key FILE] [--other-server NAME]…", `
 Writes a signed synthetic room (a public room with one user per --other-server,
-then messages) as a room dump, one JSON line per event, for serve --room.`); err != nil {
+then messages) as a room dump, one JSON line per event, for serve --room. Prints
+the IDs of the room, its create event and its newest event on stdout, as
+room_id=…, create_event=… and latest_event=… lines.`); err != nil {
 		return err
 	}
 	if err := requireFlags(fs, "events", "out"); err != nil {
@@ -76,6 +78,9 @@ then messages) as a room dump, one JSON line per event, for serve --room.`); err
 		return err
 	}
 	fmt.Fprintf(out.stderr, "fedhistory gen: wrote room %s (version %s, %d events) to %s\n", room.ID, room.Version, len(room.Events), *outPath)
+	// What a backfill needs next: the room, and where its history starts
+	// and ends.
+	generatedLandmarks(room).print(out.stdout)
 	return nil
 }
 

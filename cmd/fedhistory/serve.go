@@ -188,8 +188,9 @@ func newMemoryStore(rooms []string, serverName string, key *sign.SigningKey, out
 	if err := addRoom(store, room.Room); err != nil {
 		return nil, err
 	}
-	logger.Info("generated the demo room", "room_id", room.Room.ID, "room_version", room.Room.Version,
-		"events", len(room.Room.Events), "latest_event", room.Latest.ID, "member_servers", demoJoinerServer+","+demoDeniedServer)
+	landmarks := generatedLandmarks(room.Room)
+	logger.Info("generated the demo room", append(landmarks.logAttrs(),
+		slog.String("room_version", room.Room.Version), slog.String("member_servers", demoJoinerServer+","+demoDeniedServer))...)
 	return store, nil
 }
 
@@ -252,7 +253,7 @@ func loadDump(store *memstore.Store, path string, logger *slog.Logger) error {
 	}
 	defer f.Close()
 	var events, erased int
-	rooms := make(map[string]bool)
+	var rooms landmarkFinder
 	err = roomdump.Load(f, func(rec roomdump.Record) error {
 		if rec.ErasedUser != "" {
 			store.EraseUser(rec.ErasedUser)
@@ -267,15 +268,16 @@ func loadDump(store *memstore.Store, path string, logger *slog.Logger) error {
 			return fmt.Errorf("%w: %s, want %s", roomdump.ErrEventIDMismatch, id, rec.EventID)
 		}
 		events++
-		rooms[rec.RoomID] = true
+		rooms.add(rec.RoomID, rec.EventID, rec.Event, rec.Rejected, rec.Outlier)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("loading room dump %s: %w", path, err)
 	}
-	for roomID := range rooms {
-		logger.Info("loaded room", "file", path, "room_id", roomID)
+	// Each room with the IDs a first backfill needs.
+	for _, room := range rooms.rooms {
+		logger.Info("loaded room", append([]any{slog.String("file", path)}, room.logAttrs()...)...)
 	}
-	logger.Info("loaded room dump", "file", path, "events", events, "rooms", len(rooms), "erased_users", erased)
+	logger.Info("loaded room dump", "file", path, "events", events, "rooms", len(rooms.rooms), "erased_users", erased)
 	return nil
 }
