@@ -28,12 +28,50 @@ import (
 )
 
 func main() {
-	// SIGINT and SIGTERM cancel the context: serve shuts down cleanly, the
-	// other subcommands abandon their work.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGINT or SIGTERM cancels the context: serve drains and
+	// shuts down, the other subcommands abandon their work. A second one
+	// tells serve to stop waiting (see forced).
+	ctx, stop := notifySignals(context.Background())
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// forceKey is the context key of the channel a second signal closes.
+type forceKey struct{}
+
+// notifySignals returns a context that the first SIGINT or SIGTERM
+// cancels and whose forced channel the second closes, and the function that
+// stops listening for them.
+func notifySignals(parent context.Context) (context.Context, func()) {
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	force := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.WithValue(parent, forceKey{}, (<-chan struct{})(force)))
+	stopped := make(chan struct{})
+	go func() {
+		for _, signalled := range []func(){cancel, func() { close(force) }} {
+			select {
+			case <-signals:
+				signalled()
+			case <-stopped:
+				return
+			}
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(signals)
+		close(stopped)
+		cancel()
+	}
+}
+
+// forced returns the channel that a second signal closes, once the first
+// cancelled ctx: the user insists on stopping now. It is nil, never closed,
+// when ctx does not come from notifySignals.
+func forced(ctx context.Context) <-chan struct{} {
+	force, _ := ctx.Value(forceKey{}).(<-chan struct{})
+	return force
 }
 
 // Exit statuses.
