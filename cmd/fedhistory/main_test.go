@@ -121,23 +121,32 @@ func (b *notifyingBuffer) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// firstLine waits for the buffer's first complete line, giving up when
-// exited is closed or after startupDeadline.
-func (b *notifyingBuffer) firstLine(exited <-chan struct{}) (string, bool) {
+// line waits for the buffer's line number i (from 0) to be complete, giving
+// up when exited is closed or after startupDeadline.
+func (b *notifyingBuffer) line(i int, exited <-chan struct{}) (string, bool) {
 	deadline := time.After(startupDeadline)
 	for {
-		if line, _, ok := strings.Cut(b.String(), "\n"); ok {
+		// A write after this check leaves its signal in written.
+		if line, ok := b.completeLine(i); ok {
 			return line, true
 		}
 		select {
 		case <-b.written:
 		case <-exited:
-			line, _, ok := strings.Cut(b.String(), "\n")
-			return line, ok
+			return b.completeLine(i)
 		case <-deadline:
 			return "", false
 		}
 	}
+}
+
+// completeLine returns line i of the buffer if it is complete.
+func (b *notifyingBuffer) completeLine(i int) (string, bool) {
+	lines := strings.SplitAfter(b.String(), "\n")
+	if i >= len(lines) || !strings.HasSuffix(lines[i], "\n") {
+		return "", false
+	}
+	return strings.TrimSuffix(lines[i], "\n"), true
 }
 
 // startServer runs "fedhistory serve --listen 127.0.0.1:0 args…" in dir and
@@ -170,7 +179,7 @@ func startServerEnv(t *testing.T, dir string, env []string, args ...string) *ser
 		}
 	})
 
-	line, ok := s.stdout.firstLine(s.exited)
+	line, ok := s.stdout.line(0, s.exited)
 	require.True(t, ok, "serve did not become ready; stdout %q; stderr:\n%s", s.stdout.String(), s.stderr.String())
 	m := servingLine.FindStringSubmatch(line)
 	require.NotNil(t, m, "unexpected first line %q", line)

@@ -32,12 +32,19 @@ func runServe(ctx context.Context, out streams, args []string) error {
 	dsn := fs.String("db", "", "`DSN` a SQL database, sqlite:FILE or postgres://…, to serve the rooms of instead of loading them into memory (fill it with fedhistory import)")
 	maxBackfill := fs.Int("max-backfill", 0, "`N` the cap on backfill's limit (default: fedhistory's, 100)")
 	maxMissing := fs.Int("max-missing", 0, "`N` the cap on get_missing_events' limit (default: fedhistory's, 20)")
+	drainTimeout := fs.Duration("drain-timeout", defaultDrainTimeout, "`DURATION` how long requests in flight may run on after SIGINT or SIGTERM; those still running then are cancelled and answered 503")
 	debugAddr := fs.String("debug-addr", "", "`HOST:PORT` a second address, serving net/http/pprof and expvar (goroutines, memstats); keep it on loopback (default: off)")
 	if err := parseFlags(fs, args, out.stdout, "[--listen HOST:PORT] [--server-name NAME] [--signing-key FILE] [--room FILE]… [OPTIONS]", `
 Serves GET /_matrix/federation/v1/backfill, POST /_matrix/federation/v1/get_missing_events
 (behind X-Matrix authentication) and our key document, /_matrix/key/v2/server.
 Once ready, prints "fedhistory: serving NAME on http://HOST:PORT" on stdout; logs
-one line per request on stderr. SIGINT or SIGTERM shuts it down cleanly.
+one line per request on stderr.
+
+SIGINT or SIGTERM shuts it down: it stops accepting, lets the requests in
+flight finish for up to --drain-timeout, then cancels those still running,
+which are answered 503 M_UNKNOWN, and exits 0 once they are answered. A
+second signal stops it at once, with status 1, as does a request still
+running 5 s after it was cancelled.
 
 The rooms come from --room dumps (held in memory), from a --db database, or,
 with neither, from the generated demo room.`); err != nil {
@@ -61,6 +68,9 @@ with neither, from the generated demo room.`); err != nil {
 	}
 	if *dsn != "" && len(rooms) > 0 {
 		return usageErrorf("--room loads the in-memory store; load a --db with fedhistory import")
+	}
+	if *drainTimeout <= 0 {
+		return usageErrorf("--drain-timeout must be positive")
 	}
 	if *maxBackfill < 0 || *maxMissing < 0 {
 		return usageErrorf("--max-backfill and --max-missing may not be negative")
@@ -104,6 +114,9 @@ with neither, from the generated demo room.`); err != nil {
 		}
 		store = mem
 	}
+	if store, err = withTestStoreLatency(store, out.stderr); err != nil {
+		return err
+	}
 
 	handler, err := newFederationHandler(federationServerConfig{
 		ServerName:  name,
@@ -119,6 +132,7 @@ with neither, from the generated demo room.`); err != nil {
 		return err
 	}
 	server := newHTTPServer(handler, logger)
+	requests := newDrainable(server)
 	scheme := "http"
 	if *tlsCert != "" {
 		// Load the certificate now, so that a bad one fails before we
@@ -155,10 +169,7 @@ with neither, from the generated demo room.`); err != nil {
 		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
-	logger.Info("shutting down")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	if err := server.Shutdown(shutdownCtx); err != nil {
+	if err := requests.drain(*drainTimeout, forced(ctx), logger); err != nil {
 		return fmt.Errorf("shutting down: %w", err)
 	}
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
