@@ -33,12 +33,13 @@ func runServe(ctx context.Context, out streams, args []string) error {
 	maxBackfill := fs.Int("max-backfill", 0, "`N` the cap on backfill's limit (default: fedhistory's, 100)")
 	maxMissing := fs.Int("max-missing", 0, "`N` the cap on get_missing_events' limit (default: fedhistory's, 20)")
 	drainTimeout := fs.Duration("drain-timeout", defaultDrainTimeout, "`DURATION` how long requests in flight may run on after SIGINT or SIGTERM; those still running then are cancelled and answered 503")
-	debugAddr := fs.String("debug-addr", "", "`HOST:PORT` a second address, serving net/http/pprof and expvar (goroutines, memstats); keep it on loopback (default: off)")
+	debugAddr := fs.String("debug-addr", "", "`HOST:PORT` a second address, serving net/http/pprof and expvar (goroutines, requests_in_flight, memstats); keep it on loopback (default: off)")
 	if err := parseFlags(fs, args, out.stdout, "[--listen HOST:PORT] [--server-name NAME] [--signing-key FILE] [--room FILE]… [OPTIONS]", `
 Serves GET /_matrix/federation/v1/backfill, POST /_matrix/federation/v1/get_missing_events
 (behind X-Matrix authentication) and our key document, /_matrix/key/v2/server.
-Once ready, prints "fedhistory: serving NAME on http://HOST:PORT" on stdout; logs
-one line per request on stderr.
+Logs each room's ID, create event and newest event on stderr; once ready, prints
+"fedhistory: serving NAME on http://HOST:PORT" on stdout, and then logs one line
+per request on stderr.
 
 SIGINT or SIGTERM shuts it down: it stops accepting, lets the requests in
 flight finish for up to --drain-timeout, then cancels those still running,
