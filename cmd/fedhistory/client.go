@@ -195,28 +195,23 @@ type clientFlags struct {
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.server, "server", "", "the server to ask, `NAME|URL`: an http(s):// URL is used as is, a server name is found by the spec's discovery (required)")
-	fs.StringVar(&f.destination, "destination", "", "the destination server `NAME` signed into the request when --server is a URL (default: the URL's host:port)")
-	fs.StringVar(&f.origin, "origin", "", "our server `NAME`, signed into the request (required)")
-	fs.StringVar(&f.signingKey, "signing-key", "", "our signing key `FILE`, Synapse format (required)")
-	fs.StringVar(&f.room, "room", "", "the room `ID` (required)")
+	fs.StringVar(&f.server, "server", "", "`NAME|URL` the server to ask: an http(s):// URL is used as is, a server name is found by the spec's discovery (required)")
+	fs.StringVar(&f.destination, "destination", "", "`NAME` the destination server signed into the request when --server is a URL (default: the URL's host:port)")
+	fs.StringVar(&f.origin, "origin", "", "`NAME` our server, signed into the request (required)")
+	fs.StringVar(&f.signingKey, "signing-key", "", "`FILE` our signing key, Synapse format (required)")
+	fs.StringVar(&f.room, "room", "", "`ID` the room (required)")
 	fs.BoolVar(&f.raw, "raw", false, "print the answer's bytes as received instead of pretty JSON")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the server's TLS certificate (for test servers with self-signed certificates)")
-	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this `DURATION`")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "`DURATION` how long to wait for the answer")
 }
 
-// client checks the shared options and builds the client.
+// requiredClientFlags are the options of clientFlags that must be given.
+var requiredClientFlags = []string{"server", "origin", "signing-key", "room"}
+
+// client checks the shared options (requireFlags has checked that the
+// required ones were given) and builds the client.
 func (f *clientFlags) client() (*federationClient, error) {
-	switch {
-	case f.server == "":
-		return nil, usageErrorf("--server is required")
-	case f.origin == "":
-		return nil, usageErrorf("--origin is required")
-	case f.signingKey == "":
-		return nil, usageErrorf("--signing-key is required")
-	case f.room == "":
-		return nil, usageErrorf("--room is required")
-	case f.timeout <= 0:
+	if f.timeout <= 0 {
 		return nil, usageErrorf("--timeout must be positive")
 	}
 	key, err := sign.ReadKeyFile(f.signingKey)
@@ -254,15 +249,15 @@ func runBackfill(ctx context.Context, out streams, args []string) error {
 	var flags clientFlags
 	flags.register(fs)
 	var from stringList
-	fs.Var(&from, "v", "an `EVENT` ID to backfill from (repeatable; at least one)")
-	limit := fs.Int("limit", 10, "return at most `N` events")
+	fs.Var(&from, "v", "`EVENT` the ID of an event to backfill from (repeatable; at least one)")
+	limit := fs.Int("limit", 10, "`N` the most events to return")
 	if err := parseFlags(fs, args, out.stdout,
 		"--server NAME|URL --origin NAME --signing-key FILE --room ID --v EVENT [--v EVENT…] [--limit N]",
 		"GET /_matrix/federation/v1/backfill/{roomId}: the events before (and including) the --v events."+clientDescription); err != nil {
 		return err
 	}
-	if len(from) == 0 {
-		return usageErrorf("--v is required")
+	if err := requireFlags(fs, append(requiredClientFlags, "v")...); err != nil {
+		return err
 	}
 	if *limit < 0 {
 		return usageErrorf("--limit may not be negative")
@@ -283,17 +278,17 @@ func runMissing(ctx context.Context, out streams, args []string) error {
 	var flags clientFlags
 	flags.register(fs)
 	var latest, earliest stringList
-	fs.Var(&latest, "latest", "an `EVENT` ID to walk back from (repeatable; at least one)")
-	fs.Var(&earliest, "earliest", "an `EVENT` ID we already have, where the walk stops (repeatable)")
-	limit := fs.Int("limit", fedhistory.DefaultMissingEventsLimit, "return at most `N` events")
-	minDepth := fs.Int64("min-depth", 0, "return no event of depth below `N`")
+	fs.Var(&latest, "latest", "`EVENT` the ID of an event to walk back from (repeatable; at least one)")
+	fs.Var(&earliest, "earliest", "`EVENT` the ID of an event we already have, where the walk stops (repeatable)")
+	limit := fs.Int("limit", fedhistory.DefaultMissingEventsLimit, "`N` the most events to return")
+	minDepth := fs.Int64("min-depth", 0, "`N` the lowest depth of an event to return")
 	if err := parseFlags(fs, args, out.stdout,
 		"--server NAME|URL --origin NAME --signing-key FILE --room ID --latest EVENT… [--earliest EVENT…] [--limit N] [--min-depth N]",
 		"POST /_matrix/federation/v1/get_missing_events/{roomId}: the events between --earliest and --latest."+clientDescription); err != nil {
 		return err
 	}
-	if len(latest) == 0 {
-		return usageErrorf("--latest is required")
+	if err := requireFlags(fs, append(requiredClientFlags, "latest")...); err != nil {
+		return err
 	}
 	if *limit < 0 || *minDepth < 0 {
 		return usageErrorf("--limit and --min-depth may not be negative")

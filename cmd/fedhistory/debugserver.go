@@ -11,18 +11,20 @@ import (
 	"sync"
 )
 
-// publishGoroutines adds the live goroutine count to expvar, next to the
-// "memstats" and "cmdline" that expvar publishes itself. expvar.Publish
-// panics on a second call with the same name, hence the Once.
+// publishGoroutines adds the live goroutine count and the federation
+// requests in flight to expvar, next to the "memstats" and "cmdline" that
+// expvar publishes itself. expvar.Publish panics on a second call with the
+// same name, hence the Once.
 var publishGoroutines = sync.OnceFunc(func() {
 	expvar.Publish("goroutines", expvar.Func(func() any { return runtime.NumGoroutine() }))
+	expvar.Publish("requests_in_flight", expvar.Func(func() any { return requestsInFlight.Load() }))
 })
 
 // startDebugServer serves, on addr, what an operator or a load test needs
-// to watch the process: /debug/vars (expvar: goroutines, memstats) and
-// /debug/pprof/. It is a separate listener, never the federation one, so
-// that nothing of it is reachable from other servers unless the operator
-// chooses an address that is.
+// to watch the process: /debug/vars (expvar: goroutines, requests in
+// flight, memstats) and /debug/pprof/. It is a separate listener, never the
+// federation one, so that nothing of it is reachable from other servers
+// unless the operator chooses an address that is.
 func startDebugServer(addr string, logger *slog.Logger) (*loopbackServer, error) {
 	publishGoroutines()
 	mux := http.NewServeMux()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"regexp"
@@ -103,7 +104,10 @@ func TestServeDebugAddr(t *testing.T) {
 func TestServeDebugAddrThatCannotListen(t *testing.T) {
 	dir := t.TempDir()
 	room := generate(t, dir, "room.jsonl", "--events", "20", "--seed", "9")
-	res := runCommand(t, dir, "serve", "--listen", "127.0.0.1:0", "--room", room.Path, "--debug-addr", "127.0.0.1:-1")
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	res := runCommand(t, dir, "serve", "--listen", "127.0.0.1:0", "--room", room.Path, "--debug-addr", taken.Addr().String())
 	require.Equal(t, exitFailure, res.code, "stderr: %s", res.stderr)
 	require.Contains(t, res.stderr, "--debug-addr")
 }

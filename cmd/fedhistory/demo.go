@@ -29,8 +29,8 @@ const progressDelay = time.Second
 
 func runDemo(ctx context.Context, out streams, args []string) error {
 	fs := newFlagSet("demo")
-	version := fs.String("version", roomgen.DefaultVersion, "the room `VERSION` of the demo room")
-	if err := parseFlags(fs, args, out.stdout, "[--version V]", `
+	version := fs.String("room-version", roomgen.DefaultVersion, "`VERSION` the room version of the demo room")
+	if err := parseFlags(fs, args, out.stdout, "[--room-version VERSION]", `
 Generates a signed demo room held by hs1.example, serves it on a loopback port,
 and queries it as a second server, hs2.example, whose signing key hs1.example
 fetches from hs2.example's own key server on another loopback port. Prints
@@ -39,7 +39,7 @@ why, and two refused requests.`); err != nil {
 		return err
 	}
 	if !gomatrixserverlib.StableRoomVersion(gomatrixserverlib.RoomVersion(*version)) {
-		return usageErrorf("--version %q is not a stable room version", *version)
+		return usageErrorf("--room-version %q is not a stable room version", *version)
 	}
 	// Warnings only: the demo's own output tells what each request did.
 	logger := slog.New(slog.NewTextHandler(out.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

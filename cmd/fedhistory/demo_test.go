@@ -44,7 +44,7 @@ func TestDemoRunsOnOtherRoomVersions(t *testing.T) {
 	for _, version := range []string{"1", "12"} {
 		t.Run("version "+version, func(t *testing.T) {
 			t.Parallel()
-			res := runCommand(t, t.TempDir(), "demo", "--version", version)
+			res := runCommand(t, t.TempDir(), "demo", "--room-version", version)
 			require.Equal(t, exitOK, res.code, res.stderr)
 			require.Contains(t, res.stdout, "(room version "+version+")")
 			require.Contains(t, res.stdout, "[redacted: history_visibility=joined")

@@ -11,20 +11,17 @@ import (
 
 func runImport(ctx context.Context, out streams, args []string) error {
 	fs := newFlagSet("import")
-	dsn := fs.String("db", "", "the database, `sqlite:FILE|postgres://…`, created or migrated as needed (required)")
+	dsn := fs.String("db", "", "`DSN` the database, sqlite:FILE or postgres://…, created or migrated as needed (required)")
 	var rooms stringList
-	fs.Var(&rooms, "room", "a room dump `FILE` to import (repeatable; at least one)")
-	if err := parseFlags(fs, args, out.stdout, "--db sqlite:FILE|postgres://… --room FILE [--room FILE…]", `
+	fs.Var(&rooms, "room", "`FILE` a room dump to import (repeatable; at least one)")
+	if err := parseFlags(fs, args, out.stdout, "--db DSN --room FILE [--room FILE…]", `
 Imports room dumps into a SQL database for serve --db. Every line of every dump
 is validated first; the events are then added in one transaction, so a bad line
 or a failed add (an event already in the database, say) imports nothing.`); err != nil {
 		return err
 	}
-	if *dsn == "" {
-		return usageErrorf("--db is required")
-	}
-	if len(rooms) == 0 {
-		return usageErrorf("--room is required")
+	if err := requireFlags(fs, "db", "room"); err != nil {
+		return err
 	}
 
 	var pending []sqlstore.Pending

@@ -9,14 +9,14 @@ import (
 
 func runKeygen(_ context.Context, out streams, args []string) error {
 	fs := newFlagSet("keygen")
-	outPath := fs.String("out", "", "write the key to `FILE`, which must not exist yet (required)")
+	outPath := fs.String("out", "", "`FILE` where to write the key; it must not exist yet (required)")
 	if err := parseFlags(fs, args, out.stdout, "--out FILE", `
 Writes a new ed25519 signing key in the Synapse format (mode 0600) and prints
 its public half as KEYID:BASE64KEY, the form serve --trust SERVER=… takes.`); err != nil {
 		return err
 	}
-	if *outPath == "" {
-		return usageErrorf("--out is required")
+	if err := requireFlags(fs, "out"); err != nil {
+		return err
 	}
 	key, err := sign.GenerateKey(nil)
 	if err != nil {

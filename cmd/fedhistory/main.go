@@ -8,9 +8,11 @@
 //	fedhistory gen --events N --out FILE    write a signed synthetic room dump
 //	fedhistory keygen --out FILE            write a new signing key
 //	fedhistory import --db DSN --room FILE  import room dumps into a SQL database
+//	fedhistory version                      print the version (also: fedhistory --version)
 //
-// Every subcommand prints its options with --help. Exit status: 0 on success,
-// 1 on failure (including an error answer to a client request), 2 on bad usage.
+// Every subcommand prints its options with --help, or with "fedhistory help
+// SUBCOMMAND". Exit status: 0 on success, 1 on failure (including an error
+// answer to a client request), 2 on bad usage.
 package main
 
 import (
@@ -26,12 +28,50 @@ import (
 )
 
 func main() {
-	// SIGINT and SIGTERM cancel the context: serve shuts down cleanly, the
-	// other subcommands abandon their work.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGINT or SIGTERM cancels the context: serve drains and
+	// shuts down, the other subcommands abandon their work. A second one
+	// tells serve to stop waiting (see forced).
+	ctx, stop := notifySignals(context.Background())
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// forceKey is the context key of the channel a second signal closes.
+type forceKey struct{}
+
+// notifySignals returns a context that the first SIGINT or SIGTERM
+// cancels and whose forced channel the second closes, and the function that
+// stops listening for them.
+func notifySignals(parent context.Context) (context.Context, func()) {
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	force := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.WithValue(parent, forceKey{}, (<-chan struct{})(force)))
+	stopped := make(chan struct{})
+	go func() {
+		for _, signalled := range []func(){cancel, func() { close(force) }} {
+			select {
+			case <-signals:
+				signalled()
+			case <-stopped:
+				return
+			}
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(signals)
+		close(stopped)
+		cancel()
+	}
+}
+
+// forced returns the channel that a second signal closes, once the first
+// cancelled ctx: the user insists on stopping now. It is nil, never closed,
+// when ctx does not come from notifySignals.
+func forced(ctx context.Context) <-chan struct{} {
+	force, _ := ctx.Value(forceKey{}).(<-chan struct{})
+	return force
 }
 
 // Exit statuses.
@@ -63,7 +103,18 @@ func subcommands() []subcommand {
 		{"gen", "write a signed synthetic room dump", runGen},
 		{"keygen", "write a new signing key", runKeygen},
 		{"import", "import room dumps into a SQL database for serve --db", runImport},
+		{"version", "print the version of fedhistory", runVersion},
 	}
+}
+
+// lookup returns the subcommand called name.
+func lookup(name string) (subcommand, bool) {
+	for _, cmd := range subcommands() {
+		if cmd.name == name {
+			return cmd, true
+		}
+	}
+	return subcommand{}, false
 }
 
 // run executes the command line args (without the program name) and returns
@@ -71,33 +122,49 @@ func subcommands() []subcommand {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	out := streams{stdout: stdout, stderr: stderr}
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "fedhistory: missing subcommand (see fedhistory --help)")
-		return exitUsage
+		return badSubcommand(stderr, "missing subcommand")
 	}
-	name := args[0]
+	name, args := args[0], args[1:]
 	switch name {
-	case "help", "-h", "-help", "--help":
+	case "-h", "-help", "--help":
 		printTopUsage(stdout)
 		return exitOK
-	}
-	for _, cmd := range subcommands() {
-		if cmd.name != name {
-			continue
-		}
-		err := cmd.run(ctx, out, args[1:])
-		var usage *usageError
-		switch {
-		case err == nil, errors.Is(err, errHelpShown):
+	case "-version", "--version":
+		name = "version"
+	case "help":
+		// "help SUBCOMMAND" is "SUBCOMMAND --help"; "help" alone is the list.
+		if len(args) == 0 {
+			printTopUsage(stdout)
 			return exitOK
-		case errors.As(err, &usage):
-			fmt.Fprintf(stderr, "fedhistory %s: %s (see fedhistory %s --help)\n", name, oneLine(usage.msg), name)
-			return exitUsage
-		default:
-			fmt.Fprintf(stderr, "fedhistory %s: %s\n", name, oneLine(err.Error()))
-			return exitFailure
 		}
+		if len(args) > 1 {
+			return badSubcommand(stderr, "help takes one subcommand")
+		}
+		name, args = args[0], []string{"--help"}
 	}
-	fmt.Fprintf(stderr, "fedhistory: unknown subcommand %q (see fedhistory --help)\n", name)
+	cmd, ok := lookup(name)
+	if !ok {
+		return badSubcommand(stderr, fmt.Sprintf("unknown subcommand %q", name))
+	}
+	err := cmd.run(ctx, out, args)
+	var usage *usageError
+	switch {
+	case err == nil, errors.Is(err, errHelpShown):
+		return exitOK
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "fedhistory %s: %s (see fedhistory %s --help)\n", name, oneLine(usage.msg), name)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "fedhistory %s: %s\n", name, oneLine(err.Error()))
+		return exitFailure
+	}
+}
+
+// badSubcommand reports a command line without a known subcommand, followed
+// by the usage, on stderr.
+func badSubcommand(stderr io.Writer, msg string) int {
+	fmt.Fprintf(stderr, "fedhistory: %s\n\n", msg)
+	printTopUsage(stderr)
 	return exitUsage
 }
 
@@ -111,7 +178,7 @@ func printTopUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-9s %s\n", cmd.name, cmd.summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run \"fedhistory SUBCOMMAND --help\" for the options of one subcommand.")
+	fmt.Fprintln(w, "Run \"fedhistory help SUBCOMMAND\" (or \"fedhistory SUBCOMMAND --help\") for the options of one subcommand.")
 }
 
 // usageError is a mistake in the command line: exit status 2.
@@ -160,14 +227,25 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer, synopsis, des
 
 // printUsage prints the options with the double-dash spelling the
 // documentation uses (the flag package accepts both).
+//
+// A flag that takes a value starts its usage with the value's back-quoted
+// placeholder, then says what the value is: "`HOST:PORT` the address to
+// listen on". The flag package takes the placeholder from the back quotes;
+// printUsage shows it after the flag's name and not again in the sentence.
 func printUsage(w io.Writer, fs *flag.FlagSet, synopsis, description string) {
-	fmt.Fprintf(w, "Usage: %s %s\n\n", fs.Name(), synopsis)
-	fmt.Fprintf(w, "%s\n\nOptions:\n", strings.TrimSpace(description))
+	fmt.Fprintf(w, "Usage: %s\n\n", strings.TrimSpace(fs.Name()+" "+synopsis))
+	fmt.Fprintf(w, "%s\n", strings.TrimSpace(description))
+	first := true
 	fs.VisitAll(func(f *flag.Flag) {
+		if first {
+			fmt.Fprint(w, "\nOptions:\n")
+			first = false
+		}
 		valueName, usage := flag.UnquoteUsage(f)
 		line := "  --" + f.Name
 		if valueName != "" {
 			line += " " + valueName
+			usage = strings.TrimPrefix(usage, valueName+" ")
 		}
 		fmt.Fprintln(w, line)
 		if !isZeroDefault(f) {
@@ -175,6 +253,33 @@ func printUsage(w io.Writer, fs *flag.FlagSet, synopsis, description string) {
 		}
 		fmt.Fprintf(w, "        %s\n", strings.ReplaceAll(usage, "\n", "\n        "))
 	})
+}
+
+// requireFlags returns a usageError naming, all at once, every one of names
+// that the command line did not give a value (an empty string counts as
+// none).
+func requireFlags(fs *flag.FlagSet, names ...string) error {
+	given := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) {
+		if f.Value.String() != "" {
+			given[f.Name] = true
+		}
+	})
+	var missing []string
+	for _, name := range names {
+		if !given[name] {
+			missing = append(missing, "--"+name)
+		}
+	}
+	switch len(missing) {
+	case 0:
+		return nil
+	case 1:
+		return usageErrorf("%s is required", missing[0])
+	default:
+		last := len(missing) - 1
+		return usageErrorf("%s and %s are required", strings.Join(missing[:last], ", "), missing[last])
+	}
 }
 
 func isZeroDefault(f *flag.Flag) bool {

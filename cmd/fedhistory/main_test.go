@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -92,6 +91,7 @@ type server struct {
 	cmd    *exec.Cmd
 	URL    string // http://127.0.0.1:PORT
 	Name   string // its server name
+	stdout *notifyingBuffer
 	stderr *lockedBuffer
 	exited chan struct{}
 }
@@ -102,16 +102,69 @@ var servingLine = regexp.MustCompile(`^fedhistory: serving (\S+) on (https?://12
 // server fails the test instead of hanging it.
 const startupDeadline = 20 * time.Second
 
+// notifyingBuffer is a lockedBuffer that signals each write on written.
+type notifyingBuffer struct {
+	lockedBuffer
+	written chan struct{}
+}
+
+func newNotifyingBuffer() *notifyingBuffer {
+	return &notifyingBuffer{written: make(chan struct{}, 1)}
+}
+
+func (b *notifyingBuffer) Write(p []byte) (int, error) {
+	n, err := b.lockedBuffer.Write(p)
+	select {
+	case b.written <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+// line waits for the buffer's line number i (from 0) to be complete, giving
+// up when exited is closed or after startupDeadline.
+func (b *notifyingBuffer) line(i int, exited <-chan struct{}) (string, bool) {
+	deadline := time.After(startupDeadline)
+	for {
+		// A write after this check leaves its signal in written.
+		if line, ok := b.completeLine(i); ok {
+			return line, true
+		}
+		select {
+		case <-b.written:
+		case <-exited:
+			return b.completeLine(i)
+		case <-deadline:
+			return "", false
+		}
+	}
+}
+
+// completeLine returns line i of the buffer if it is complete.
+func (b *notifyingBuffer) completeLine(i int) (string, bool) {
+	lines := strings.SplitAfter(b.String(), "\n")
+	if i >= len(lines) || !strings.HasSuffix(lines[i], "\n") {
+		return "", false
+	}
+	return strings.TrimSuffix(lines[i], "\n"), true
+}
+
 // startServer runs "fedhistory serve --listen 127.0.0.1:0 args…" in dir and
 // waits for its serving line. The server is stopped when the test ends.
 func startServer(t *testing.T, dir string, args ...string) *server {
 	t.Helper()
+	return startServerEnv(t, dir, nil, args...)
+}
+
+// startServerEnv is startServer with env added to the server's environment.
+func startServerEnv(t *testing.T, dir string, env []string, args ...string) *server {
+	t.Helper()
 	cmd := exec.Command(binary, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
 	cmd.Dir = dir
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	s := &server{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	cmd.Stderr = s.stderr
+	cmd.Env = append(os.Environ(), env...)
+	s := &server{cmd: cmd, stdout: newNotifyingBuffer(), stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	// Buffers, not pipes: Wait returns once everything written is copied.
+	cmd.Stdout, cmd.Stderr = s.stdout, s.stderr
 	require.NoError(t, cmd.Start())
 	go func() {
 		_ = cmd.Wait()
@@ -126,26 +179,11 @@ func startServer(t *testing.T, dir string, args ...string) *server {
 		}
 	})
 
-	lines := make(chan string, 1)
-	go func() {
-		scanner := bufio.NewScanner(stdout)
-		if scanner.Scan() {
-			lines <- scanner.Text()
-		}
-		close(lines)
-		// Keep draining so that a chatty server never blocks on stdout.
-		for scanner.Scan() {
-		}
-	}()
-	select {
-	case line, ok := <-lines:
-		require.True(t, ok, "serve printed nothing on stdout; stderr:\n%s", s.stderr.String())
-		m := servingLine.FindStringSubmatch(line)
-		require.NotNil(t, m, "unexpected first line %q", line)
-		s.Name, s.URL = m[1], m[2]
-	case <-time.After(startupDeadline):
-		t.Fatalf("serve did not become ready; stderr:\n%s", s.stderr.String())
-	}
+	line, ok := s.stdout.line(0, s.exited)
+	require.True(t, ok, "serve did not become ready; stdout %q; stderr:\n%s", s.stdout.String(), s.stderr.String())
+	m := servingLine.FindStringSubmatch(line)
+	require.NotNil(t, m, "unexpected first line %q", line)
+	s.Name, s.URL = m[1], m[2]
 	return s
 }
 

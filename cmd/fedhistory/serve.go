@@ -20,34 +20,58 @@ import (
 
 func runServe(ctx context.Context, out streams, args []string) error {
 	fs := newFlagSet("serve")
-	listen := fs.String("listen", "127.0.0.1:8008", "listen on `HOST:PORT` (port 0 picks a free port)")
-	serverName := fs.String("server-name", "", "our server `NAME` (default: the listen address, with the port actually bound)")
-	keyFile := fs.String("signing-key", "", "our signing key `FILE` (Synapse format), created if it does not exist (default: an ephemeral key)")
-	tlsCert := fs.String("tls-cert", "", "serve HTTPS with this certificate `FILE` (with --tls-key)")
-	tlsKey := fs.String("tls-key", "", "the private key `FILE` of --tls-cert")
+	listen := fs.String("listen", "127.0.0.1:8008", "`HOST:PORT` the address to listen on; port 0 picks a free port")
+	serverName := fs.String("server-name", "", "`NAME` our server name (default: the --listen address, with the port actually bound)")
+	keyFile := fs.String("signing-key", "", "`FILE` our signing key, Synapse format, created if it does not exist (default: an ephemeral key)")
+	tlsCert := fs.String("tls-cert", "", "`FILE` a PEM certificate to serve HTTPS with (with --tls-key)")
+	tlsKey := fs.String("tls-key", "", "`FILE` the PEM private key of --tls-cert")
 	var rooms, trust, resolve stringList
-	fs.Var(&rooms, "room", "a room dump `FILE` to load (repeatable; default: generate the demo room)")
-	fs.Var(&trust, "trust", "`SERVER=KEYID:BASE64KEY`: pin a public key of SERVER, whose keys are then never fetched (repeatable)")
-	fs.Var(&resolve, "resolve", "`SERVER=HOST:PORT`: fetch SERVER's keys from http://HOST:PORT (repeatable)")
-	dsn := fs.String("db", "", "serve the rooms of this SQL database, `sqlite:FILE|postgres://…` (fill it with fedhistory import), instead of an in-memory store")
-	maxBackfill := fs.Int("max-backfill", 0, "cap backfill's limit at `N` (default: fedhistory's, 100)")
-	maxMissing := fs.Int("max-missing", 0, "cap get_missing_events' limit at `N` (default: fedhistory's, 20)")
-	debugAddr := fs.String("debug-addr", "", "also serve net/http/pprof and expvar (goroutines, memstats) on `HOST:PORT`; keep it on loopback (default: off)")
+	fs.Var(&rooms, "room", "`FILE` a room dump to load into memory (repeatable; default: generate the demo room)")
+	fs.Var(&trust, "trust", "`SERVER=KEYID:BASE64KEY` pin a public key of a server, whose keys are then never fetched (repeatable)")
+	fs.Var(&resolve, "resolve", "`SERVER=HOST:PORT` fetch that server's keys from that address, over plain HTTP unless given as an https:// URL (repeatable)")
+	dsn := fs.String("db", "", "`DSN` a SQL database, sqlite:FILE or postgres://…, to serve the rooms of instead of loading them into memory (fill it with fedhistory import)")
+	maxBackfill := fs.Int("max-backfill", 0, "`N` the cap on backfill's limit (default: fedhistory's, 100)")
+	maxMissing := fs.Int("max-missing", 0, "`N` the cap on get_missing_events' limit (default: fedhistory's, 20)")
+	drainTimeout := fs.Duration("drain-timeout", defaultDrainTimeout, "`DURATION` how long requests in flight may run on after SIGINT or SIGTERM; those still running then are cancelled and answered 503")
+	debugAddr := fs.String("debug-addr", "", "`HOST:PORT` a second address, serving net/http/pprof and expvar (goroutines, requests_in_flight, memstats); keep it on loopback (default: off)")
 	if err := parseFlags(fs, args, out.stdout, "[--listen HOST:PORT] [--server-name NAME] [--signing-key FILE] [--room FILE]… [OPTIONS]", `
 Serves GET /_matrix/federation/v1/backfill, POST /_matrix/federation/v1/get_missing_events
 (behind X-Matrix authentication) and our key document, /_matrix/key/v2/server.
-Once ready, prints "fedhistory: serving NAME on http://HOST:PORT" on stdout; logs
-one line per request on stderr. SIGINT or SIGTERM shuts it down cleanly.
+Logs each room's ID, create event and newest event on stderr; once ready, prints
+"fedhistory: serving NAME on http://HOST:PORT" on stdout, and then logs one line
+per request on stderr.
+
+SIGINT or SIGTERM shuts it down: it stops accepting, lets the requests in
+flight finish for up to --drain-timeout, then cancels those still running,
+which are answered 503 M_UNKNOWN, and exits 0 once they are answered. A
+second signal stops it at once, with status 1, as does a request still
+running 5 s after it was cancelled.
 
 The rooms come from --room dumps (held in memory), from a --db database, or,
 with neither, from the generated demo room.`); err != nil {
 		return err
+	}
+	// Everything the command line alone can tell is checked before anything
+	// is done: no key is generated for a server that cannot start.
+	if err := checkListenAddr("--listen", *listen); err != nil {
+		return err
+	}
+	if host, _, _ := net.SplitHostPort(*listen); host == "" && *serverName == "" {
+		return usageErrorf("--listen %q has no host: give --server-name", *listen)
+	}
+	if *debugAddr != "" {
+		if err := checkListenAddr("--debug-addr", *debugAddr); err != nil {
+			return err
+		}
 	}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return usageErrorf("--tls-cert and --tls-key go together")
 	}
 	if *dsn != "" && len(rooms) > 0 {
 		return usageErrorf("--room loads the in-memory store; load a --db with fedhistory import")
+	}
+	if *drainTimeout <= 0 {
+		return usageErrorf("--drain-timeout must be positive")
 	}
 	if *maxBackfill < 0 || *maxMissing < 0 {
 		return usageErrorf("--max-backfill and --max-missing may not be negative")
@@ -91,6 +115,9 @@ with neither, from the generated demo room.`); err != nil {
 		}
 		store = mem
 	}
+	if store, err = withTestStoreLatency(store, out.stderr); err != nil {
+		return err
+	}
 
 	handler, err := newFederationHandler(federationServerConfig{
 		ServerName:  name,
@@ -106,6 +133,7 @@ with neither, from the generated demo room.`); err != nil {
 		return err
 	}
 	server := newHTTPServer(handler, logger)
+	requests := newDrainable(server)
 	scheme := "http"
 	if *tlsCert != "" {
 		// Load the certificate now, so that a bad one fails before we
@@ -142,10 +170,7 @@ with neither, from the generated demo room.`); err != nil {
 		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
-	logger.Info("shutting down")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	if err := server.Shutdown(shutdownCtx); err != nil {
+	if err := requests.drain(*drainTimeout, forced(ctx), logger); err != nil {
 		return fmt.Errorf("shutting down: %w", err)
 	}
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
@@ -175,8 +200,9 @@ func newMemoryStore(rooms []string, serverName string, key *sign.SigningKey, out
 	if err := addRoom(store, room.Room); err != nil {
 		return nil, err
 	}
-	logger.Info("generated the demo room", "room_id", room.Room.ID, "room_version", room.Room.Version,
-		"events", len(room.Room.Events), "latest_event", room.Latest.ID, "member_servers", demoJoinerServer+","+demoDeniedServer)
+	landmarks := generatedLandmarks(room.Room)
+	logger.Info("generated the demo room", append(landmarks.logAttrs(),
+		slog.String("room_version", room.Room.Version), slog.String("member_servers", demoJoinerServer+","+demoDeniedServer))...)
 	return store, nil
 }
 
@@ -192,6 +218,19 @@ func serverKey(path string, out streams) (*sign.SigningKey, error) {
 	}
 	fmt.Fprintf(out.stderr, "fedhistory: no --signing-key: using the ephemeral key %s (%s), forgotten on exit\n", key.ID, encodePublicKey(key))
 	return key, nil
+}
+
+// checkListenAddr checks that addr, the value of flag, is a HOST:PORT to
+// listen on, with a numeric port. An empty host listens on every address.
+func checkListenAddr(flag, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return usageErrorf("%s %q: want HOST:PORT: %v", flag, addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return usageErrorf("%s %q: the port must be a number from 0 to 65535", flag, addr)
+	}
+	return nil
 }
 
 // defaultServerName returns the server name: flagValue when given, else the
@@ -226,7 +265,7 @@ func loadDump(store *memstore.Store, path string, logger *slog.Logger) error {
 	}
 	defer f.Close()
 	var events, erased int
-	rooms := make(map[string]bool)
+	var rooms landmarkFinder
 	err = roomdump.Load(f, func(rec roomdump.Record) error {
 		if rec.ErasedUser != "" {
 			store.EraseUser(rec.ErasedUser)
@@ -241,15 +280,16 @@ func loadDump(store *memstore.Store, path string, logger *slog.Logger) error {
 			return fmt.Errorf("%w: %s, want %s", roomdump.ErrEventIDMismatch, id, rec.EventID)
 		}
 		events++
-		rooms[rec.RoomID] = true
+		rooms.add(rec.RoomID, rec.EventID, rec.Event, rec.Rejected, rec.Outlier)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("loading room dump %s: %w", path, err)
 	}
-	for roomID := range rooms {
-		logger.Info("loaded room", "file", path, "room_id", roomID)
+	// Each room with the IDs a first backfill needs.
+	for _, room := range rooms.rooms {
+		logger.Info("loaded room", append([]any{slog.String("file", path)}, room.logAttrs()...)...)
 	}
-	logger.Info("loaded room dump", "file", path, "events", events, "rooms", len(rooms), "erased_users", erased)
+	logger.Info("loaded room dump", "file", path, "events", events, "rooms", len(rooms.rooms), "erased_users", erased)
 	return nil
 }

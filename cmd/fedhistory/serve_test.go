@@ -134,7 +134,7 @@ func newFederation(t *testing.T) *federation {
 	dir := t.TempDir()
 	f := &federation{dir: dir}
 	f.forked = generate(t, dir, "forked.jsonl", "--events", "60", "--fork-every", "7", "--seed", "3")
-	f.linear = generate(t, dir, "linear.jsonl", "--events", "40", "--seed", "4", "--version", "11")
+	f.linear = generate(t, dir, "linear.jsonl", "--events", "40", "--seed", "4", "--room-version", "11")
 	require.NotEqual(t, f.forked.RoomID, f.linear.RoomID)
 
 	trust := strings.TrimSpace(mustRun(t, dir, "keygen", "--out", "hs2.key").stdout)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/fedhistory/fedhistory"
@@ -27,8 +28,15 @@ const (
 	writeTimeout      = 60 * time.Second
 	idleTimeout       = 2 * time.Minute
 	maxHeaderBytes    = 32 << 10
-	shutdownTimeout   = 10 * time.Second
+	// shutdownTimeout bounds the shutdown of the demo's and the debug
+	// server's listeners; serve drains its own with --drain-timeout.
+	shutdownTimeout = 10 * time.Second
 )
+
+// requestsInFlight counts the requests that the federation handlers of this
+// process are serving: serve logs it when it shuts down, and the debug
+// server publishes it.
+var requestsInFlight atomic.Int64
 
 // federationServerConfig describes one history-serving homeserver.
 type federationServerConfig struct {
@@ -119,6 +127,8 @@ func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter 
 // and the origin when the request was authenticated.
 func logRequests(logger *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requestsInFlight.Add(1)
+		defer requestsInFlight.Add(-1)
 		start := time.Now()
 		slot := &originSlot{}
 		rec := &statusRecorder{ResponseWriter: w}

@@ -20,18 +20,25 @@ func TestUsageErrorsExitTwoWithOneLine(t *testing.T) {
 		args []string
 		want string // in the one line on stderr
 	}{
-		{"no subcommand", nil, "missing subcommand"},
-		{"unknown subcommand", []string{"frobnicate"}, `unknown subcommand "frobnicate"`},
 		{"unknown flag", []string{"serve", "--bogus"}, "flag provided but not defined: -bogus"},
 		{"bad flag value", []string{"backfill", "--limit", "many"}, `invalid value "many" for flag -limit`},
 		{"positional argument", []string{"gen", "--events", "10", "--out", "x", "extra"}, `unexpected argument "extra"`},
 		{"missing required flag", []string{"backfill", "--server", "http://127.0.0.1:1", "--origin", "a", "--signing-key", "k", "--room", "!r:a"}, "--v is required"},
-		{"missing --server", []string{"missing", "--latest", "$e"}, "--server is required"},
+		{"missing --server and others", []string{"missing", "--latest", "$e"}, "--server, --origin, --signing-key and --room are required"},
+		{"every missing flag at once", []string{"backfill"}, "--server, --origin, --signing-key, --room and --v are required"},
+		{"gen without its two required flags", []string{"gen"}, "--events and --out are required"},
+		{"gen with an empty --out", []string{"gen", "--events", "3", "--out", ""}, "--out is required"},
+		{"gen with zero events", []string{"gen", "--events", "0", "--out", "x"}, "--events must be positive"},
+		{"import without its two required flags", []string{"import"}, "--db and --room are required"},
+		{"demo has no --version", []string{"demo", "--version", "11"}, "flag provided but not defined: -version"},
+		{"gen has no --version", []string{"gen", "--events", "10", "--out", "x", "--version", "11"}, "flag provided but not defined: -version"},
+		{"version takes no argument", []string{"version", "now"}, `unexpected argument "now"`},
 		{"tls cert without key", []string{"serve", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{"malformed --trust", []string{"serve", "--trust", "hs2.example"}, "want SERVER=KEYID:BASE64KEY"},
 		{"malformed --resolve", []string{"serve", "--resolve", "hs2.example=nowhere"}, "want SERVER=HOST:PORT"},
 		{"keygen without --out", []string{"keygen"}, "--out is required"},
-		{"gen with unknown room version", []string{"gen", "--events", "10", "--out", "x", "--version", "99"}, `"99" is not a stable room version`},
+		{"gen with unknown room version", []string{"gen", "--events", "10", "--out", "x", "--room-version", "99"}, `--room-version "99" is not a stable room version`},
+		{"demo with unknown room version", []string{"demo", "--room-version", "99"}, `--room-version "99" is not a stable room version`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,6 +56,7 @@ func TestHelpExitsZero(t *testing.T) {
 	for _, args := range [][]string{
 		{"--help"}, {"help"}, {"demo", "--help"}, {"serve", "--help"}, {"serve", "-h"},
 		{"backfill", "--help"}, {"missing", "--help"}, {"gen", "--help"}, {"keygen", "--help"},
+		{"import", "--help"}, {"version", "--help"}, {"help", "serve"}, {"help", "version"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			t.Parallel()
