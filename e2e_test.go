@@ -167,6 +167,18 @@ func TestSignedRequests(t *testing.T) {
 		})
 	}
 
+	// A signed body reaches the endpoint after the verifier has read it.
+	body := `{"earliest_events":[],"latest_events":["` + room.ev(t, "m2") + `"],"limit":1}`
+	post, err := http.NewRequest(http.MethodPost, srv.URL+missingURL(room.id), strings.NewReader(body))
+	require.NoError(t, err)
+	require.NoError(t, keys[memberServer].SignRequest(post, memberServer, ourServer))
+	posted, err := srv.Client().Do(post)
+	require.NoError(t, err)
+	postedBody, _ := io.ReadAll(posted.Body)
+	posted.Body.Close()
+	require.Equal(t, http.StatusOK, posted.StatusCode, "body: %s", postedBody)
+	require.Contains(t, string(postedBody), `"events":[{`)
+
 	// A room this server does not know answers exactly like a room the
 	// origin is not in: no oracle for which rooms exist.
 	unknown := strings.Replace(backfillURL("!nosuchroom:"+ourServer, "2", "$x"), "%21", "!", 1)

@@ -135,7 +135,10 @@ func (req *request) authenticate() bool {
 		}
 	}
 	end := req.stage("authenticate")
-	origin, err := h.cfg.Authenticator.Authenticate(r.WithContext(req.ctx))
+	// The Authenticator leaves the body readable again on the request it
+	// is given, which must therefore be the one the endpoint reads.
+	req.r = r.WithContext(req.ctx)
+	origin, err := h.cfg.Authenticator.Authenticate(req.r)
 	end(err)
 	if err != nil {
 		req.writeAuthError(err)
