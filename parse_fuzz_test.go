@@ -192,3 +192,113 @@ func requireSpecFormError(t *testing.T, perr *paramError, status int) {
 	require.Equal(t, perr.errcode, body.ErrCode)
 	require.Equal(t, perr.message, body.Error)
 }
+
+// FuzzStateQuery feeds raw query strings to the /state and /state_ids
+// parser: either M_MISSING_PARAM (no event_id, or an empty one) or
+// M_INVALID_PARAM, or exactly the first event_id value, an event ID.
+func FuzzStateQuery(f *testing.F) {
+	f.Add("event_id=%24abc", "%21r%3Ax")
+	f.Add("event_id=", "!r:x")
+	f.Add("", "!r:x")
+	f.Add("event_id=$a&event_id=$b", "!r:x")
+	f.Add("event_id=notanid", "%zz")
+	f.Add("event_id=$"+strings.Repeat("a", 300), "!r:x")
+	f.Fuzz(func(t *testing.T, rawQuery, rawRoom string) {
+		r := &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/state_ids/x", RawQuery: rawQuery}}
+		roomID, eventID, perr := parseStateRequest(r, []string{rawRoom})
+		values := r.URL.Query()["event_id"]
+		if perr != nil {
+			requireSpecFormError(t, perr, http.StatusBadRequest)
+			if len(values) == 0 || values[0] == "" {
+				require.Equal(t, matrixerr.MissingParam, perr.errcode, "a missing event_id is reported before anything else")
+			} else {
+				require.Equal(t, matrixerr.InvalidParam, perr.errcode)
+			}
+			return
+		}
+		require.Equal(t, values[0], eventID)
+		require.True(t, strings.HasPrefix(eventID, "$"))
+		require.LessOrEqual(t, len(eventID), 255)
+		require.True(t, strings.HasPrefix(roomID, "!"))
+	})
+}
+
+// FuzzTimestampQuery feeds raw query strings to the /timestamp_to_event
+// parser and checks its answer against the rule spelled out with arbitrary
+// precision: ts decimal digits only, at most canonical JSON's largest
+// integer; dir "f" or "b"; a missing one M_MISSING_PARAM, a bad one
+// M_INVALID_PARAM.
+func FuzzTimestampQuery(f *testing.F) {
+	f.Add("ts=1700000000000&dir=b")
+	f.Add("ts=0&dir=f")
+	f.Add("ts=-1&dir=f")
+	f.Add("ts=+5&dir=f")
+	f.Add("ts=9007199254740992&dir=b")
+	f.Add("ts=1&dir=x")
+	f.Add("dir=b")
+	f.Add("ts=1")
+	f.Add("ts=&dir=")
+	f.Fuzz(func(t *testing.T, rawQuery string) {
+		r := &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/timestamp_to_event/x", RawQuery: rawQuery}}
+		ts, dir, perr := parseTimestampQuery(r)
+		query := r.URL.Query()
+		if len(query["ts"]) == 0 || len(query["dir"]) == 0 {
+			require.NotNil(t, perr)
+			require.Equal(t, matrixerr.MissingParam, perr.errcode)
+			return
+		}
+		rawTS, rawDir := query["ts"][0], query["dir"][0]
+		n, ok := new(big.Int).SetString(rawTS, 10)
+		validTS := ok && onlyDigits(rawTS) && n.Cmp(big.NewInt(canonicalJSONMaxInt)) <= 0
+		validDir := rawDir == "f" || rawDir == "b"
+		if !validTS || !validDir {
+			require.NotNil(t, perr, "ts %q dir %q accepted", rawTS, rawDir)
+			require.Equal(t, matrixerr.InvalidParam, perr.errcode)
+			requireSpecFormError(t, perr, http.StatusBadRequest)
+			return
+		}
+		require.Nil(t, perr)
+		require.Equal(t, n.Int64(), ts)
+		require.Equal(t, Direction(rawDir[0]), dir)
+	})
+}
+
+// FuzzRoute feeds raw escaped paths to the router: it never panics, and a
+// path it routes is Prefix (optional), the route's name and exactly its
+// parameters, none empty and none holding a raw "/", with an optional
+// trailing slash.
+func FuzzRoute(f *testing.F) {
+	f.Add("/_matrix/federation/v1/backfill/%21r%3Ax")
+	f.Add("/_matrix/federation/v1/event_auth/!r:x/$e/")
+	f.Add("/backfill/!r:x")
+	f.Add("/_matrix/federation/v1/backfill//")
+	f.Add("/_matrix/federation/v1/../backfill/x")
+	f.Add("/_matrix/federation/v1backfill/x")
+	f.Add("")
+	h, err := New(parserConfig(f, 0, 0, 0, 0, 0))
+	require.NoError(f, err)
+	for _, name := range []string{"state_ids", "state", "event_auth", "event", "timestamp_to_event"} {
+		params := []string{"roomId"}
+		switch name {
+		case "event_auth":
+			params = []string{"roomId", "eventId"}
+		case "event":
+			params = []string{"eventId"}
+		}
+		h.routes[name] = &route{name: name, method: http.MethodGet, params: params}
+	}
+	f.Fuzz(func(t *testing.T, path string) {
+		rt, params := h.route(path)
+		if rt == nil {
+			return
+		}
+		require.Len(t, params, len(rt.params))
+		for _, p := range params {
+			require.NotEmpty(t, p)
+			require.NotContains(t, p, "/")
+		}
+		rebuilt := "/" + rt.name + "/" + strings.Join(params, "/")
+		stripped := strings.TrimPrefix(path, Prefix)
+		require.Contains(t, []string{rebuilt, rebuilt + "/"}, stripped)
+	})
+}
