@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/redact"
 	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
 	"github.com/fedhistory/fedhistory/sign"
@@ -48,8 +49,7 @@ func TestHistoryVisibilityEndToEnd(t *testing.T) {
 
 	resp := do(t, h, http.MethodGet, backfillURL(room.id, "7", room.ev(t, "m4")), memberServer, "")
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
-	redacted := redactedByName(t, store, room, resp.json(t)["pdus"])
-	require.Equal(t, map[string]bool{
+	requireRedactions(t, store, room, resp.json(t)["pdus"], map[string]bool{
 		"m4":         false,
 		"hv_invited": false,
 		"m3":         false,
@@ -57,14 +57,13 @@ func TestHistoryVisibilityEndToEnd(t *testing.T) {
 		"m2":         true,  // history_visibility joined, and hs2 had nobody joined
 		"hv_joined":  false, // visible because the visibility before it (shared) allows
 		"m1":         false, // shared
-	}, redacted)
+	})
 
 	// get_missing_events applies the very same filter.
 	body := `{"earliest_events": ["` + room.ev(t, "m1") + `"], "latest_events": ["` + room.ev(t, "m3") + `"], "limit": 10}`
 	resp = do(t, h, http.MethodPost, missingURL(room.id), memberServer, body)
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
-	redacted = redactedByName(t, store, room, resp.json(t)["events"])
-	require.Equal(t, map[string]bool{"hv_joined": false, "m2": true, "bob_join": false}, redacted)
+	requireRedactions(t, store, room, resp.json(t)["events"], map[string]bool{"hv_joined": false, "m2": true, "bob_join": false})
 }
 
 func TestErasedSendersAreRedacted(t *testing.T) {
@@ -74,12 +73,15 @@ func TestErasedSendersAreRedacted(t *testing.T) {
 	h := newHandler(t, store)
 	resp := do(t, h, http.MethodGet, backfillURL(room.id, "2", room.ev(t, "m4")), memberServer, "")
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
-	require.Equal(t, map[string]bool{"m4": true, "hv_invited": true}, redactedByName(t, store, room, resp.json(t)["pdus"]))
+	requireRedactions(t, store, room, resp.json(t)["pdus"], map[string]bool{"m4": true, "hv_invited": true})
 }
 
-// redactedByName maps each served PDU's event name to whether it was served
-// redacted (its bytes differ from the stored ones).
-func redactedByName(t testing.TB, store *memstore.Store, room *testRoom, raw json.RawMessage) map[string]bool {
+// requireRedactions checks the served PDUs against want, which maps the
+// name of each event that must be served to whether it must be served
+// redacted: then its bytes are exactly the room version's redacted form of
+// the stored ones, else exactly the stored ones. (For an event whose
+// redacted form is its stored form, the two are the same bytes.)
+func requireRedactions(t testing.TB, store *memstore.Store, room *testRoom, raw json.RawMessage, want map[string]bool) {
 	t.Helper()
 	names := map[string]string{}
 	for name, id := range room.ids {
@@ -87,17 +89,25 @@ func redactedByName(t testing.TB, store *memstore.Store, room *testRoom, raw jso
 	}
 	var pdus []json.RawMessage
 	require.NoError(t, json.Unmarshal(raw, &pdus))
-	out := map[string]bool{}
+	served := map[string]bool{}
 	for _, pdu := range pdus {
 		id := idOfPDU(t, room.version, pdu)
+		name, ok := names[id]
+		require.True(t, ok, "unexpected event %s", id)
 		evs, err := store.Events(t.Context(), room.id, []string{id})
 		require.NoError(t, err)
 		require.Len(t, evs, 1)
-		name, ok := names[id]
-		require.True(t, ok, "unexpected event %s", id)
-		out[name] = string(evs[0].JSON) != string(pdu)
+		wantRedacted, wanted := want[name]
+		require.True(t, wanted, "event %s served, but not expected", name)
+		expected := evs[0].JSON
+		if wantRedacted {
+			expected, err = redact.Event(room.version, evs[0].JSON)
+			require.NoError(t, err)
+		}
+		require.Equal(t, string(expected), string(pdu), "event %s (redacted: %v)", name, wantRedacted)
+		served[name] = wantRedacted
 	}
-	return out
+	require.Equal(t, want, served, "the events served")
 }
 
 // TestSignedRequests runs the real X-Matrix verifier in front of the

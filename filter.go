@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/fedhistory/fedhistory/internal/redact"
 )
 
 // errVisibilityMisaligned marks a Visibility answer whose length is not the
@@ -57,11 +57,10 @@ func (req *request) filter(roomVersion, roomID string, events []*Event) (pdus []
 		}
 	}()
 	store, logger := req.h.store, req.h.cfg.Logger
-	// Resolve the version before anything else: without its redaction
+	// Check the version before anything else: without its redaction
 	// algorithm nothing hidden could be served safely.
-	version, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(roomVersion))
-	if err != nil {
-		return nil, fmt.Errorf("fedhistory: room %s has version %q: %w", roomID, roomVersion, err)
+	if !redact.Supported(roomVersion) {
+		return nil, fmt.Errorf("fedhistory: room %s has version %q: %w", roomID, roomVersion, redact.ErrUnknownRoomVersion)
 	}
 
 	candidates := make([]*Event, 0, len(events))
@@ -121,7 +120,7 @@ func (req *request) filter(roomVersion, roomID string, events []*Event) (pdus []
 			out = append(out, ev.JSON)
 			continue
 		}
-		redacted, err := version.RedactEventJSON(ev.JSON)
+		redacted, err := redact.Event(roomVersion, ev.JSON)
 		if err != nil {
 			logger.LogAttrs(req.ctx, slog.LevelWarn, "fedhistory: cannot redact a stored event; withholding it",
 				slog.String("room_id", roomID), slog.String("event_id", ev.ID), slog.String("error", err.Error()))

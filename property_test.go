@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fedhistory/fedhistory/internal/redact"
 	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
@@ -162,10 +163,20 @@ func TestPropertyNothingLeaks(t *testing.T) {
 				}
 				evs, err := store.Events(t.Context(), room.id, []string{id})
 				require.NoError(t, err)
+				redacted, err := redact.Event(room.version, evs[0].JSON)
+				require.NoError(t, err)
+				if string(redacted) == string(evs[0].JSON) {
+					counts["indistinguishable"]++ // redaction removes nothing
+					require.Equal(t, string(redacted), string(pdu))
+					continue
+				}
 				served := string(pdu) == string(evs[0].JSON)
 				counts[map[bool]string{true: "whole", false: "redacted"}[served]]++
 				require.Equal(t, visible, served, "seed %d, %s, event %s (%s): served whole=%v, spec says visible=%v",
 					seed, server, id, want.kind, served, visible)
+				if !served {
+					require.Equal(t, string(redacted), string(pdu), "an invisible event is served in its redacted form")
+				}
 			}
 		}
 	}

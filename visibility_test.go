@@ -11,8 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedhistory/fedhistory/internal/redact"
 )
 
 const (
@@ -79,7 +80,7 @@ func visTestEvent(t testing.TB, version, id, roomID, eventType string, stateKey 
 // visRedacted is what the room version's redaction algorithm makes of ev.
 func visRedacted(t testing.TB, version string, ev *Event) json.RawMessage {
 	t.Helper()
-	redacted, err := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(version)).RedactEventJSON(ev.JSON)
+	redacted, err := redact.Event(version, ev.JSON)
 	require.NoError(t, err)
 	return redacted
 }

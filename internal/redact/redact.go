@@ -234,3 +234,9 @@ func keepSigned(out, b []byte, open int) ([]byte, error) {
 	}
 	return append(out, b[it.i:it.close+1]...), nil
 }
+
+// Supported reports whether Event knows roomVersion's redaction algorithm.
+func Supported(roomVersion string) bool {
+	_, ok := algorithms[roomVersion]
+	return ok
+}
