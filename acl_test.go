@@ -2,6 +2,7 @@ package fedhistory
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -195,6 +196,11 @@ func TestACLGlobMatch(t *testing.T) {
 		{"?", "\xff", true},
 		{"??", "\xff\xfe", true},
 		{"\ufffd", "\xff", true},
+		{"*?*?", "a", false},
+		{"*?*?", "ab", true},
+		{"?**?", "abc", true},
+		{"*??*", "ab", true},
+		{"a*?", "a", false},
 		{"*.?", "host.x", true},
 		{"*.?", "host.", false},
 		{"prefix*suffix", "prefixsuffix", true},
@@ -203,7 +209,7 @@ func TestACLGlobMatch(t *testing.T) {
 		{"HOST.Example", "host.EXAMPLE", true},
 		{"K", "\u212a", true}, // the Kelvin sign folds to k
 		{"stra\u00dfe", "STRASSE", false},
-		// Segments longer than one 64-bit word.
+		// Long runs without a star.
 		{"*" + long + "b*", long + long + "b", true},
 		{"*" + long + "b*", long + "b" + long, true},
 		{"*" + long + "?*", long[:69], false},
@@ -254,6 +260,38 @@ func TestACLGlobMatchAgreesWithReference(t *testing.T) {
 		require.Equal(t, want, globsMatch(t, patterns, name), "patterns %q, name %q", patterns, name)
 	}
 	require.Greater(t, matches, 1000, "the random cases should exercise matches, not only mismatches")
+}
+
+// TestACLCacheIsBounded checks that the compiled-ACL cache keeps to its
+// entry and byte budgets however many distinct contents arrive, that its
+// byte count stays exact, and that a content over the byte budget is still
+// decided (without being cached).
+func TestACLCacheIsBounded(t *testing.T) {
+	for i := range 2 * aclCacheMaxEntries {
+		content := fmt.Sprintf(`{"allow": ["*"], "deny": ["evil%d.example"]}`, i)
+		require.False(t, ServerACLAllows(json.RawMessage(content), fmt.Sprintf("evil%d.example", i)))
+		require.True(t, ServerACLAllows(json.RawMessage(content), "good.example"))
+	}
+	padding := strings.Repeat(" ", aclCacheMaxBytes/4)
+	for range 8 {
+		padding += " " // distinct contents, each a quarter of the budget
+		content := `{"allow": ["*"],` + padding + `"deny": ["evil.example"]}`
+		require.False(t, ServerACLAllows(json.RawMessage(content), "evil.example"))
+	}
+	huge := `{"allow": ["good.example"],` + strings.Repeat(" ", aclCacheMaxBytes) + `"deny": []}`
+	require.True(t, ServerACLAllows(json.RawMessage(huge), "good.example"))
+	require.False(t, ServerACLAllows(json.RawMessage(huge), "other.example"))
+
+	aclCache.Lock()
+	defer aclCache.Unlock()
+	require.LessOrEqual(t, len(aclCache.byContent), aclCacheMaxEntries)
+	require.LessOrEqual(t, aclCache.bytes, aclCacheMaxBytes)
+	bytes := 0
+	for content := range aclCache.byContent {
+		bytes += len(content)
+	}
+	require.Equal(t, bytes, aclCache.bytes)
+	require.NotContains(t, aclCache.byContent, huge)
 }
 
 // FuzzServerACLAllows feeds arbitrary ACL content and origins. ACL content
@@ -307,12 +345,9 @@ func FuzzServerACLAllows(f *testing.F) {
 // globsMatch reports whether any of globs matches name.
 func globsMatch(t testing.TB, globs []string, name string) bool {
 	t.Helper()
-	for _, glob := range globs {
-		if aclGlobMatchFolded(aclFoldRunes(glob), aclFoldRunes(name)) {
-			return true
-		}
-	}
-	return false
+	re, err := compileGlobs(globs)
+	require.NoError(t, err)
+	return re.MatchString(name)
 }
 
 // referenceGlobMatch is the obvious quadratic dynamic programme over the
