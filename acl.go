@@ -2,9 +2,10 @@ package fedhistory
 
 import (
 	"encoding/json"
-	"regexp"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 )
 
 // ServerACLAllows reports whether the m.room.server_acl content aclContent
@@ -51,29 +52,25 @@ func ServerACLAllows(aclContent json.RawMessage, serverName string) bool {
 	if !acl.allowIPLiterals && isIPLiteralHost(host) {
 		return false
 	}
-	return !acl.deny.MatchString(host) && acl.allow.MatchString(host)
+	foldedHost := aclFoldRunes(host)
+	return !aclAnyGlobMatches(acl.deny, foldedHost) && aclAnyGlobMatches(acl.allow, foldedHost)
 }
 
-// compiledACL is an m.room.server_acl content decoded once, with each of its
-// lists compiled into a single regexp.
-type compiledACL struct {
+// decodedACL is an m.room.server_acl content decoded once, with the string
+// entries of its lists folded by aclFoldRunes.
+type decodedACL struct {
 	allowIPLiterals bool
-	deny, allow     *regexp.Regexp
+	deny, allow     [][]rune
 }
 
-// matchNothing is the list regexp of a missing, empty or malformed list.
-var matchNothing = regexp.MustCompile(`[^\x00-\x{10FFFF}]`)
-
-// compileACL decodes aclContent as described at ServerACLAllows.
-func compileACL(aclContent []byte) *compiledACL {
-	denyEverybody := &compiledACL{allowIPLiterals: true, deny: matchNothing, allow: matchNothing}
+// decodeACL decodes aclContent as described at ServerACLAllows.
+func decodeACL(aclContent []byte) *decodedACL {
+	acl := &decodedACL{allowIPLiterals: true}
 	var content map[string]json.RawMessage
 	if err := json.Unmarshal(aclContent, &content); err != nil {
 		// Not an object: an ACL event without an allow list.
-		return denyEverybody
+		return acl
 	}
-
-	acl := &compiledACL{allowIPLiterals: true}
 	// Decode into any, not bool or string: encoding/json leaves a bool
 	// untouched for null without reporting an error, and decodes null into
 	// a string as "".
@@ -83,103 +80,65 @@ func compileACL(aclContent []byte) *compiledACL {
 			acl.allowIPLiterals = flag
 		}
 	}
-	var err error
-	if acl.deny, err = compileGlobs(jsonStrings(content["deny"])); err != nil {
-		return denyEverybody
-	}
-	if acl.allow, err = compileGlobs(jsonStrings(content["allow"])); err != nil {
-		return denyEverybody
-	}
+	acl.deny = aclFoldedStrings(content["deny"])
+	acl.allow = aclFoldedStrings(content["allow"])
 	return acl
 }
 
-// jsonStrings returns the string entries of the JSON array rawList, skipping
-// the others. A missing or non-array list has none.
-func jsonStrings(rawList json.RawMessage) []string {
+// aclFoldedStrings returns the string entries of the JSON array rawList,
+// folded by aclFoldRunes, skipping the others. A missing or non-array list
+// has none.
+func aclFoldedStrings(rawList json.RawMessage) [][]rune {
 	var entries []any
 	if json.Unmarshal(rawList, &entries) != nil {
 		return nil
 	}
-	var values []string
+	var folded [][]rune
 	for _, entry := range entries {
 		if value, isString := entry.(string); isString {
-			values = append(values, value)
+			folded = append(folded, aclFoldRunes(value))
 		}
 	}
-	return values
+	return folded
 }
 
-// compileGlobs compiles globs into one regexp that matches a whole name
-// when any of them does, ignoring case as strings.EqualFold does: "*" becomes
-// ".*", "?" becomes "." and everything else matches literally; (?s) lets
-// both match a newline too. A run of "*" and "?" becomes its "?"s followed
-// by a single ".*" (the same set of names), which keeps "*?*?…" cheap.
-//
-// Go's regexps never backtrack, but matching still costs up to the length
-// of the name times the number of stars: a crafted 60 KiB ACL of "*a*a…"
-// globs takes a large fraction of a second per check (BenchmarkServerACLAllows).
-//
-// The error is regexp's "expression too large", which takes lists of
-// hundreds of megabytes. No globs at all match nothing.
-func compileGlobs(globs []string) (*regexp.Regexp, error) {
-	if len(globs) == 0 {
-		return matchNothing, nil
-	}
-	var expr strings.Builder
-	expr.WriteString(`(?is)^(?:`)
-	for i, glob := range globs {
-		if i > 0 {
-			expr.WriteByte('|')
-		}
-		star := false
-		for _, r := range glob {
-			switch r {
-			case '*':
-				star = true
-			case '?':
-				expr.WriteByte('.')
-			default:
-				if star {
-					expr.WriteString(".*")
-					star = false
-				}
-				expr.WriteString(regexp.QuoteMeta(string(r)))
-			}
-		}
-		if star {
-			expr.WriteString(".*")
+// aclAnyGlobMatches reports whether any of the folded globs matches the
+// folded name.
+func aclAnyGlobMatches(globs [][]rune, name []rune) bool {
+	for _, glob := range globs {
+		if aclGlobMatchFolded(glob, name) {
+			return true
 		}
 	}
-	expr.WriteString(`)$`)
-	return regexp.Compile(expr.String())
+	return false
 }
 
-// The compiled ACLs of recently seen contents, by content. The contents come
+// The decoded ACLs of recently seen contents, by content. The contents come
 // from the network, so the cache is bounded in entries and in content bytes:
-// an entry holds about a hundred times its content in memory, so the cache
-// holds at most some 30 MB. When full, it evicts arbitrary entries (Go
-// randomises map iteration). A content larger than the byte budget (no ACL
-// event can be) is compiled on every call.
+// an entry holds a few times its content in memory (four bytes a rune of
+// the globs), so the cache holds at most some 5 MB. When full, it evicts
+// arbitrary entries (Go randomises map iteration). A content larger than the
+// byte budget (no ACL event can be) is decoded on every call.
 const (
 	aclCacheMaxEntries = 256
-	aclCacheMaxBytes   = 256 << 10
+	aclCacheMaxBytes   = 1 << 20
 )
 
 var aclCache struct {
 	sync.Mutex
-	byContent map[string]*compiledACL
+	byContent map[string]*decodedACL
 	bytes     int
 }
 
-// cachedACL returns the compiled aclContent, from the cache if it can.
-func cachedACL(aclContent []byte) *compiledACL {
+// cachedACL returns the decoded aclContent, from the cache if it can.
+func cachedACL(aclContent []byte) *decodedACL {
 	aclCache.Lock()
 	acl, cached := aclCache.byContent[string(aclContent)]
 	aclCache.Unlock()
 	if cached {
 		return acl
 	}
-	acl = compileACL(aclContent)
+	acl = decodeACL(aclContent)
 	if len(aclContent) > aclCacheMaxBytes {
 		return acl
 	}
@@ -187,10 +146,10 @@ func cachedACL(aclContent []byte) *compiledACL {
 	aclCache.Lock()
 	defer aclCache.Unlock()
 	if aclCache.byContent == nil {
-		aclCache.byContent = make(map[string]*compiledACL)
+		aclCache.byContent = make(map[string]*decodedACL)
 	}
 	if _, cached := aclCache.byContent[string(aclContent)]; cached {
-		return acl // compiled concurrently by another call
+		return acl // decoded concurrently by another call
 	}
 	for content := range aclCache.byContent {
 		if len(aclCache.byContent) < aclCacheMaxEntries && aclCache.bytes+len(aclContent) <= aclCacheMaxBytes {
@@ -275,4 +234,158 @@ func isDecimalDigits(s string, minLen, maxLen int) bool {
 		}
 	}
 	return true
+}
+
+// aclFoldRunes returns s as runes, each replaced by the representative of
+// its case-folding class, so that comparing folded runes for equality is
+// case-insensitive comparison (as strings.EqualFold, rune by rune). The
+// globs' "*" and "?" fold to themselves. Invalid UTF-8 bytes become
+// U+FFFD, one per byte, on both sides alike.
+func aclFoldRunes(s string) []rune {
+	folded := make([]rune, 0, len(s))
+	for _, r := range s {
+		folded = append(folded, aclFoldRune(r))
+	}
+	return folded
+}
+
+// aclFoldRune returns the smallest rune of r's simple case-folding orbit
+// (the orbit of 'k' is 'K', 'k' and the Kelvin sign U+212A, so all three
+// become 'K').
+func aclFoldRune(r rune) rune {
+	if r < utf8.RuneSelf {
+		// Fast path. For ASCII letters the orbit's smallest member is the
+		// upper-case letter; non-ASCII members of the orbits of 'k' and 's'
+		// (U+212A, U+017F) are larger.
+		if 'a' <= r && r <= 'z' {
+			return r - ('a' - 'A')
+		}
+		return r
+	}
+	smallest := r
+	for other := unicode.SimpleFold(r); other != r; other = unicode.SimpleFold(other) {
+		if other < smallest {
+			smallest = other
+		}
+	}
+	return smallest
+}
+
+// aclGlobMatchFolded reports whether the glob pattern matches the whole of
+// name, both already case-folded by aclFoldRunes. "*" matches any run of
+// runes (also none), "?" exactly one rune, every other rune itself.
+//
+// It never backtracks, so hostile patterns ("*a*a*a*…b") cannot make it
+// blow up: the pattern is split at its stars; the part before the first star
+// must be a prefix of the name and the part after the last star a suffix;
+// the parts in between are then found, left to right, at their leftmost
+// occurrence in what remains. Leftmost placement is always safe, because it
+// leaves the most room for the parts that follow. Each middle part is
+// searched with a bit-parallel automaton (aclGlobFindSegment) over a stretch
+// of the name that no other part scans, so the whole match costs
+// O(len(name)·⌈longest part/64⌉ + len(pattern)): linear for every realistic
+// pattern.
+func aclGlobMatchFolded(pattern, name []rune) bool {
+	segments := aclSplitStars(pattern)
+	if len(segments) == 1 {
+		return len(pattern) == len(name) && aclSegmentMatchesAt(pattern, name)
+	}
+
+	prefix, suffix := segments[0], segments[len(segments)-1]
+	if len(prefix)+len(suffix) > len(name) {
+		return false
+	}
+	if !aclSegmentMatchesAt(prefix, name) || !aclSegmentMatchesAt(suffix, name[len(name)-len(suffix):]) {
+		return false
+	}
+
+	remaining := name[len(prefix) : len(name)-len(suffix)]
+	for _, segment := range segments[1 : len(segments)-1] {
+		if len(segment) == 0 {
+			continue
+		}
+		end := aclGlobFindSegment(segment, remaining)
+		if end < 0 {
+			return false
+		}
+		remaining = remaining[end:]
+	}
+	return true
+}
+
+// aclSplitStars splits pattern at every '*'. Consecutive stars give empty
+// segments, which match anywhere.
+func aclSplitStars(pattern []rune) [][]rune {
+	segments := make([][]rune, 0, 4)
+	start := 0
+	for i, r := range pattern {
+		if r == '*' {
+			segments = append(segments, pattern[start:i])
+			start = i + 1
+		}
+	}
+	return append(segments, pattern[start:])
+}
+
+// aclSegmentMatchesAt reports whether the star-free segment matches the
+// first len(segment) runes of name (the caller checks the length).
+func aclSegmentMatchesAt(segment, name []rune) bool {
+	for i, want := range segment {
+		if want != '?' && want != name[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// aclGlobFindSegment returns the index just past the leftmost occurrence of
+// the non-empty star-free segment in text, or -1. It runs the shift-and
+// (bitap) automaton: bit i of state is set when segment[:i+1] matches the
+// text ending at the current rune. One step costs ⌈len(segment)/64⌉ word
+// operations whatever the pattern, so there is nothing to exploit.
+func aclGlobFindSegment(segment, text []rune) int {
+	if len(segment) > len(text) {
+		return -1
+	}
+	words := (len(segment) + 63) / 64
+
+	// wildcard has the bits of the '?' positions; masks[r] additionally has
+	// the positions where segment holds r.
+	wildcard := make([]uint64, words)
+	for i, r := range segment {
+		if r == '?' {
+			wildcard[i/64] |= 1 << (i % 64)
+		}
+	}
+	masks := make(map[rune][]uint64)
+	for i, r := range segment {
+		if r == '?' {
+			continue
+		}
+		mask, seen := masks[r]
+		if !seen {
+			mask = append([]uint64(nil), wildcard...)
+			masks[r] = mask
+		}
+		mask[i/64] |= 1 << (i % 64)
+	}
+
+	state := make([]uint64, words)
+	lastWord, lastBit := (len(segment)-1)/64, uint((len(segment)-1)%64)
+	for j, r := range text {
+		mask, seen := masks[r]
+		if !seen {
+			mask = wildcard
+		}
+		carry := uint64(1) // a match of the first rune may start here
+		for w := range state {
+			next := state[w] >> 63
+			state[w] = (state[w]<<1 | carry) & mask[w]
+			carry = next
+		}
+		if state[lastWord]>>lastBit&1 == 1 {
+			return j + 1
+		}
+	}
+	return -1
 }
