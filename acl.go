@@ -3,6 +3,7 @@ package fedhistory
 import (
 	"encoding/json"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 )
@@ -47,62 +48,119 @@ func ServerACLAllows(aclContent json.RawMessage, serverName string) bool {
 	if !ok {
 		return false
 	}
-
-	var content map[string]json.RawMessage
-	if err := json.Unmarshal(aclContent, &content); err != nil {
-		// Not an object: an ACL event without an allow list.
-		return false
-	}
-
-	allowIPLiterals := true
-	if raw, present := content["allow_ip_literals"]; present {
-		// Decode into any, not bool: encoding/json leaves a bool untouched
-		// for null without reporting an error.
-		var value any
-		if err := json.Unmarshal(raw, &value); err == nil {
-			if flag, isBool := value.(bool); isBool {
-				allowIPLiterals = flag
-			}
-		}
-	}
-	if !allowIPLiterals && isIPLiteralHost(host) {
-		return false
-	}
-
-	if aclListMatches(content["deny"], host) {
-		return false
-	}
-	return aclListMatches(content["allow"], host)
-}
-
-// aclListMatches reports whether any string entry of the JSON array rawList
-// matches host. A missing or non-array list matches nothing; entries that are
-// not strings are skipped without affecting the rest of the list.
-func aclListMatches(rawList json.RawMessage, host string) bool {
-	if len(rawList) == 0 {
-		return false
-	}
-	var entries []json.RawMessage
-	if err := json.Unmarshal(rawList, &entries); err != nil {
+	acl := cachedACL(aclContent)
+	if !acl.allowIPLiterals && isIPLiteralHost(host) {
 		return false
 	}
 	foldedHost := aclFoldRunes(host)
-	for _, rawEntry := range entries {
-		// As for allow_ip_literals: decoding null into a string would
-		// succeed and yield "".
-		var value any
-		if err := json.Unmarshal(rawEntry, &value); err != nil {
-			continue
+	return !aclAnyGlobMatches(acl.deny, foldedHost) && aclAnyGlobMatches(acl.allow, foldedHost)
+}
+
+// decodedACL is an m.room.server_acl content decoded once, with the string
+// entries of its lists folded by aclFoldRunes.
+type decodedACL struct {
+	allowIPLiterals bool
+	deny, allow     [][]rune
+}
+
+// decodeACL decodes aclContent as described at ServerACLAllows.
+func decodeACL(aclContent []byte) *decodedACL {
+	acl := &decodedACL{allowIPLiterals: true}
+	var content map[string]json.RawMessage
+	if err := json.Unmarshal(aclContent, &content); err != nil {
+		// Not an object: an ACL event without an allow list.
+		return acl
+	}
+	// Decode into any, not bool or string: encoding/json leaves a bool
+	// untouched for null without reporting an error, and decodes null into
+	// a string as "".
+	var value any
+	if json.Unmarshal(content["allow_ip_literals"], &value) == nil {
+		if flag, isBool := value.(bool); isBool {
+			acl.allowIPLiterals = flag
 		}
-		pattern, isString := value.(string)
-		if !isString {
-			continue
+	}
+	acl.deny = aclFoldedStrings(content["deny"])
+	acl.allow = aclFoldedStrings(content["allow"])
+	return acl
+}
+
+// aclFoldedStrings returns the string entries of the JSON array rawList,
+// folded by aclFoldRunes, skipping the others. A missing or non-array list
+// has none.
+func aclFoldedStrings(rawList json.RawMessage) [][]rune {
+	var entries []any
+	if json.Unmarshal(rawList, &entries) != nil {
+		return nil
+	}
+	var folded [][]rune
+	for _, entry := range entries {
+		if value, isString := entry.(string); isString {
+			folded = append(folded, aclFoldRunes(value))
 		}
-		if aclGlobMatchFolded(aclFoldRunes(pattern), foldedHost) {
+	}
+	return folded
+}
+
+// aclAnyGlobMatches reports whether any of the folded globs matches the
+// folded name.
+func aclAnyGlobMatches(globs [][]rune, name []rune) bool {
+	for _, glob := range globs {
+		if aclGlobMatchFolded(glob, name) {
 			return true
 		}
 	}
 	return false
+}
+
+// The decoded ACLs of recently seen contents, by content. The contents come
+// from the network, so the cache is bounded in entries and in content bytes:
+// an entry holds a few times its content in memory (four bytes a rune of
+// the globs), so the cache holds at most some 5 MB. When full, it evicts
+// arbitrary entries (Go randomises map iteration). A content larger than the
+// byte budget (no ACL event can be) is decoded on every call.
+const (
+	aclCacheMaxEntries = 256
+	aclCacheMaxBytes   = 1 << 20
+)
+
+var aclCache struct {
+	sync.Mutex
+	byContent map[string]*decodedACL
+	bytes     int
+}
+
+// cachedACL returns the decoded aclContent, from the cache if it can.
+func cachedACL(aclContent []byte) *decodedACL {
+	aclCache.Lock()
+	acl, cached := aclCache.byContent[string(aclContent)]
+	aclCache.Unlock()
+	if cached {
+		return acl
+	}
+	acl = decodeACL(aclContent)
+	if len(aclContent) > aclCacheMaxBytes {
+		return acl
+	}
+
+	aclCache.Lock()
+	defer aclCache.Unlock()
+	if aclCache.byContent == nil {
+		aclCache.byContent = make(map[string]*decodedACL)
+	}
+	if _, cached := aclCache.byContent[string(aclContent)]; cached {
+		return acl // decoded concurrently by another call
+	}
+	for content := range aclCache.byContent {
+		if len(aclCache.byContent) < aclCacheMaxEntries && aclCache.bytes+len(aclContent) <= aclCacheMaxBytes {
+			break
+		}
+		delete(aclCache.byContent, content)
+		aclCache.bytes -= len(content)
+	}
+	aclCache.byContent[string(aclContent)] = acl
+	aclCache.bytes += len(aclContent)
+	return acl
 }
 
 // serverNameHost returns serverName without its port, following the spec's

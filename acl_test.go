@@ -2,6 +2,7 @@ package fedhistory
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -45,6 +46,19 @@ func TestServerACLAllows(t *testing.T) {
 		{"deny glob ? does not match two characters", `{` + allowAll + `, "deny": ["evil?.example"]}`, "evil12.example", true},
 		{"deny glob ? matches one non-ASCII character", `{` + allowAll + `, "deny": ["ev?l.example"]}`, "evél.example", false},
 		{"deny * alone denies everybody", `{` + allowAll + `, "deny": ["*"]}`, "good.example", false},
+		{"deny: any entry of several", `{` + allowAll + `, "deny": ["a.example", "evil.example", "b.example"]}`, "evil.example", false},
+		{"deny: each entry needs the whole name", `{` + allowAll + `, "deny": ["evil.example", "x"]}`, "evil.example.good", true},
+		{"deny: each entry needs the whole name (last entry)", `{` + allowAll + `, "deny": ["x", "evil.example"]}`, "good.evil.example", true},
+		{"deny: a dot is not a wildcard", `{` + allowAll + `, "deny": ["evil.example"]}`, "evilxexample", true},
+		{"deny: regexp syntax is literal", `{` + allowAll + `, "deny": ["(evil|bad).example"]}`, "evil.example", true},
+		{"deny: regexp syntax matches itself", `{` + allowAll + `, "deny": ["(evil|bad).example"]}`, "(evil|bad).example", false},
+		{"deny: backslash is literal, not an escape", `{` + allowAll + `, "deny": ["evil\\*"]}`, "evil\\.example", false},
+		{"deny: backslash does not escape a star", `{` + allowAll + `, "deny": ["evil\\*"]}`, "evil*", true},
+		{"deny: ? matches a newline", `{` + allowAll + `, "deny": ["evil?example"]}`, "evil\nexample", false},
+		{"deny: * matches a newline", `{` + allowAll + `, "deny": ["evil*"]}`, "evil.\nexample", false},
+		{"deny: ? matches an invalid UTF-8 byte", `{` + allowAll + `, "deny": ["evil?example"]}`, "evil\xffexample", false},
+		{"deny: invalid UTF-8 in an entry matches any invalid byte", `{` + allowAll + `, "deny": ["evil` + "\xfe" + `"]}`, "evil\xff", false},
+		{"deny: invalid UTF-8 in an entry matches only one byte", `{` + allowAll + `, "deny": ["evil` + "\xfe" + `"]}`, "evil\xff\xff", true},
 
 		// Ports are never considered.
 		{"deny matches a name with a port", `{` + allowAll + `, "deny": ["evil.example"]}`, "evil.example:8448", false},
@@ -168,6 +182,25 @@ func TestACLGlobMatch(t *testing.T) {
 		{"*ab*ab*", "aab", false},
 		{"*aab", "aaab", true},
 		{"a?c*", "abcdef", true},
+		{"a.c", "abc", false},
+		{"a+", "aa", false},
+		{"a+", "a+", true},
+		{"[a-z]", "b", false},
+		{"[a-z]", "[A-Z]", true},
+		{"^a$", "^A$", true},
+		{`a\*`, `a\bc`, true},
+		{`a\*`, "a*", false},
+		{`\Qa\E`, `\qA\e`, true},
+		{"a?b", "a\nb", true},
+		{"*", "\n\n", true},
+		{"?", "\xff", true},
+		{"??", "\xff\xfe", true},
+		{"\ufffd", "\xff", true},
+		{"*?*?", "a", false},
+		{"*?*?", "ab", true},
+		{"?**?", "abc", true},
+		{"*??*", "ab", true},
+		{"a*?", "a", false},
 		{"*.?", "host.x", true},
 		{"*.?", "host.", false},
 		{"prefix*suffix", "prefixsuffix", true},
@@ -187,20 +220,20 @@ func TestACLGlobMatch(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.pattern+"~"+tt.name, func(t *testing.T) {
-			require.Equal(t, tt.match, aclGlobMatchFolded(aclFoldRunes(tt.pattern), aclFoldRunes(tt.name)))
+			require.Equal(t, tt.match, globsMatch(t, []string{tt.pattern}, tt.name))
 			require.Equal(t, tt.match, referenceGlobMatch(tt.pattern, tt.name), "reference matcher disagrees with the table")
 		})
 	}
 }
 
-// TestACLGlobMatchAgreesWithReference compares the linear matcher with a
-// straightforward dynamic-programming matcher on random patterns and names
-// over a small alphabet (so that matches are frequent), including segments
-// longer than one machine word.
+// TestACLGlobMatchAgreesWithReference compares the matcher, on lists of one
+// to three globs, with a straightforward dynamic-programming matcher on
+// random patterns and names over a small alphabet (so that matches are
+// frequent), including long ones.
 func TestACLGlobMatchAgreesWithReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	patternAlphabet := []rune{'a', 'b', 'A', '.', '*', '*', '?', '\u212a', 'k'}
-	nameAlphabet := []rune{'a', 'b', 'B', '.', 'K', 'k'}
+	patternAlphabet := []rune{'a', 'b', 'A', '.', '*', '*', '?', '\u212a', 'k', '|', '\\'}
+	nameAlphabet := []rune{'a', 'b', 'B', '.', 'K', 'k', '|', '\\'}
 	randomString := func(alphabet []rune, maxLen int) string {
 		runes := make([]rune, rng.IntN(maxLen+1))
 		for i := range runes {
@@ -214,14 +247,51 @@ func TestACLGlobMatchAgreesWithReference(t *testing.T) {
 		if rng.IntN(10) == 0 {
 			maxLen = 150
 		}
-		pattern, name := randomString(patternAlphabet, maxLen), randomString(nameAlphabet, maxLen)
-		want := referenceGlobMatch(pattern, name)
+		name := randomString(nameAlphabet, maxLen)
+		patterns := make([]string, 1+rng.IntN(3))
+		want := false
+		for i := range patterns {
+			patterns[i] = randomString(patternAlphabet, maxLen)
+			want = want || referenceGlobMatch(patterns[i], name)
+		}
 		if want {
 			matches++
 		}
-		require.Equal(t, want, aclGlobMatchFolded(aclFoldRunes(pattern), aclFoldRunes(name)), "pattern %q, name %q", pattern, name)
+		require.Equal(t, want, globsMatch(t, patterns, name), "patterns %q, name %q", patterns, name)
 	}
 	require.Greater(t, matches, 1000, "the random cases should exercise matches, not only mismatches")
+}
+
+// TestACLCacheIsBounded checks that the decoded-ACL cache keeps to its
+// entry and byte budgets however many distinct contents arrive, that its
+// byte count stays exact, and that a content over the byte budget is still
+// decided (without being cached).
+func TestACLCacheIsBounded(t *testing.T) {
+	for i := range 2 * aclCacheMaxEntries {
+		content := fmt.Sprintf(`{"allow": ["*"], "deny": ["evil%d.example"]}`, i)
+		require.False(t, ServerACLAllows(json.RawMessage(content), fmt.Sprintf("evil%d.example", i)))
+		require.True(t, ServerACLAllows(json.RawMessage(content), "good.example"))
+	}
+	padding := strings.Repeat(" ", aclCacheMaxBytes/4)
+	for range 8 {
+		padding += " " // distinct contents, each a quarter of the budget
+		content := `{"allow": ["*"],` + padding + `"deny": ["evil.example"]}`
+		require.False(t, ServerACLAllows(json.RawMessage(content), "evil.example"))
+	}
+	huge := `{"allow": ["good.example"],` + strings.Repeat(" ", aclCacheMaxBytes) + `"deny": []}`
+	require.True(t, ServerACLAllows(json.RawMessage(huge), "good.example"))
+	require.False(t, ServerACLAllows(json.RawMessage(huge), "other.example"))
+
+	aclCache.Lock()
+	defer aclCache.Unlock()
+	require.LessOrEqual(t, len(aclCache.byContent), aclCacheMaxEntries)
+	require.LessOrEqual(t, aclCache.bytes, aclCacheMaxBytes)
+	bytes := 0
+	for content := range aclCache.byContent {
+		bytes += len(content)
+	}
+	require.Equal(t, bytes, aclCache.bytes)
+	require.NotContains(t, aclCache.byContent, huge)
 }
 
 // FuzzServerACLAllows feeds arbitrary ACL content and origins. ACL content
@@ -246,7 +316,7 @@ func FuzzServerACLAllows(f *testing.F) {
 		}
 		require.Equal(t,
 			referenceGlobMatch(denyEntry, host),
-			aclGlobMatchFolded(aclFoldRunes(denyEntry), aclFoldRunes(host)),
+			globsMatch(t, []string{denyEntry}, host),
 			"pattern %q, host %q", denyEntry, host)
 		if !referenceGlobMatch(denyEntry, host) {
 			return
@@ -272,8 +342,19 @@ func FuzzServerACLAllows(f *testing.F) {
 	})
 }
 
+// globsMatch reports whether any of globs matches name.
+func globsMatch(t testing.TB, globs []string, name string) bool {
+	t.Helper()
+	for _, glob := range globs {
+		if aclGlobMatchFolded(aclFoldRunes(glob), aclFoldRunes(name)) {
+			return true
+		}
+	}
+	return false
+}
+
 // referenceGlobMatch is the obvious quadratic dynamic programme over the
-// spec's glob rules, used to check the linear matcher: matched[j] says
+// spec's glob rules, used to check the matcher: matched[j] says
 // whether the pattern so far matches name[:j].
 func referenceGlobMatch(pattern, name string) bool {
 	nameRunes := []rune(name)
@@ -297,4 +378,46 @@ func referenceGlobMatch(pattern, name string) bool {
 		matched = next
 	}
 	return matched[len(nameRunes)]
+}
+
+// BenchmarkServerACLAllows measures a whole ACL check, from the content
+// bytes to the decision, as authorize.go makes it for every request:
+//   - typical: allow everybody but ten deny globs, no IP literals;
+//   - hostile: ten deny globs of a hundred "*?" each, against a 254-character
+//     name they do not match;
+//   - crafted: the worst case for a regexp matcher, whose work grows with
+//     the length of the name times the number of stars (see aclGlobMatchFolded):
+//     60 KiB of "*a*a…*b" globs (about as much as an event under the 64 KiB
+//     PDU limit holds) against a 254-character name of "a"s.
+func BenchmarkServerACLAllows(b *testing.B) {
+	typical := []byte(`{"allow_ip_literals": false, "allow": ["*"], "deny": [` +
+		`"evil.example", "*.evil.example", "spam?.example.net", "*.spam.example.org", "bad*.example", ` +
+		`"*.tor.example", "abuse.example.com", "*.abuse.example.com", "matrix.??.example", "*.xyz"]}`)
+	hostile := []byte(`{"allow": ["*"], "deny": ["` +
+		strings.Repeat(strings.Repeat("*?", 100)+`*#", "`, 9) + strings.Repeat("*?", 100) + `*#"]}`)
+	craftedGlob := strings.Repeat("*a", 126) + "*b"
+	crafted := []byte(`{"allow": ["*"], "deny": ["` +
+		strings.Repeat(craftedGlob+`", "`, 60<<10/(len(craftedGlob)+4)-1) + craftedGlob + `"]}`)
+	longName := strings.Repeat("a", 250) + ".org:8448"
+	benchmarks := []struct {
+		name    string
+		content []byte
+		origin  string
+		allowed bool
+	}{
+		{"typical/allowed", typical, "matrix.good.example:8448", true},
+		{"typical/denied", typical, "matrix.evil.example", false},
+		{"hostile/allowed", hostile, longName, true},
+		{"crafted/allowed", crafted, longName, true},
+	}
+	for _, bm := range benchmarks {
+		b.Run(bm.name, func(b *testing.B) {
+			require.LessOrEqual(b, len(bm.content), 64<<10)
+			require.Equal(b, bm.allowed, ServerACLAllows(bm.content, bm.origin))
+			b.ReportAllocs()
+			for b.Loop() {
+				ServerACLAllows(bm.content, bm.origin)
+			}
+		})
+	}
 }
