@@ -65,6 +65,9 @@ var timestampCases = []struct {
 	// the answer is the event with the smallest ID among smallestID.
 	want       string
 	smallestID []string
+	// notGreatestID: another event of the same time has a greater ID than
+	// the answer, so that depth, not ID, decides.
+	notGreatestID bool
 }{
 	{
 		name: "v10: the bound is inclusive, backward", room: "v10 main",
@@ -103,8 +106,8 @@ var timestampCases = []struct {
 		at: labelGapV10, dir: fedhistory.Backward, want: labelRedactionUnknownState,
 	},
 	{
-		name: "v12: equal origin_server_ts, backward: the deepest", room: "v12",
-		at: labelMergeV12, dir: fedhistory.Backward, want: labelMergeV12,
+		name: "v12: equal origin_server_ts, backward: the deepest, though not the greatest ID", room: "v12",
+		at: labelMergeV12, dir: fedhistory.Backward, want: labelRedactionV12, notGreatestID: true,
 	},
 	{
 		name: "v12: equal origin_server_ts and depth, forward: the smaller event ID", room: "v12",
@@ -121,6 +124,10 @@ var timestampCases = []struct {
 	{
 		name: "v12: nothing at or after a time after every event", room: "v12",
 		at: labelMergeV12, delta: 1, dir: fedhistory.Forward,
+	},
+	{
+		name: "v12: forward from just after the slow-clock message: the create event, sent before it but stamped after", room: "v12",
+		at: labelSkewedClockV12, delta: 1, dir: fedhistory.Forward, want: labelCreate,
 	},
 	{
 		name: "v11 joined over federation: the outliers of the state given at the join are skipped", room: "v11 joined over federation",
@@ -148,6 +155,11 @@ func (s *suite) testEventAtTimestamp(t *testing.T) {
 				}
 			}
 			require.Equal(t, want, rf.atTimestamp(ts, tc.dir), "the fixture disagrees with the case: a bug in storetest")
+			if tc.notGreatestID {
+				require.True(t, slices.ContainsFunc(rf.events, func(efx *eventFixture) bool {
+					return efx.want.OriginServerTS == ts && efx.want.ID > want.want.ID
+				}), "the case does not tell depth from ID: a bug in storetest")
+			}
 			checkEventAtTimestamp(t, ctx, timestamps, rf, ts, tc.dir, mustAnswer)
 		})
 	}

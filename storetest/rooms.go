@@ -248,8 +248,8 @@ func referenceFixture() *fixture {
 //     bob's demotion), by the same server, and one that arrives before its
 //     target. @dave:hs3.example:8448 is erased.
 //   - "v12" (version 12, room ID derived from the create event): a fork
-//     whose branches change different state, a merge; events with equal
-//     origin_server_ts at equal and different depths, and one whose
+//     whose branches change different state, a merge; four events with
+//     equal origin_server_ts at equal and different depths, and one whose
 //     origin_server_ts precedes the room; redactions by the creator, by
 //     the same server, by neither, and of the create event.
 //   - "v1" (version 1: event IDs chosen by the origin server, prev_events
@@ -498,7 +498,10 @@ func roomV12(f *fixture) (*roomFixture, error) {
 	erinsMessage := r.messageAt(labelErinsMessageBr2, erin, "at noon too", noon)
 	r.merge(nil)
 	r.messageAt(labelMergeV12, alice, "still noon", noon) // one deeper
-	r.redact(labelRedactionV12, alice, erinsMessage)      // the creator is above every power level
+	// Deeper still, and still noon; the creator is above every power level.
+	redaction := r.redactSpec(alice, erinsMessage)
+	redaction.OriginServerTS = noon
+	r.buildAndAdd(labelRedactionV12, redaction, erinsMessage)
 	davesMessage := r.message(labelDavesMessageV12, dave, "hello")
 	r.redact(labelCarolRedactsDaveV12, carol, davesMessage)
 	carolsMessage := r.message(labelCarolsMessageV12, carol, "hi")
