@@ -87,7 +87,7 @@ func buildBenchRoom(tb testing.TB, opts synthroom.Options, n int) *benchRoom {
 	require.NoError(tb, err)
 	room := &benchRoom{store: memstore.New(), roomID: g.RoomID(), ids: make([]string, 0, n)}
 	for _, ev := range g.Setup() {
-		_, err := room.store.Add(synthroom.Version, ev.JSON, memstore.AddOptions{})
+		_, err := room.store.Add(synthroom.Version, ev.JSON, fedhistory.AddOptions{})
 		require.NoError(tb, err)
 		room.jsonBytes += len(ev.JSON)
 	}
@@ -96,7 +96,7 @@ func buildBenchRoom(tb testing.TB, opts synthroom.Options, n int) *benchRoom {
 	for range n {
 		id, pdu := g.Next(buf)
 		buf = pdu
-		if _, err := room.store.Add(synthroom.Version, pdu, memstore.AddOptions{}); err != nil {
+		if _, err := room.store.Add(synthroom.Version, pdu, fedhistory.AddOptions{}); err != nil {
 			tb.Fatal(err)
 		}
 		room.ids = append(room.ids, id)

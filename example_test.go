@@ -28,7 +28,7 @@ func Example() {
 	}
 	store := memstore.New()
 	for _, ev := range room.Events {
-		if _, err := store.Add(room.Version, ev.JSON, memstore.AddOptions{}); err != nil {
+		if _, err := store.Add(room.Version, ev.JSON, fedhistory.AddOptions{}); err != nil {
 			log.Fatal(err)
 		}
 	}

@@ -101,7 +101,7 @@ func load(t testing.TB, rooms ...*testRoom) *memstore.Store {
 	store := memstore.New()
 	for _, room := range rooms {
 		for _, ev := range room.b.Events() {
-			_, err := store.Add(room.version, ev.JSON, memstore.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
+			_, err := store.Add(room.version, ev.JSON, fedhistory.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
 			require.NoError(t, err)
 		}
 	}

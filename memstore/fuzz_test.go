@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/stretchr/testify/require"
 )
 
@@ -27,11 +28,11 @@ func FuzzAdd(f *testing.F) {
 		fresh := New()
 		used := New()
 		for _, pdu := range setup {
-			_, err := used.Add("10", pdu, AddOptions{})
+			_, err := used.Add("10", pdu, fedhistory.AddOptions{})
 			require.NoError(t, err)
 		}
 		for _, s := range []*Store{fresh, used} {
-			for _, opts := range []AddOptions{{}, {Rejected: true}, {Outlier: true}} {
+			for _, opts := range []fedhistory.AddOptions{{}, {Rejected: true}, {Outlier: true}} {
 				id, err := s.Add(version, pdu, opts)
 				if err != nil {
 					continue

@@ -62,8 +62,8 @@ func TestConformanceWhenIDsCollide(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) fedhistory.EventStore {
 		store := New()
 		store.events.hash = func(_ maphash.Seed, id string) uint64 { return uint64(len(id) % 2) }
-		err := storetest.Load(func(version string, pdu []byte, rejected, outlier bool) error {
-			_, err := store.Add(version, pdu, AddOptions{Rejected: rejected, Outlier: outlier})
+		err := storetest.Load(func(version string, pdu []byte, opts fedhistory.AddOptions) error {
+			_, err := store.Add(version, pdu, opts)
 			return err
 		}, func(userID string) error {
 			store.EraseUser(userID)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/synthroom"
 )
 
@@ -16,7 +17,7 @@ func newSyntheticRoom(t testing.TB, s *Store) *synthroom.Generator {
 	g, err := synthroom.New(synthroom.Options{JoinEvery: 100})
 	require.NoError(t, err)
 	for _, ev := range g.Setup() {
-		_, err := s.Add(synthroom.Version, ev.JSON, AddOptions{})
+		_, err := s.Add(synthroom.Version, ev.JSON, fedhistory.AddOptions{})
 		require.NoError(t, err)
 	}
 	return g
@@ -47,7 +48,7 @@ func TestMemoryPerEvent(t *testing.T) {
 	for range n {
 		_, pdu = syn.Next(pdu)
 		jsonBytes += len(pdu)
-		_, err := s.Add(synthroom.Version, pdu, AddOptions{})
+		_, err := s.Add(synthroom.Version, pdu, fedhistory.AddOptions{})
 		require.NoError(t, err)
 	}
 	after := heapInUse()
@@ -71,7 +72,7 @@ func BenchmarkAdd(b *testing.B) {
 	for range b.N {
 		_, pdu = syn.Next(pdu)
 		jsonBytes += len(pdu)
-		if _, err := s.Add(synthroom.Version, pdu, AddOptions{}); err != nil {
+		if _, err := s.Add(synthroom.Version, pdu, fedhistory.AddOptions{}); err != nil {
 			b.Fatal(err)
 		}
 	}

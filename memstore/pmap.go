@@ -207,3 +207,21 @@ func all[K ordered[K], V any](n *pnode[K, V], fn func(K, V) bool) bool {
 	}
 	return true
 }
+
+// pmapFromSorted returns the map of keys[i] → vals[i], keys being sorted
+// and distinct. It builds the balanced tree directly, in O(n) and with
+// exactly n nodes, where n calls of Set would cost O(n log n) and leave
+// garbage on every path.
+func pmapFromSorted[K ordered[K], V any](keys []K, vals []V) pmap[K, V] {
+	var build func(lo, hi int) *pnode[K, V]
+	build = func(lo, hi int) *pnode[K, V] {
+		if lo >= hi {
+			return nil
+		}
+		// The halves differ in size by at most one, so in height by at most
+		// one: an AVL tree.
+		mid := int(uint(lo+hi) >> 1)
+		return mk(keys[mid], vals[mid], build(lo, mid), build(mid+1, hi))
+	}
+	return pmap[K, V]{root: build(0, len(keys))}
+}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/fedhistory/fedhistory/internal/pdu"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/stretchr/testify/require"
 )
@@ -220,7 +221,7 @@ func TestStateKeyOrderGroupsMembersByServer(t *testing.T) {
 		{Type: spec.MRoomMember, StateKey: "@x:"},
 		{Type: spec.MRoomMember, StateKey: "zzz"},
 		{Type: spec.MRoomCreate},
-		{Type: typeHistoryVisibility},
+		{Type: pdu.TypeHistoryVisibility},
 	}
 	var m statemap
 	for _, k := range keys {

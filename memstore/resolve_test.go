@@ -3,6 +3,7 @@ package memstore
 import (
 	"testing"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/stateres"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -19,7 +20,7 @@ func buildPowerConflict(t *testing.T, version string) (*Store, *testRoom) {
 	s := New()
 	r := newTestRoom(t, version)
 	r.addSetup(s)
-	r.add(s, "bob", r.member(bob, bob, "join", names("msg1"), names("create", "pl", "jr")), AddOptions{})
+	r.add(s, "bob", r.member(bob, bob, "join", names("msg1"), names("create", "pl", "jr")), fedhistory.AddOptions{})
 	users := func(levels map[string]int) map[string]int {
 		if r.verImpl.PrivilegedCreators() {
 			delete(levels, alice)
@@ -32,11 +33,11 @@ func buildPowerConflict(t *testing.T, version string) (*Store, *testRoom) {
 			"events_default": 0, "state_default": stateDefault, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
 		}
 	}
-	r.add(s, "pl2", r.state(alice, spec.MRoomPowerLevels, powerLevels(50, 50), names("bob"), names("create", "pl", "alice")), AddOptions{})
-	r.add(s, "plA", r.state(alice, spec.MRoomPowerLevels, powerLevels(0, 50), names("pl2"), names("create", "pl2", "alice")), AddOptions{})
-	r.add(s, "msgB", r.message(bob, "hi", names("pl2"), names("create", "pl2", "bob")), AddOptions{})
-	r.add(s, "plB", r.state(bob, spec.MRoomPowerLevels, powerLevels(50, 40), names("msgB"), names("create", "pl2", "bob")), AddOptions{})
-	r.add(s, "merge", r.message(alice, "merged", names("plA", "plB"), names("create", "plA", "alice")), AddOptions{})
+	r.add(s, "pl2", r.state(alice, spec.MRoomPowerLevels, powerLevels(50, 50), names("bob"), names("create", "pl", "alice")), fedhistory.AddOptions{})
+	r.add(s, "plA", r.state(alice, spec.MRoomPowerLevels, powerLevels(0, 50), names("pl2"), names("create", "pl2", "alice")), fedhistory.AddOptions{})
+	r.add(s, "msgB", r.message(bob, "hi", names("pl2"), names("create", "pl2", "bob")), fedhistory.AddOptions{})
+	r.add(s, "plB", r.state(bob, spec.MRoomPowerLevels, powerLevels(50, 40), names("msgB"), names("create", "pl2", "bob")), fedhistory.AddOptions{})
+	r.add(s, "merge", r.message(alice, "merged", names("plA", "plB"), names("create", "plA", "alice")), fedhistory.AddOptions{})
 	return s, r
 }
 

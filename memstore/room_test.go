@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/stretchr/testify/require"
@@ -153,7 +154,7 @@ func (r *testRoom) json(name string) []byte {
 }
 
 // add builds an event and adds it to store.
-func (r *testRoom) add(s *Store, name string, ev testEvent, opts AddOptions) {
+func (r *testRoom) add(s *Store, name string, ev testEvent, opts fedhistory.AddOptions) {
 	r.t.Helper()
 	r.build(name, ev)
 	id, err := s.Add(r.version, r.json(name), opts)
@@ -192,8 +193,8 @@ func (r *testRoom) addSetup(s *Store) {
 		// Room version 11 dropped the creator key: the sender is the creator.
 		createContent["creator"] = alice
 	}
-	r.add(s, "create", testEvent{sender: alice, typ: spec.MRoomCreate, stateKey: ptr(""), content: createContent}, AddOptions{})
-	r.add(s, "alice", r.member(alice, alice, "join", names("create"), names("create")), AddOptions{})
+	r.add(s, "create", testEvent{sender: alice, typ: spec.MRoomCreate, stateKey: ptr(""), content: createContent}, fedhistory.AddOptions{})
+	r.add(s, "alice", r.member(alice, alice, "join", names("create"), names("create")), fedhistory.AddOptions{})
 	users := map[string]int{alice: 100}
 	if r.verImpl.PrivilegedCreators() {
 		// From room version 12 creators have infinite power and must not be listed.
@@ -202,10 +203,10 @@ func (r *testRoom) addSetup(s *Store) {
 	r.add(s, "pl", r.state(alice, spec.MRoomPowerLevels, map[string]any{
 		"users": users, "users_default": 0, "events_default": 0, "state_default": 50,
 		"ban": 50, "kick": 50, "redact": 50, "invite": 0,
-	}, names("alice"), names("create", "alice")), AddOptions{})
+	}, names("alice"), names("create", "alice")), fedhistory.AddOptions{})
 	r.add(s, "jr", r.state(alice, spec.MRoomJoinRules, map[string]string{"join_rule": "public"},
-		names("pl"), names("create", "pl", "alice")), AddOptions{})
+		names("pl"), names("create", "pl", "alice")), fedhistory.AddOptions{})
 	r.add(s, "hv", r.state(alice, spec.MRoomHistoryVisibility, map[string]string{"history_visibility": "shared"},
-		names("jr"), names("create", "pl", "alice")), AddOptions{})
-	r.add(s, "msg1", r.message(alice, "hello", names("hv"), names("create", "pl", "alice")), AddOptions{})
+		names("jr"), names("create", "pl", "alice")), fedhistory.AddOptions{})
+	r.add(s, "msg1", r.message(alice, "hello", names("hv"), names("create", "pl", "alice")), fedhistory.AddOptions{})
 }

@@ -1,11 +1,19 @@
-// Package memstore is a complete in-memory fedhistory.EventStore (and
-// fedhistory.ErasureStore) for tests, the demo and small deployments.
+// Package memstore is a complete in-memory fedhistory.EventStore for tests,
+// the demo and small deployments. It implements every optional capability:
+// fedhistory.ErasureStore, BackfillWalker, MissingEventsWalker, StateStore,
+// EventLookupStore and TimestampStore.
 //
 // The store works out the state of the room before and after every event
 // itself, from the events it is given, including state resolution where the
-// DAG merges. It keeps those states as persistent maps that share all
-// unchanged structure, so a room of a million messages costs little more than
-// the messages' JSON.
+// DAG merges, and never invents it: after a gap the state is unknown unless
+// the homeserver supplies it (fedhistory.AddOptions.StateBefore; see "State"
+// on fedhistory.EventStore). It keeps states as persistent maps that share
+// all unchanged structure, so a room of a million messages costs little
+// more than the messages' JSON.
+//
+// It applies redactions as the spec does (see "Redactions" on
+// fedhistory.EventStore): an event whose redaction applies is handed out
+// with Redacted set by every method, whichever of the two arrived first.
 //
 // The store also walks the DAG itself (fedhistory.BackfillWalker and
 // fedhistory.MissingEventsWalker), with the dag package's walks over its
@@ -18,7 +26,6 @@ package memstore
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -26,22 +33,9 @@ import (
 	"sync/atomic"
 
 	"github.com/fedhistory/fedhistory"
-	"github.com/fedhistory/fedhistory/internal/eventcontent"
+	"github.com/fedhistory/fedhistory/internal/pdu"
 	"github.com/fedhistory/fedhistory/internal/stateres"
 	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/spec"
-)
-
-// Errors returned by Store.Add.
-var (
-	// ErrDuplicateEvent: the store already holds an event with this ID.
-	ErrDuplicateEvent = errors.New("memstore: duplicate event")
-	// ErrRoomVersionMismatch: the event's room already exists with another version.
-	ErrRoomVersionMismatch = errors.New("memstore: room version mismatch")
-	// ErrUnsupportedRoomVersion: the store only handles room versions 1 to 12.
-	ErrUnsupportedRoomVersion = errors.New("memstore: unsupported room version")
-	// ErrInvalidEvent: the PDU could not be parsed for its room version.
-	ErrInvalidEvent = errors.New("memstore: invalid event")
 )
 
 // Store is an in-memory event store. The zero value is not usable; call New.
@@ -49,11 +43,11 @@ type Store struct {
 	// addMu serialises Add. Add is the only writer: holding addMu, it may
 	// read everything below without mu.
 	addMu sync.Mutex
-	// mu guards events, rooms and the extremities and generation of every
-	// room against concurrent reads: Add writes them holding mu, readers
-	// read them holding mu.RLock. Records, once in events, are never
-	// modified, so readers take mu only to look them up and do the rest of
-	// their work unlocked.
+	// mu guards events, rooms and the extremities, generation and time
+	// index of every room against concurrent reads: Add writes them holding
+	// mu, readers read them holding mu.RLock. Records, once in events, are
+	// never modified (but for record.redacted, which is atomic), so readers
+	// take mu only to look them up and do the rest of their work unlocked.
 	mu     sync.RWMutex
 	events eventIndex
 	rooms  map[string]*room
@@ -65,10 +59,17 @@ type Store struct {
 	// event turns up later it already has a child, so it is no forward
 	// extremity.
 	dangling map[string]struct{}
+	// pendingRedactions holds, by target ID, the redactions whose target
+	// the store did not hold when they were added (see redact.go).
+	pendingRedactions map[string][]pendingRedaction
 	// interned deduplicates the strings that repeat across events (room
 	// IDs, senders, event types), so that a million messages from a few
 	// senders store each sender once.
 	interned map[string]string
+	// authSets deduplicates the auth links of non-state events, which
+	// repeat too: a message's are the create event, the power levels and
+	// its sender's membership.
+	authSets map[authKey]*[]*record
 	// jsonChunk is the unused rest of the block that the JSON of non-state
 	// events is packed into (see packJSON).
 	jsonChunk []byte
@@ -81,11 +82,11 @@ type Store struct {
 type statemap = pmap[stateKey, *record]
 
 // record is one stored event. Every field is set before the record is
-// published in Store.events and never changed afterwards.
+// published in Store.events and never changed afterwards, except redacted.
 type record struct {
 	fedhistory.Event
 	// before and after are the room state just before and just after the
-	// event; both are empty for outliers, whose state is unknown.
+	// event, when stateKnown; both are empty otherwise.
 	before, after statemap
 	// state is set for state events only.
 	state *stateInfo
@@ -95,16 +96,38 @@ type record struct {
 	// backfillChain and walkFetcher). A pointer rather than a slice of all
 	// prevs, so that it costs the garbage collector no extra object.
 	onlyPrev *record
+	// auth are the event's auth events (pdu.Parsed.AuthEvents, so in room
+	// version 12 the create event too) that the store held in the same room
+	// when the event was added, each once: its auth chain links (see
+	// fedhistory.StateStore). Nil for none. Shared between events with the
+	// same links (see Store.authLinks), hence a pointer: one word per
+	// event rather than a slice header and its own array.
+	auth *[]*record
+	// redacted is the event as handed out once a redaction of it applies:
+	// a copy of Event with Redacted set. Nil while none applies. Handed-out
+	// events are never modified, so a redaction publishes a new one.
+	redacted atomic.Pointer[fedhistory.Event]
+	// stateKnown reports whether the store knows the state before (and so
+	// after) the event (see "State" on fedhistory.EventStore).
+	stateKnown bool
+}
+
+// event returns the event as the store hands it out.
+func (r *record) event() *fedhistory.Event {
+	if ev := r.redacted.Load(); ev != nil {
+		return ev
+	}
+	return &r.Event
 }
 
 // stateInfo is what a state event contributes to state resolution and to
 // visibility decisions.
 type stateInfo struct {
 	// event is the record as state resolution sees it: its key, its parsed
-	// PDU (which state resolution needs), content.membership of an
-	// m.room.member event, and, as Auth, the event's auth_events that the
-	// store held when the event was added and that are themselves state
-	// events of the same room. It is built once, when the event is added.
+	// PDU (which state resolution, and the redaction rules, need),
+	// content.membership of an m.room.member event, and, as Auth, the
+	// event's auth links (record.auth) to state events. It is built once,
+	// when the event is added.
 	event stateres.Event
 	// historyVisibility is content.history_visibility of an
 	// m.room.history_visibility event.
@@ -121,6 +144,10 @@ type room struct {
 	extremities map[string]*record
 	// generation counts changes of extremities. Written under Store.mu.
 	generation uint64
+	// byTime indexes the room's events that are neither rejected nor
+	// outliers by (origin_server_ts, depth, event ID), for
+	// EventAtTimestamp. Written under Store.mu.
+	byTime timeIndex
 	// current caches the resolved current state for one generation.
 	current atomic.Pointer[resolvedState]
 	// resolving serialises the computation of current, so that concurrent
@@ -136,76 +163,42 @@ type resolvedState struct {
 // New returns an empty store.
 func New() *Store {
 	return &Store{
-		events:   newEventIndex(),
-		rooms:    make(map[string]*room),
-		dangling: make(map[string]struct{}),
-		interned: make(map[string]string),
-		erased:   make(map[string]struct{}),
+		events:            newEventIndex(),
+		rooms:             make(map[string]*room),
+		dangling:          make(map[string]struct{}),
+		pendingRedactions: make(map[string][]pendingRedaction),
+		interned:          make(map[string]string),
+		authSets:          make(map[authKey]*[]*record),
+		erased:            make(map[string]struct{}),
 	}
-}
-
-// AddOptions qualify an event given to Store.Add.
-type AddOptions struct {
-	// Rejected marks an event that failed authorisation: it is kept in the
-	// DAG (walks pass through it, its children inherit the state before it)
-	// but it is never served and never becomes part of the room state.
-	Rejected bool
-	// Outlier marks an event whose state is not known (fetched as an auth
-	// event, say): walks never enter it, it is never served, and Visibility
-	// has no entry for it. An outlier state event is still available to
-	// state resolution as an auth event of later events.
-	Outlier bool
-}
-
-// supportedRoomVersions are the stable versions of the spec. Versions built
-// on pseudonymous sender IDs are refused: this store maps senders to servers
-// by their user IDs.
-var supportedRoomVersions = map[string]bool{
-	"1": true, "2": true, "3": true, "4": true, "5": true, "6": true,
-	"7": true, "8": true, "9": true, "10": true, "11": true, "12": true,
-}
-
-// redactsInContent reports whether the room version carries the target of a
-// redaction in content.redacts instead of the top-level "redacts" key: room
-// version 11 moved it there, and version 12 builds on 11.
-func redactsInContent(version string) bool {
-	return version == "11" || version == "12"
 }
 
 // Add adds one PDU and returns its event ID.
 //
-// pdu is the event in the federation format of roomVersion. Add keeps a
-// copy of it (the caller may reuse pdu), which is what Events serves, byte
-// for byte. The store trusts its
-// input: it checks neither hashes nor signatures nor authorisation (that is
-// the caller's job, and opts.Rejected records the outcome). For room versions
-// 1 and 2 the event ID is the JSON's event_id; from version 3 on it is the
-// reference hash.
+// data is the event in the federation format of roomVersion. Add keeps a
+// copy of it (the caller may reuse data), which is what Events serves, byte
+// for byte. The store trusts its input: it checks neither hashes nor
+// signatures nor authorisation (that is the caller's job, and opts.Rejected
+// records the outcome). For room versions 1 and 2 the event ID is the
+// JSON's event_id; from version 3 on it is the reference hash.
 //
-// Events must be added in topological order: every prev_event and
-// auth_event the store should know about must already be in it. A
-// prev_event that is unknown (or an outlier) is treated as a gap: the state
-// before the event is computed from its other prev_events only, and an event
-// none of whose prev_events is known starts from the empty state, like the
-// create event. An auth_event that is unknown is left out of the auth chains
-// that state resolution sees.
+// Events must be added in topological order (see "Order of adds" on
+// fedhistory.EventStore). An event whose prev_events the store does not
+// all hold, as non-outliers with a known state, has an unknown state unless
+// opts.StateBefore gives it (see "State" there). An auth_event the store
+// does not hold in the room is no auth chain link, now or later.
 //
-// The first event of a room fixes the room's version; an event of the same
-// room in another version fails with ErrRoomVersionMismatch. Re-adding an
-// event ID fails with ErrDuplicateEvent.
-func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID string, err error) {
-	if !supportedRoomVersions[roomVersion] {
-		return "", fmt.Errorf("%w: %q", ErrUnsupportedRoomVersion, roomVersion)
-	}
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(roomVersion))
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrUnsupportedRoomVersion, err)
-	}
-	parsed, err := parsePDU(verImpl, bytes.Clone(pdu))
+// The first event of a room fixes the room's version. Add fails, wrapping
+// the errors of package fedhistory, with ErrRoomVersionMismatch for an event
+// of the same room in another version, ErrDuplicateEvent when it holds the
+// event ID already, ErrUnsupportedRoomVersion, ErrInvalidEvent, or
+// ErrInvalidStateBefore. A failed Add changes nothing.
+func (s *Store) Add(roomVersion string, data []byte, opts fedhistory.AddOptions) (eventID string, err error) {
+	parsed, err := pdu.Parse(roomVersion, bytes.Clone(data))
 	if err != nil {
 		return "", err
 	}
-	rec, err := newRecord(roomVersion, parsed, opts)
+	rec, err := newRecord(parsed, opts)
 	if err != nil {
 		return "", err
 	}
@@ -218,51 +211,48 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 	defer s.addMu.Unlock()
 
 	if _, dup := s.events.get(rec.ID); dup {
-		return "", fmt.Errorf("%w: %s", ErrDuplicateEvent, rec.ID)
+		return "", fmt.Errorf("%w: %s", fedhistory.ErrDuplicateEvent, rec.ID)
 	}
-	rm := s.rooms[parsed.roomID]
+	rm := s.rooms[rec.RoomID]
 	if rm != nil && string(rm.version) != roomVersion {
 		return "", fmt.Errorf("%w: event %s is version %s, room %s is version %s",
-			ErrRoomVersionMismatch, rec.ID, roomVersion, parsed.roomID, rm.version)
+			fedhistory.ErrRoomVersionMismatch, rec.ID, roomVersion, rec.RoomID, rm.version)
 	}
 
-	rec.RoomID = s.intern(parsed.roomID)
+	rec.RoomID = s.intern(rec.RoomID)
 	rec.Type = s.intern(rec.Type)
 	rec.Sender = s.intern(rec.Sender)
 	// Point prev IDs at the strings the store already holds, so that a
 	// linear history does not store every ID twice.
-	prevs := make([]*record, 0, len(rec.PrevEvents))
 	for i, id := range rec.PrevEvents {
 		if prev, ok := s.events.get(id); ok {
 			rec.PrevEvents[i] = prev.ID
-			if prev.RoomID == rec.RoomID {
-				prevs = append(prevs, prev)
-			}
+		}
+	}
+	if len(rec.PrevEvents) == 1 {
+		if prev, ok := s.events.get(rec.PrevEvents[0]); ok && prev.RoomID == rec.RoomID {
+			rec.onlyPrev = prev
+		}
+	}
+	var links []*record
+	for _, id := range parsed.AuthEvents {
+		if auth, ok := s.events.get(id); ok && auth.RoomID == rec.RoomID && !slices.Contains(links, auth) {
+			links = append(links, auth)
 		}
 	}
 	if rec.state != nil {
-		for _, id := range parsed.pdu.AuthEventIDs() {
-			if auth, ok := s.events.get(id); ok && auth.state != nil && auth.RoomID == rec.RoomID {
+		for _, auth := range links {
+			if auth.state != nil {
 				rec.state.event.Auth = append(rec.state.event.Auth, &auth.state.event)
 			}
 		}
 	}
+	rec.auth = s.authLinks(links, rec.state == nil)
 
-	if !rec.Outlier {
-		// Add is the only writer and holds addMu: it reads events without mu.
-		lookup := func(id string) *record { rec, _ := s.events.get(id); return rec }
-		before, err := stateBefore(gomatrixserverlib.RoomVersion(roomVersion), prevs, lookup)
-		if err != nil {
-			return "", fmt.Errorf("state before %s: %w", rec.ID, err)
-		}
-		rec.before, rec.after = before, before
-		if len(rec.PrevEvents) == 1 && len(prevs) == 1 {
-			rec.onlyPrev = prevs[0]
-		}
-		if rec.state != nil && !rec.Rejected {
-			rec.after = before.Set(rec.state.event.Key, rec)
-		}
+	if err := s.setState(roomVersion, rec, opts); err != nil {
+		return "", err
 	}
+	redactions := s.redactionsOnAdd(roomVersion, rec)
 
 	// Nothing can fail from here on.
 	if rec.state == nil {
@@ -280,6 +270,9 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 		}
 		s.rooms[rm.id] = rm
 	}
+	// A record is complete, its own redaction included, before readers can
+	// see it; the targets it redacts are marked as it becomes visible.
+	redactions.apply()
 	s.events.put(rec)
 	_, hasChild := s.dangling[rec.ID]
 	delete(s.dangling, rec.ID)
@@ -297,8 +290,36 @@ func (s *Store) Add(roomVersion string, pdu []byte, opts AddOptions) (eventID st
 			rm.extremities[rec.ID] = rec
 		}
 		rm.generation++
+		// The contract's timestamp lookup skips rejected events and
+		// outliers (Synapse: "no way to check whether it's next to a gap").
+		rm.byTime.insert(rec)
 	}
 	return rec.ID, nil
+}
+
+// authKey is a set of up to four auth links, as a map key.
+type authKey [4]*record
+
+// authLinks returns links as a record's auth links, shared with earlier
+// events that have the same ones when share is set and they are few.
+// Only non-state events share: a state event's links usually include the
+// previous holder of its state, so they rarely repeat and a map entry would
+// cost more than it saves.
+func (s *Store) authLinks(links []*record, share bool) *[]*record {
+	if len(links) == 0 {
+		return nil
+	}
+	if !share || len(links) > len(authKey{}) {
+		return &links
+	}
+	var key authKey
+	copy(key[:], links)
+	if set, ok := s.authSets[key]; ok {
+		return set
+	}
+	set := slices.Clip(links)
+	s.authSets[key] = &set
+	return &set
 }
 
 func (s *Store) intern(str string) string {
@@ -331,97 +352,18 @@ func (s *Store) packJSON(data []byte) []byte {
 	return packed
 }
 
-// parsedPDU is a PDU parsed by gomatrixserverlib, with the two fields whose
-// accessors can panic already extracted.
-type parsedPDU struct {
-	pdu     gomatrixserverlib.PDU
-	json    []byte
-	eventID string
-	roomID  string
-}
-
-// parsePDU parses data, which it keeps (the PDU refers to it).
-func parsePDU(verImpl gomatrixserverlib.IRoomVersion, data []byte) (parsed parsedPDU, err error) {
-	// gomatrixserverlib panics on some malformed input (an unparsable room
-	// ID, an event it cannot hash); an event store must answer with an error.
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %v", ErrInvalidEvent, r)
-		}
-	}()
-	pdu, err := verImpl.NewEventFromTrustedJSON(data, false)
-	if err != nil {
-		return parsedPDU{}, fmt.Errorf("%w: %w", ErrInvalidEvent, err)
-	}
-	parsed.pdu = pdu
-	parsed.json = data
-	parsed.eventID = pdu.EventID()
-	if parsed.eventID == "" {
-		return parsedPDU{}, fmt.Errorf("%w: no event_id", ErrInvalidEvent)
-	}
-	// For room version 12, gomatrixserverlib derives the create event's room
-	// ID from its event ID; the event itself has no room_id.
-	parsed.roomID = pdu.RoomID().String()
-	return parsed, nil
-}
-
 // newRecord fills in the event metadata that does not depend on the store.
-func newRecord(roomVersion string, parsed parsedPDU, opts AddOptions) (*record, error) {
-	pdu := parsed.pdu
-	rec := &record{Event: fedhistory.Event{
-		ID:         parsed.eventID,
-		Depth:      pdu.Depth(),
-		PrevEvents: slices.Clone(pdu.PrevEventIDs()),
-		Type:       pdu.Type(),
-		Sender:     string(pdu.SenderID()),
-		JSON:       parsed.json,
-		Rejected:   opts.Rejected,
-		Outlier:    opts.Outlier,
-	}}
-	if rec.Type == "m.room.redaction" {
-		if redactsInContent(roomVersion) {
-			rec.Redacts = eventcontent.String(pdu.Content(), "redacts")
-		} else {
-			rec.Redacts = pdu.Redacts()
-		}
-	}
-	if sk := pdu.StateKey(); sk != nil {
-		rec.StateKey = sk
-		event, err := stateres.NewEvent(pdu, opts.Rejected)
+func newRecord(parsed *pdu.Parsed, opts fedhistory.AddOptions) (*record, error) {
+	rec := &record{Event: parsed.Event}
+	rec.Rejected, rec.Outlier, rec.Redacted = opts.Rejected, opts.Outlier, false
+	if parsed.IsState() {
+		event, err := stateres.NewEvent(parsed.PDU, opts.Rejected)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+			return nil, fmt.Errorf("%w: %w", fedhistory.ErrInvalidEvent, err)
 		}
-		info := &stateInfo{event: *event}
-		if rec.Type == typeHistoryVisibility && *sk == "" {
-			info.historyVisibility = eventcontent.String(pdu.Content(), "history_visibility")
-		}
-		rec.state = info
+		rec.state = &stateInfo{event: *event, historyVisibility: parsed.HistoryVisibility}
 	}
 	return rec, nil
-}
-
-// stateBefore is the state before an event whose known, non-outlier
-// prev_events in the same room are prevs.
-//
-// lookup returns the record of an event ID, or nil (see resolveStates).
-func stateBefore(version gomatrixserverlib.RoomVersion, prevs []*record, lookup func(eventID string) *record) (statemap, error) {
-	var states []statemap
-	for _, prev := range prevs {
-		if prev.Outlier {
-			continue
-		}
-		if !slices.ContainsFunc(states, prev.after.Same) {
-			states = append(states, prev.after)
-		}
-	}
-	switch len(states) {
-	case 0:
-		return statemap{}, nil
-	case 1:
-		return states[0], nil
-	default:
-		return resolveStates(version, states, lookup)
-	}
 }
 
 // EraseUser marks userID as erased (GDPR): ErasedUsers reports it from now on.
@@ -469,7 +411,7 @@ func (s *Store) Events(_ context.Context, roomID string, ids []string) ([]*fedhi
 	events := make([]*fedhistory.Event, 0, len(ids))
 	for _, id := range ids {
 		if rec, ok := s.events.get(id); ok && rec.RoomID == roomID {
-			events = append(events, &rec.Event)
+			events = append(events, rec.event())
 		}
 	}
 	return events, nil
@@ -478,24 +420,21 @@ func (s *Store) Events(_ context.Context, roomID string, ids []string) ([]*fedhi
 // CurrentState returns the current server ACL of roomID and the current
 // memberships of server's users. The current state is the state after the
 // room's forward extremities, resolved with the room version's state
-// resolution when there are several.
+// resolution when there are several; it fails with an error wrapping
+// fedhistory.ErrStateUnknown when the state after one of them is unknown,
+// or when the room has none (only outliers and rejected events).
 func (s *Store) CurrentState(_ context.Context, roomID, server string) (*fedhistory.CurrentState, error) {
 	state, err := s.currentState(roomID)
 	if err != nil {
 		return nil, err
 	}
 	current := &fedhistory.CurrentState{Memberships: memberships(state, server)}
-	if acl, ok := state.Get(stateKey{Type: typeServerACL}); ok {
+	if acl, ok := state.Get(stateKey{Type: pdu.TypeServerACL}); ok {
 		// A copy: the caller gets bytes it may keep or change.
 		current.ServerACL = bytes.Clone(acl.state.event.PDU.Content())
 	}
 	return current, nil
 }
-
-const (
-	typeHistoryVisibility = spec.MRoomHistoryVisibility
-	typeServerACL         = "m.room.server_acl"
-)
 
 func (s *Store) currentState(roomID string) (statemap, error) {
 	s.mu.RLock()
@@ -505,27 +444,25 @@ func (s *Store) currentState(roomID string) (statemap, error) {
 		return statemap{}, fmt.Errorf("memstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
 	}
 	generation := rm.generation
-	if len(rm.extremities) == 1 {
-		// The common case, a room without forks in flight: no resolution,
-		// nothing to collect.
-		var only *record
-		for _, rec := range rm.extremities {
-			only = rec
-		}
-		s.mu.RUnlock()
-		return only.after, nil
-	}
 	extremities := make([]*record, 0, len(rm.extremities))
 	for _, rec := range rm.extremities {
 		extremities = append(extremities, rec)
 	}
 	s.mu.RUnlock()
 
-	switch len(extremities) {
-	case 0:
-		// Only outliers or rejected events so far.
-		return statemap{}, nil
-	case 1:
+	if len(extremities) == 0 {
+		// Only outliers or rejected events so far: nothing to derive the
+		// current state from.
+		return statemap{}, fmt.Errorf("memstore: current state of %s: no forward extremity: %w", roomID, fedhistory.ErrStateUnknown)
+	}
+	for _, rec := range extremities {
+		if !rec.stateKnown {
+			return statemap{}, fmt.Errorf("memstore: current state of %s: state after forward extremity %s: %w",
+				roomID, rec.ID, fedhistory.ErrStateUnknown)
+		}
+	}
+	if len(extremities) == 1 {
+		// The common case, a room without forks in flight: no resolution.
 		return extremities[0].after, nil
 	}
 	if cached := rm.current.Load(); cached != nil && cached.generation == generation {
@@ -536,7 +473,8 @@ func (s *Store) currentState(roomID string) (statemap, error) {
 	if cached := rm.current.Load(); cached != nil && cached.generation >= generation {
 		// Someone resolved this generation (or a newer one) while we waited;
 		// a newer state is as good an answer: it is what an add that raced
-		// this call would have given.
+		// this call would have given. A newer generation's extremities had
+		// known states too, or it would not have been cached.
 		return cached.state, nil
 	}
 	// Sorted, so that the result does not depend on map iteration order.
@@ -566,11 +504,11 @@ func (s *Store) currentState(roomID string) (statemap, error) {
 }
 
 // Visibility returns one answer per entry of eventIDs, in the same order.
-// An entry is Known when the store holds the event in roomID and it is no
-// outlier. Memberships maps in the result may be shared between entries of
-// the same result (events with the same state); callers must not modify
-// them. The only allocations are the result, and one memberships map per
-// distinct state.
+// An entry is Known when the store holds the event in roomID, it is no
+// outlier and its state is known. Memberships maps in the result may be
+// shared between entries of the same result (events with the same state);
+// callers must not modify them. The only allocations are the result, and
+// one memberships map per distinct state.
 func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []string) ([]fedhistory.EventVisibility, error) {
 	result := make([]fedhistory.EventVisibility, len(eventIDs))
 	if len(eventIDs) == 0 {
@@ -587,7 +525,7 @@ func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []
 	s.mu.RLock()
 	for _, id := range eventIDs {
 		rec, ok := s.events.get(id)
-		if !ok || rec.RoomID != roomID || rec.Outlier {
+		if !ok || rec.RoomID != roomID || rec.Outlier || !rec.stateKnown {
 			rec = nil
 		}
 		found = append(found, rec)
@@ -611,7 +549,7 @@ func (s *Store) Visibility(_ context.Context, roomID, server string, eventIDs []
 			}
 		}
 		v := fedhistory.VisibilityState{Memberships: memberships(state, server)}
-		if hv, ok := state.Get(stateKey{Type: typeHistoryVisibility}); ok {
+		if hv, ok := state.Get(stateKey{Type: pdu.TypeHistoryVisibility}); ok {
 			v.HistoryVisibility = hv.state.historyVisibility
 		}
 		if len(memo) == cap(memo) {
@@ -644,6 +582,9 @@ func memberships(state statemap, server string) map[string]string {
 }
 
 var (
-	_ fedhistory.EventStore   = (*Store)(nil)
-	_ fedhistory.ErasureStore = (*Store)(nil)
+	_ fedhistory.EventStore       = (*Store)(nil)
+	_ fedhistory.ErasureStore     = (*Store)(nil)
+	_ fedhistory.StateStore       = (*Store)(nil)
+	_ fedhistory.EventLookupStore = (*Store)(nil)
+	_ fedhistory.TimestampStore   = (*Store)(nil)
 )

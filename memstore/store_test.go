@@ -36,22 +36,22 @@ func buildForkedRoom(t *testing.T, version string) (*Store, *testRoom) {
 	r := newTestRoom(t, version)
 	r.addSetup(s)
 	alicesAuth := names("create", "pl", "alice")
-	r.add(s, "bob", r.member(bob, bob, "join", names("msg1"), names("create", "pl", "jr")), AddOptions{})
-	r.add(s, "dave", r.member(dave, dave, "join", names("bob"), names("create", "pl", "jr")), AddOptions{})
-	r.add(s, "acl", r.state(alice, "m.room.server_acl", json.RawMessage(aclEvilDenied), names("dave"), alicesAuth), AddOptions{})
+	r.add(s, "bob", r.member(bob, bob, "join", names("msg1"), names("create", "pl", "jr")), fedhistory.AddOptions{})
+	r.add(s, "dave", r.member(dave, dave, "join", names("bob"), names("create", "pl", "jr")), fedhistory.AddOptions{})
+	r.add(s, "acl", r.state(alice, "m.room.server_acl", json.RawMessage(aclEvilDenied), names("dave"), alicesAuth), fedhistory.AddOptions{})
 
 	r.add(s, "hvA", r.state(alice, spec.MRoomHistoryVisibility, map[string]string{"history_visibility": "joined"},
-		names("acl"), alicesAuth), AddOptions{})
-	r.add(s, "banA", r.member(alice, bob, "ban", names("hvA"), names("create", "pl", "alice", "bob")), AddOptions{})
+		names("acl"), alicesAuth), fedhistory.AddOptions{})
+	r.add(s, "banA", r.member(alice, bob, "ban", names("hvA"), names("create", "pl", "alice", "bob")), fedhistory.AddOptions{})
 	r.add(s, "bobNick", testEvent{
 		sender: bob, typ: spec.MRoomMember, stateKey: ptr(bob),
 		content: map[string]string{"membership": "join", "displayname": "Bob"},
 		prev:    names("acl"), auth: names("create", "pl", "jr", "bob"),
-	}, AddOptions{})
-	r.add(s, "msgB", r.message(bob, "still here", names("bobNick"), names("create", "pl", "bobNick")), AddOptions{})
+	}, fedhistory.AddOptions{})
+	r.add(s, "msgB", r.message(bob, "still here", names("bobNick"), names("create", "pl", "bobNick")), fedhistory.AddOptions{})
 	r.add(s, "hvB", r.state(alice, spec.MRoomHistoryVisibility, map[string]string{"history_visibility": "invited"},
-		names("msgB"), alicesAuth), AddOptions{})
-	r.add(s, "merge", r.message(alice, "merged", names("banA", "hvB"), alicesAuth), AddOptions{})
+		names("msgB"), alicesAuth), fedhistory.AddOptions{})
+	r.add(s, "merge", r.message(alice, "merged", names("banA", "hvB"), alicesAuth), fedhistory.AddOptions{})
 	return s, r
 }
 
@@ -183,10 +183,10 @@ func TestRejectedAndOutlierEvents(t *testing.T) {
 			// world_readable switch unauthorised.
 			r.add(s, "rejected", r.state(mallory, spec.MRoomHistoryVisibility,
 				map[string]string{"history_visibility": "world_readable"}, names("merge"), names("create", "pl")),
-				AddOptions{Rejected: true})
-			r.add(s, "afterRejected", r.message(alice, "after", names("rejected"), names("create", "pl", "alice")), AddOptions{})
+				fedhistory.AddOptions{Rejected: true})
+			r.add(s, "afterRejected", r.message(alice, "after", names("rejected"), names("create", "pl", "alice")), fedhistory.AddOptions{})
 			// Eve's join fetched as somebody's auth event: no state known.
-			r.add(s, "outlier", r.member(eve, eve, "join", names("merge"), names("create", "pl", "jr")), AddOptions{Outlier: true})
+			r.add(s, "outlier", r.member(eve, eve, "join", names("merge"), names("create", "pl", "jr")), fedhistory.AddOptions{Outlier: true})
 
 			vis, err := s.Visibility(ctx, r.roomID, "third.example", r.ids(names("rejected", "afterRejected", "outlier")))
 			require.NoError(t, err)
@@ -232,10 +232,10 @@ func TestCurrentState(t *testing.T) {
 
 			// Leave a fork open: dave leaves on one branch while alice
 			// tightens the ACL on the other, later and deeper.
-			r.add(s, "daveLeaves", r.member(dave, dave, "leave", names("merge"), names("create", "pl", "dave")), AddOptions{})
-			r.add(s, "msgC", r.message(alice, "meanwhile", names("merge"), alicesAuth), AddOptions{})
+			r.add(s, "daveLeaves", r.member(dave, dave, "leave", names("merge"), names("create", "pl", "dave")), fedhistory.AddOptions{})
+			r.add(s, "msgC", r.message(alice, "meanwhile", names("merge"), alicesAuth), fedhistory.AddOptions{})
 			const aclOtherDenied = `{"allow":["*"],"allow_ip_literals":false,"deny":["evil.example","other"]}`
-			r.add(s, "acl2", r.state(alice, "m.room.server_acl", json.RawMessage(aclOtherDenied), names("msgC"), alicesAuth), AddOptions{})
+			r.add(s, "acl2", r.state(alice, "m.room.server_acl", json.RawMessage(aclOtherDenied), names("msgC"), alicesAuth), fedhistory.AddOptions{})
 
 			for range 2 { // the second call answers from the cache
 				current, err = s.CurrentState(ctx, r.roomID, "other")
@@ -245,7 +245,7 @@ func TestCurrentState(t *testing.T) {
 			}
 
 			// A new event retires the cached resolution.
-			r.add(s, "inviteDave", r.member(alice, dave, "invite", names("acl2", "daveLeaves"), names("create", "pl", "alice", "daveLeaves")), AddOptions{})
+			r.add(s, "inviteDave", r.member(alice, dave, "invite", names("acl2", "daveLeaves"), names("create", "pl", "alice", "daveLeaves")), fedhistory.AddOptions{})
 			current, err = s.CurrentState(ctx, r.roomID, "other")
 			require.NoError(t, err)
 			require.Equal(t, map[string]string{dave: "invite"}, current.Memberships)
@@ -301,12 +301,13 @@ func TestEventMetadata(t *testing.T) {
 				sender: alice, typ: "m.room.redaction", content: map[string]string{},
 				prev: names("msg1"), auth: names("create", "pl", "alice"),
 			}
-			if redactsInContent(version) {
+			if version == "11" || version == "12" { // room version 11 moved "redacts" into content
 				redaction.content = map[string]string{"redacts": r.id("msg1")}
 			} else {
 				redaction.redacts = "msg1"
 			}
-			r.add(s, "redaction", redaction, AddOptions{})
+			r.add(s, "redaction", redaction, fedhistory.AddOptions{})
+			sentAt := r.now // the test room's clock when it built the redaction
 
 			events, err := s.Events(context.Background(), r.roomID, []string{r.id("redaction"), r.id("hv"), "$unknown"})
 			require.NoError(t, err)
@@ -314,14 +315,15 @@ func TestEventMetadata(t *testing.T) {
 			red, hv := events[0], events[1]
 
 			require.Equal(t, fedhistory.Event{
-				ID:         r.id("redaction"),
-				RoomID:     r.roomID,
-				Depth:      7,
-				PrevEvents: []string{r.id("msg1")},
-				Type:       "m.room.redaction",
-				Sender:     alice,
-				Redacts:    r.id("msg1"),
-				JSON:       r.json("redaction"),
+				ID:             r.id("redaction"),
+				RoomID:         r.roomID,
+				Depth:          7,
+				OriginServerTS: sentAt.UnixMilli(),
+				PrevEvents:     []string{r.id("msg1")},
+				Type:           "m.room.redaction",
+				Sender:         alice,
+				Redacts:        r.id("msg1"),
+				JSON:           r.json("redaction"),
 			}, *red)
 			require.Equal(t, "m.room.history_visibility", hv.Type)
 			require.Equal(t, ptr(""), hv.StateKey)
@@ -362,7 +364,7 @@ func TestRedactsLocationDependsOnRoomVersion(t *testing.T) {
 		if tt.inContent {
 			ev.content = map[string]string{"redacts": r.id("msg1")}
 		}
-		r.add(s, "redaction", ev, AddOptions{})
+		r.add(s, "redaction", ev, fedhistory.AddOptions{})
 		events, err := s.Events(context.Background(), r.roomID, []string{r.id("redaction")})
 		require.NoError(t, err)
 		require.Len(t, events, 1)
@@ -379,25 +381,25 @@ func TestAddErrors(t *testing.T) {
 	r := newTestRoom(t, "10")
 	r.addSetup(s)
 
-	_, err := s.Add("10", r.json("msg1"), AddOptions{})
-	require.ErrorIs(t, err, ErrDuplicateEvent)
+	_, err := s.Add("10", r.json("msg1"), fedhistory.AddOptions{})
+	require.ErrorIs(t, err, fedhistory.ErrDuplicateEvent)
 
 	r.build("other-version", r.message(alice, "hi", names("msg1"), names("create", "pl", "alice")))
-	_, err = s.Add("9", r.json("other-version"), AddOptions{})
-	require.ErrorIs(t, err, ErrRoomVersionMismatch)
+	_, err = s.Add("9", r.json("other-version"), fedhistory.AddOptions{})
+	require.ErrorIs(t, err, fedhistory.ErrRoomVersionMismatch)
 
-	_, err = s.Add("org.matrix.msc4014", r.json("other-version"), AddOptions{})
-	require.ErrorIs(t, err, ErrUnsupportedRoomVersion)
-	_, err = s.Add("13", r.json("other-version"), AddOptions{})
-	require.ErrorIs(t, err, ErrUnsupportedRoomVersion)
+	_, err = s.Add("org.matrix.msc4014", r.json("other-version"), fedhistory.AddOptions{})
+	require.ErrorIs(t, err, fedhistory.ErrUnsupportedRoomVersion)
+	_, err = s.Add("13", r.json("other-version"), fedhistory.AddOptions{})
+	require.ErrorIs(t, err, fedhistory.ErrUnsupportedRoomVersion)
 
 	for _, bad := range []string{``, `{`, `[]`, `{"type":"m.room.message"}`, `{"room_id":"no-sigil","type":"x"}`} {
-		_, err = s.Add("10", []byte(bad), AddOptions{})
-		require.ErrorIs(t, err, ErrInvalidEvent, "input %q", bad)
+		_, err = s.Add("10", []byte(bad), fedhistory.AddOptions{})
+		require.ErrorIs(t, err, fedhistory.ErrInvalidEvent, "input %q", bad)
 	}
 	// A v1 event needs its event_id.
-	_, err = s.Add("1", []byte(`{"room_id":"!r:hs1.example","type":"m.room.message","sender":"@a:hs1.example","prev_events":[],"auth_events":[],"content":{}}`), AddOptions{})
-	require.ErrorIs(t, err, ErrInvalidEvent)
+	_, err = s.Add("1", []byte(`{"room_id":"!r:hs1.example","type":"m.room.message","sender":"@a:hs1.example","prev_events":[],"auth_events":[],"content":{}}`), fedhistory.AddOptions{})
+	require.ErrorIs(t, err, fedhistory.ErrInvalidEvent)
 
 	// A failed add leaves nothing behind.
 	events, err := s.Events(context.Background(), r.roomID, []string{r.id("other-version")})
@@ -412,7 +414,7 @@ func TestJSONIsCopiedOnce(t *testing.T) {
 	r.build("msg2", r.message(alice, "copy me", names("msg1"), names("create", "pl", "alice")))
 	input := []byte(string(r.json("msg2")))
 	want := string(input)
-	_, err := s.Add("3", input, AddOptions{})
+	_, err := s.Add("3", input, fedhistory.AddOptions{})
 	require.NoError(t, err)
 	for i := range input {
 		input[i] = 'x' // the caller may reuse its buffer
@@ -422,6 +424,9 @@ func TestJSONIsCopiedOnce(t *testing.T) {
 	require.Equal(t, want, string(events[0].JSON))
 }
 
+// TestGapsInTheDAG follows "State" on fedhistory.EventStore: the store
+// never invents the state after a gap, and the state of an event never
+// changes once it is stored, not even when the gap is filled later.
 func TestGapsInTheDAG(t *testing.T) {
 	s := New()
 	r := newTestRoom(t, "11")
@@ -429,22 +434,59 @@ func TestGapsInTheDAG(t *testing.T) {
 	ctx := context.Background()
 	auth := names("create", "pl", "alice")
 	r.build("missing", r.message(alice, "not here yet", names("msg1"), auth))
-	r.add(s, "afterGap", r.message(alice, "after a gap", names("missing", "msg1"), auth), AddOptions{})
-	// An event whose only prev_event is unknown starts from the empty state.
-	r.add(s, "orphan", r.message(alice, "orphan", names("missing"), auth), AddOptions{})
-
-	vis, err := s.Visibility(ctx, r.roomID, "hs1.example", r.ids(names("afterGap", "orphan")))
+	r.add(s, "afterGap", r.message(alice, "after a gap", names("missing", "msg1"), auth), fedhistory.AddOptions{})
+	r.add(s, "orphan", r.message(alice, "orphan", names("missing"), auth), fedhistory.AddOptions{})
+	r.add(s, "afterUnknown", r.message(alice, "after an unknown state", names("orphan"), auth), fedhistory.AddOptions{})
+	stateAtMsg1, err := s.StateBefore(ctx, r.roomID, r.id("msg1"))
 	require.NoError(t, err)
-	require.Equal(t, []bool{true, true}, knownFlags(vis), "events after a gap have a state")
-	require.Equal(t, visibility("shared", map[string]string{alice: "join"}), vis[0].Before,
-		"known prev_events still give the state")
-	require.Equal(t, visibility("", nil), vis[1].Before)
+	r.add(s, "given", r.message(alice, "given its state", names("missing"), auth), fedhistory.AddOptions{StateBefore: stateAtMsg1})
+
+	vis, err := s.Visibility(ctx, r.roomID, "hs1.example", r.ids(names("afterGap", "orphan", "afterUnknown", "given")))
+	require.NoError(t, err)
+	require.Equal(t, []bool{false, false, false, true}, knownFlags(vis),
+		"a prev_event the store does not hold, or one whose state is unknown, leaves the state unknown unless StateBefore gives it")
+	require.Equal(t, visibility("shared", map[string]string{alice: "join"}), vis[3].Before)
+	for _, name := range names("afterGap", "orphan", "afterUnknown") {
+		_, err := s.StateBefore(ctx, r.roomID, r.id(name))
+		require.ErrorIs(t, err, fedhistory.ErrStateUnknown, name)
+	}
+	_, err = s.CurrentState(ctx, r.roomID, "hs1.example")
+	require.ErrorIs(t, err, fedhistory.ErrStateUnknown, "forward extremities with an unknown state make the current state unknown")
 
 	// When the missing event arrives it already has children, so it is no
-	// forward extremity.
-	_, err = s.Add("11", r.json("missing"), AddOptions{})
+	// forward extremity; and its children's state stays unknown.
+	_, err = s.Add("11", r.json("missing"), fedhistory.AddOptions{})
 	require.NoError(t, err)
-	require.ElementsMatch(t, r.ids(names("afterGap", "orphan")), slices.Collect(maps.Keys(s.rooms[r.roomID].extremities)))
+	require.ElementsMatch(t, r.ids(names("afterGap", "afterUnknown", "given")), slices.Collect(maps.Keys(s.rooms[r.roomID].extremities)))
+	vis, err = s.Visibility(ctx, r.roomID, "hs1.example", r.ids(names("missing", "afterGap")))
+	require.NoError(t, err)
+	require.Equal(t, []bool{true, false}, knownFlags(vis), "an event's state never changes once it is stored")
+}
+
+// TestUnknownStateWithoutPrevEvents: only a create event may lack
+// prev_events; any other event without them has nothing to derive a state
+// from.
+func TestUnknownStateWithoutPrevEvents(t *testing.T) {
+	s := New()
+	r := newTestRoom(t, "10")
+	r.addSetup(s)
+	r.add(s, "noPrevs", r.message(alice, "from nowhere", names(), names("create", "pl", "alice")), fedhistory.AddOptions{})
+	vis, err := s.Visibility(context.Background(), r.roomID, "hs1.example", r.ids(names("create", "noPrevs")))
+	require.NoError(t, err)
+	require.Equal(t, []bool{true, false}, knownFlags(vis))
+}
+
+func TestCurrentStateOfOutliersOnly(t *testing.T) {
+	s := New()
+	r := newTestRoom(t, "10")
+	r.build("create", testEvent{sender: alice, typ: spec.MRoomCreate, stateKey: ptr(""),
+		content: map[string]any{"room_version": "10", "creator": alice}})
+	_, err := s.Add("10", r.json("create"), fedhistory.AddOptions{Outlier: true})
+	require.NoError(t, err)
+	_, err = s.RoomVersion(context.Background(), r.roomID)
+	require.NoError(t, err, "the store holds the room")
+	_, err = s.CurrentState(context.Background(), r.roomID, "hs1.example")
+	require.ErrorIs(t, err, fedhistory.ErrStateUnknown, "a room of outliers only has no forward extremity to take the state from")
 }
 
 func TestErasedUsers(t *testing.T) {
@@ -503,7 +545,7 @@ func TestConcurrentReads(t *testing.T) {
 				})
 			}
 			for _, pdu := range toAdd {
-				_, err := s.Add(version, pdu, AddOptions{})
+				_, err := s.Add(version, pdu, fedhistory.AddOptions{})
 				require.NoError(t, err)
 			}
 			close(done)

@@ -87,7 +87,7 @@ func backfillChain(seed *record, roomID string, limit int) ([]*fedhistory.Event,
 	events := stack[:0]
 	rec := seed
 	for {
-		events = append(events, &rec.Event)
+		events = append(events, rec.event())
 		if len(events) == limit || len(rec.PrevEvents) == 0 {
 			return slices.Clone(events), true
 		}
@@ -191,7 +191,7 @@ func (f *walkFetcher) recentRecord(id string) *record {
 func (f *walkFetcher) events(refs []int) []*fedhistory.Event {
 	out := make([]*fedhistory.Event, len(refs))
 	for i, ref := range refs {
-		out[i] = &f.fetched[ref].Event
+		out[i] = f.fetched[ref].event()
 	}
 	return out
 }

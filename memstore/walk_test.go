@@ -105,7 +105,7 @@ func TestWalkBackfillIsDagBackfill(t *testing.T) {
 		}
 		store := New()
 		for _, ev := range b.Events() {
-			_, err := store.Add(b.Room().Version, ev.JSON, AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
+			_, err := store.Add(b.Room().Version, ev.JSON, fedhistory.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
 			require.NoError(t, err)
 		}
 		fetch := func(ctx context.Context, ids []string) ([]dag.Node, error) {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
 	"github.com/stretchr/testify/require"
@@ -72,7 +73,7 @@ func TestConcurrentWritersAndReaders(t *testing.T) {
 			mem := memstore.New()
 			for _, room := range rooms {
 				for _, ev := range room.Events {
-					_, err := mem.Add(room.Version, ev.JSON, memstore.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
+					_, err := mem.Add(room.Version, ev.JSON, fedhistory.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
 					require.NoError(t, err)
 				}
 			}

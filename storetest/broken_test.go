@@ -1,8 +1,10 @@
 package storetest_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -45,6 +47,26 @@ var storeBugs = []struct {
 	{"empty answer when cancelled", "cancelled_context/cancelled/every_method"},
 	{"backfill walker drops the oldest", "WalkBackfill/v10_main/from_the_last_event,_limit_3"},
 	{"missing events walker ignores min_depth", "WalkMissingEvents/v10_main/min_depth_at_the_middle_event's_depth"},
+	// Redactions.
+	{"redactions ignored", "Redacted/v10:_by_power:_alice_has_100,_redact_needs_50"},
+	{"redactions ignored by EventByID", "Redacted/EventByID"},
+	{"redactions ignored by EventAtTimestamp", "Redacted/EventAtTimestamp"},
+	{"backfill walks forget redactions", "Redacted/WalkBackfill"},
+	{"any redaction applies", "Redacted/v10:_neither_power_nor_the_same_server:_bob_has_0_and_is_of_hs2.example,_alice_of_hs1.example"},
+	// State after a gap.
+	{"state invented after a gap", "Visibility/fail-closed:_v10:_an_event_naming_an_outlier_as_a_prev_event"},
+	{"current state invented after a gap", "CurrentState/the_v1_room's_current_state_is_unknown:_a_forward_extremity_follows_a_gap"},
+	{"StateBefore invented after a gap", "StateBefore/ErrStateUnknown:_v1:_an_event_after_a_prev_event_the_store_never_received"},
+	// The capabilities.
+	{"StateBefore is the state after", "StateBefore/v10:_the_state_before_a_state_event_is_without_its_own_change"},
+	{"StateBefore of a rejected event", "StateBefore/v10_main/carol's_history_visibility_change,_rejected"},
+	{"AuthChain includes the events asked", "AuthChain/v10:_an_eventID_is_in_the_answer_only_if_another_one_reaches_it"},
+	{"AuthChain without the implicit create event", "AuthChain/v12:_the_create_event_is_an_auth_event_of_every_other_event,_which_v12_never_lists"},
+	{"AuthChain leaves outliers out", "AuthChain/v11_joined_over_federation:_outliers_are_in_the_chain_and_walked_through"},
+	{"EventByID ignores outliers", "EventByID/v10_main/oscar's_join,_an_outlier"},
+	{"EventAtTimestamp bounds are exclusive", "EventAtTimestamp/v10:_the_bound_is_inclusive,_backward"},
+	{"EventAtTimestamp takes rejected events", "EventAtTimestamp/v10:_rejected_events_are_skipped,_backward"},
+	{"EventAtTimestamp breaks ties by ID alone", "EventAtTimestamp/v12:_equal_origin_server_ts,_backward:_the_deepest,_though_not_the_greatest_ID"},
 }
 
 // TestSuiteCatchesBrokenStores runs the suite, in a child process, against
@@ -62,8 +84,9 @@ func TestSuiteCatchesBrokenStores(t *testing.T) {
 			out, err := cmd.CombinedOutput()
 			if tc.failing == "" {
 				require.NoError(t, err, "%s", out)
-				require.Contains(t, string(out), "--- PASS: TestBrokenStore/WalkBackfill")
-				require.Contains(t, string(out), "--- PASS: TestBrokenStore/WalkMissingEvents")
+				for _, group := range []string{"WalkBackfill", "WalkMissingEvents", "StateBefore", "AuthChain", "EventByID", "EventAtTimestamp"} {
+					require.Contains(t, string(out), "--- PASS: TestBrokenStore/"+group+" ", "the control runs every capability's checks")
+				}
 				return
 			}
 			require.Error(t, err, "the suite passed a store whose bug is: %s", tc.bug)
@@ -135,10 +158,39 @@ func (s *brokenStore) Events(ctx context.Context, roomID string, ids []string) (
 		case "prev_events reversed":
 			changed.PrevEvents = slices.Clone(ev.PrevEvents)
 			slices.Reverse(changed.PrevEvents)
+		case "redactions ignored":
+			changed.Redacted = false
+		case "any redaction applies":
+			changed.Redacted = changed.Redacted || s.anyRedaction(ctx, roomID, ev)
 		}
 		out[i] = &changed
 	}
 	return out, nil
+}
+
+// anyRedaction reports whether the room holds a redaction of ev that is not
+// rejected, whoever sent it: what a store that ignores the power levels
+// and servers of room versions 3 and later applies.
+func (s *brokenStore) anyRedaction(ctx context.Context, roomID string, ev *fedhistory.Event) bool {
+	for _, room := range s.rooms {
+		if room.ID != roomID {
+			continue
+		}
+		for _, other := range room.Events {
+			redaction, err := s.Store.Events(ctx, roomID, []string{other.ID})
+			if err == nil && len(redaction) == 1 && redaction[0].Type == "m.room.redaction" && !redaction[0].Rejected &&
+				redaction[0].Redacts == ev.ID && ev.Type != "m.room.create" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// held reports whether the store holds id in roomID, as no outlier.
+func (s *brokenStore) held(ctx context.Context, roomID, id string) bool {
+	events, err := s.Store.Events(ctx, roomID, []string{id})
+	return err == nil && len(events) == 1 && !events[0].Outlier
 }
 
 // knownServers are the servers of the reference rooms' users.
@@ -163,6 +215,9 @@ func (s *brokenStore) prefixMemberships(members map[string]string, of func(serve
 
 func (s *brokenStore) CurrentState(ctx context.Context, roomID, server string) (*fedhistory.CurrentState, error) {
 	current, err := s.Store.CurrentState(ctx, roomID, server)
+	if errors.Is(err, fedhistory.ErrStateUnknown) && s.bug == "current state invented after a gap" {
+		return &fedhistory.CurrentState{Memberships: map[string]string{}}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -184,6 +239,14 @@ func (s *brokenStore) Visibility(ctx context.Context, roomID, server string, eve
 		return nil, err
 	}
 	switch s.bug {
+	case "state invented after a gap":
+		// The empty state, as memstore had it before round two.
+		for i, id := range eventIDs {
+			if !visibility[i].Known && s.held(ctx, roomID, id) {
+				empty := fedhistory.VisibilityState{Memberships: map[string]string{}}
+				visibility[i] = fedhistory.EventVisibility{Known: true, Before: empty, After: empty}
+			}
+		}
 	case "Before is After":
 		for i := range visibility {
 			visibility[i].Before = visibility[i].After
@@ -326,4 +389,143 @@ func (s *walkingStore) inOrder(ctx context.Context, roomID string, ids []string)
 		out = append(out, byID[id])
 	}
 	return fedhistory.WalkResult{Events: out}, nil
+}
+
+func (s *brokenStore) StateBefore(ctx context.Context, roomID, eventID string) ([]string, error) {
+	state, err := s.Store.StateBefore(ctx, roomID, eventID)
+	switch {
+	case s.bug == "StateBefore invented after a gap" && errors.Is(err, fedhistory.ErrStateUnknown):
+		return []string{}, nil
+	case s.bug == "StateBefore of a rejected event" && errors.Is(err, fedhistory.ErrEventNotFound):
+		events, _ := s.Store.Events(ctx, roomID, []string{eventID})
+		if len(events) == 1 && events[0].Rejected {
+			return []string{}, nil
+		}
+	case s.bug == "StateBefore is the state after" && err == nil:
+		events, _ := s.Store.Events(ctx, roomID, []string{eventID})
+		if len(events) == 1 && events[0].StateKey != nil {
+			state = append(state, eventID)
+		}
+	}
+	return state, err
+}
+
+func (s *brokenStore) AuthChain(ctx context.Context, roomID string, eventIDs []string) ([]string, error) {
+	chain, err := s.Store.AuthChain(ctx, roomID, eventIDs)
+	if err != nil {
+		return nil, err
+	}
+	switch s.bug {
+	case "AuthChain includes the events asked":
+		for _, id := range eventIDs {
+			if s.held(ctx, roomID, id) && !slices.Contains(chain, id) {
+				chain = append(chain, id)
+			}
+		}
+	case "AuthChain without the implicit create event":
+		version, _ := s.Store.RoomVersion(ctx, roomID)
+		if version == "12" {
+			chain = slices.DeleteFunc(chain, func(id string) bool { return id == "$"+strings.TrimPrefix(roomID, "!") })
+		}
+	case "AuthChain leaves outliers out":
+		events, _ := s.Store.Events(ctx, roomID, chain)
+		chain = chain[:0]
+		for _, ev := range events {
+			if !ev.Outlier {
+				chain = append(chain, ev.ID)
+			}
+		}
+	}
+	return chain, nil
+}
+
+func (s *brokenStore) EventByID(ctx context.Context, eventID string) (*fedhistory.Event, error) {
+	ev, err := s.Store.EventByID(ctx, eventID)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case s.bug == "EventByID ignores outliers" && ev.Outlier:
+		return nil, fmt.Errorf("no such event: %w", fedhistory.ErrEventNotFound)
+	case s.bug == "redactions ignored by EventByID" && ev.Redacted:
+		changed := *ev
+		changed.Redacted = false
+		return &changed, nil
+	}
+	return ev, nil
+}
+
+func (s *brokenStore) EventAtTimestamp(ctx context.Context, roomID string, ts int64, dir fedhistory.Direction) (*fedhistory.Event, error) {
+	switch s.bug {
+	case "EventAtTimestamp bounds are exclusive":
+		if dir == fedhistory.Backward {
+			ts--
+		} else {
+			ts++
+		}
+	case "EventAtTimestamp takes rejected events", "EventAtTimestamp breaks ties by ID alone":
+		return s.scanTimestamp(ctx, roomID, ts, dir)
+	}
+	ev, err := s.Store.EventAtTimestamp(ctx, roomID, ts, dir)
+	if err == nil && s.bug == "redactions ignored by EventAtTimestamp" && ev.Redacted {
+		changed := *ev
+		changed.Redacted = false
+		return &changed, nil
+	}
+	return ev, err
+}
+
+// scanTimestamp is a timestamp lookup with one of two bugs: it takes
+// rejected events, or orders events of equal origin_server_ts by ID alone.
+func (s *brokenStore) scanTimestamp(ctx context.Context, roomID string, ts int64, dir fedhistory.Direction) (*fedhistory.Event, error) {
+	if _, err := s.Store.RoomVersion(ctx, roomID); err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, room := range s.rooms {
+		if room.ID == roomID {
+			for _, ev := range room.Events {
+				ids = append(ids, ev.ID)
+			}
+		}
+	}
+	events, err := s.Store.Events(ctx, roomID, ids)
+	if err != nil {
+		return nil, err
+	}
+	compare := func(a, b *fedhistory.Event) int {
+		if s.bug == "EventAtTimestamp breaks ties by ID alone" {
+			return cmp.Or(cmp.Compare(a.OriginServerTS, b.OriginServerTS), strings.Compare(a.ID, b.ID))
+		}
+		return cmp.Or(cmp.Compare(a.OriginServerTS, b.OriginServerTS), cmp.Compare(a.Depth, b.Depth), strings.Compare(a.ID, b.ID))
+	}
+	var best *fedhistory.Event
+	for _, ev := range events {
+		if ev.Outlier || (ev.Rejected && s.bug != "EventAtTimestamp takes rejected events") {
+			continue
+		}
+		switch {
+		case dir == fedhistory.Backward && ev.OriginServerTS <= ts && (best == nil || compare(ev, best) > 0):
+			best = ev
+		case dir == fedhistory.Forward && ev.OriginServerTS >= ts && (best == nil || compare(ev, best) < 0):
+			best = ev
+		}
+	}
+	if best == nil {
+		return nil, fmt.Errorf("nothing at %d: %w", ts, fedhistory.ErrEventNotFound)
+	}
+	return best, nil
+}
+
+func (s *brokenStore) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedhistory.WalkResult, error) {
+	result, err := s.Store.WalkBackfill(ctx, req)
+	if err != nil || s.bug != "backfill walks forget redactions" {
+		return result, err
+	}
+	for i, ev := range result.Events {
+		changed := *ev
+		changed.Redacted = false
+		result.Events[i] = &changed
+	}
+	return result, nil
 }

@@ -2,20 +2,25 @@
 // the interface's contract, in the spirit of testing/fstest.TestFS.
 //
 // The suite works on a fixed set of reference rooms (Rooms): signed rooms of
-// room versions 1, 10, 11 and 12, with a fork and merge whose concurrent
-// membership and history visibility changes need state resolution, rejected
-// events, an outlier, users of several servers (one with a port), a server
-// ACL and erased users. Load the rooms into a fresh store and hand it to Run.
-// Every answer the suite expects is written down while the rooms are built,
-// from how they are built, never computed by a store.
+// room versions 1, 10, 11 and 12, with forks and merges that need state
+// resolution (one resets a piece of state), rejected events, outliers,
+// redactions that apply and that do not (for each of the spec's reasons,
+// one arriving before its target), gaps in the DAG after which the state
+// is unknown unless AddOptions.StateBefore gives it, a room joined over
+// federation (its state as outliers, the join with StateBefore), events
+// with equal and out-of-order origin_server_ts, users of several servers
+// (one with a port), server ACLs and erased users. Load the rooms into a
+// fresh store and hand it to Run. Every answer the suite expects is worked
+// out while the rooms are built, by the contract's rules applied to what
+// the store has been given, never computed by a store.
 //
 // A homeserver author runs the suite against their own store like this:
 //
 //	func TestMyStoreConformance(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T) fedhistory.EventStore {
 //			store := mystore.Open(t.TempDir()) // an empty store
-//			err := storetest.Load(func(version string, pdu []byte, rejected, outlier bool) error {
-//				return store.Ingest(version, pdu, rejected, outlier) // add one event, in order
+//			err := storetest.Load(func(version string, pdu []byte, opts fedhistory.AddOptions) error {
+//				return store.Ingest(version, pdu, opts) // add one event, in order
 //			}, store.EraseUser) // nil when the store is no fedhistory.ErasureStore
 //			require.NoError(t, err)
 //			return store
@@ -23,17 +28,21 @@
 //	}
 //
 // A store whose ingest works differently (replaying a database dump, say)
-// adds the events of Rooms itself: every event of every room, in order, with
-// its Rejected and Outlier flags, and marks every room's ErasedUsers erased.
+// adds the events of Rooms itself: every Event of every Room, in order,
+// with its options (Event.Options: Rejected, Outlier and StateBefore), and
+// marks every room's ErasedUsers erased.
 //
-// Run checks every method of EventStore, and each optional capability the
-// store implements: ErasureStore, BackfillWalker and MissingEventsWalker
-// (whose answers must be exactly those of dag.Backfill and
-// dag.MissingEvents over the store's own Events). It also reads from many
-// goroutines at once (run it with -race) and checks that a cancelled context
-// gives either an error or a correct answer, never a wrong one. Each check is
-// a subtest whose name says what is checked, so
-// "go test -run 'Conformance/Visibility'" runs one group.
+// Run checks every method of EventStore, Redacted included on every method
+// that returns events, and each optional capability the store implements;
+// the checks of a capability it lacks are skipped. The capabilities are
+// ErasureStore, BackfillWalker and MissingEventsWalker (whose answers must
+// be exactly those of dag.Backfill and dag.MissingEvents over the store's
+// own Events), StateStore (StateBefore and AuthChain, against the exact
+// sets), EventLookupStore and TimestampStore. The suite also reads from
+// many goroutines at once (run it with -race) and checks that a cancelled
+// context gives either an error or a correct answer, never a wrong one.
+// Each check is a subtest whose name says what is checked, so
+// "go test -run 'Conformance/StateBefore'" runs one group.
 package storetest
 
 import (
@@ -55,12 +64,12 @@ import (
 )
 
 // Load adds the reference rooms through add, every event in order with its
-// flags, then marks every room's erased users through erase. erase may be
-// nil for a store that is not a fedhistory.ErasureStore.
-func Load(add func(roomVersion string, pdu []byte, rejected, outlier bool) error, erase func(userID string) error) error {
+// options (Event.Options), then marks every room's erased users through
+// erase. erase may be nil for a store that is not a fedhistory.ErasureStore.
+func Load(add func(roomVersion string, pdu []byte, opts fedhistory.AddOptions) error, erase func(userID string) error) error {
 	for _, room := range Rooms() {
 		for _, ev := range room.Events {
-			if err := add(room.Version, ev.JSON, ev.Rejected, ev.Outlier); err != nil {
+			if err := add(room.Version, ev.JSON, ev.Options()); err != nil {
 				return fmt.Errorf("storetest: adding event %s of room %s: %w", ev.ID, room.ID, err)
 			}
 		}
@@ -89,9 +98,14 @@ func Run(t *testing.T, newStore func(t *testing.T) fedhistory.EventStore) {
 	t.Run("Events", s.testEvents)
 	t.Run("CurrentState", s.testCurrentState)
 	t.Run("Visibility", s.testVisibility)
+	t.Run("Redacted", s.testRedacted)
 	t.Run("ErasedUsers", s.testErasedUsers)
 	t.Run("WalkBackfill", s.testWalkBackfill)
 	t.Run("WalkMissingEvents", s.testWalkMissingEvents)
+	t.Run("StateBefore", s.testStateBefore)
+	t.Run("AuthChain", s.testAuthChain)
+	t.Run("EventByID", s.testEventByID)
+	t.Run("EventAtTimestamp", s.testEventAtTimestamp)
 	t.Run("concurrent reads", s.testConcurrentReads)
 	t.Run("cancelled context", s.testCancelledContext)
 }
@@ -126,6 +140,16 @@ func answered(t require.TestingT, err error, m mode, call string) bool {
 	}
 	require.NoError(t, err, call)
 	return true
+}
+
+// failed checks the answer to a call that must fail with want: with a
+// cancelled context any error will do, an answer never.
+func failed(t require.TestingT, err, want error, m mode, msgAndArgs ...any) {
+	helper(t)
+	if err != nil && m == mayFail {
+		return
+	}
+	require.ErrorIs(t, err, want, msgAndArgs...)
 }
 
 func helper(t require.TestingT) {
@@ -270,6 +294,7 @@ func checkEvent(t require.TestingT, efx *eventFixture, got *fedhistory.Event) {
 	require.Equal(t, want.ID, got.ID, "%s: ID", efx.label)
 	require.Equal(t, want.RoomID, got.RoomID, "%s: RoomID", efx.label)
 	require.Equal(t, want.Depth, got.Depth, "%s: Depth", efx.label)
+	require.Equal(t, want.OriginServerTS, got.OriginServerTS, "%s: OriginServerTS", efx.label)
 	if len(want.PrevEvents) == 0 {
 		require.Empty(t, got.PrevEvents, "%s: PrevEvents", efx.label)
 	} else {
@@ -288,6 +313,18 @@ func checkEvent(t require.TestingT, efx *eventFixture, got *fedhistory.Event) {
 	require.Equal(t, string(want.JSON), string(got.JSON), "%s: JSON must be the PDU as added, byte for byte", efx.label)
 	require.Equal(t, want.Rejected, got.Rejected, "%s: Rejected", efx.label)
 	require.Equal(t, want.Outlier, got.Outlier, "%s: Outlier", efx.label)
+	requireRedacted(t, efx, got)
+}
+
+// requireRedacted checks got.Redacted against the redactions of the room
+// (see redactionCases).
+func requireRedacted(t require.TestingT, efx *eventFixture, got *fedhistory.Event) {
+	helper(t)
+	if efx.want.Redacted {
+		require.True(t, got.Redacted, "%s: Redacted: a redaction of it applies (see \"Redactions\" on fedhistory.EventStore)", efx.label)
+	} else {
+		require.False(t, got.Redacted, "%s: Redacted: no redaction of it applies (see \"Redactions\" on fedhistory.EventStore)", efx.label)
+	}
 }
 
 // ---- CurrentState ----
@@ -298,6 +335,8 @@ var currentStateCases = []struct {
 	name, room, server string
 	acl                string // JSON, "" for none
 	memberships        map[string]string
+	// unknown: the store cannot know the current state (ErrStateUnknown).
+	unknown bool
 }{
 	{
 		name: "the server ACL of the v10 room, and evil.example has no members", room: "v10 main", server: "evil.example",
@@ -336,8 +375,27 @@ var currentStateCases = []struct {
 		memberships: map[string]string{erin: "join"},
 	},
 	{
-		name: "carol has left the v1 room", room: "v1", server: "hs3.example:8448",
-		memberships: map[string]string{carol: "leave"},
+		name: "the v1 room's current state is unknown: a forward extremity follows a gap", room: "v1", server: "hs3.example:8448",
+		unknown: true,
+	},
+	{
+		name: "the room joined over federation has the server ACL of the state given at the join", room: "v11 joined over federation", server: "evil.example",
+		acl:         `{"allow":["*"],"deny":["evil.example"],"allow_ip_literals":false}`,
+		memberships: map[string]string{},
+	},
+	{
+		name: "bob, whom the store knows only from the state given at the join, is joined", room: "v11 joined over federation", server: "hs2.example",
+		acl:         `{"allow":["*"],"deny":["evil.example"],"allow_ip_literals":false}`,
+		memberships: map[string]string{bob: "join"},
+	},
+	{
+		name: "v10: the state after the gap given with StateBefore counts; the event without a state does not linger", room: "v10 main", server: "hs1.example",
+		acl:         `{"allow":["*"],"deny":["evil.example"],"allow_ip_literals":false}`,
+		memberships: map[string]string{alice: "join"},
+	},
+	{
+		name: "v11: bob's topic, reset by the merge, is no current state; carol's displayname lost to her leave", room: "v11 fork and merge", server: "hs3.example:8448",
+		memberships: map[string]string{carol: "leave", dave: "join"},
 	},
 }
 
@@ -345,11 +403,17 @@ func (s *suite) testCurrentState(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range currentStateCases {
 		t.Run(tc.name, func(t *testing.T) {
+			rf := s.room(tc.room)
+			require.Equal(t, tc.unknown, rf.current == nil, "the fixture disagrees with the case: a bug in storetest")
+			got, err := s.store.CurrentState(ctx, rf.room.ID, tc.server)
+			if tc.unknown {
+				require.ErrorIs(t, err, fedhistory.ErrStateUnknown, "a store never invents state (\"State\" on fedhistory.EventStore)")
+				return
+			}
 			want := fedhistory.CurrentState{Memberships: tc.memberships}
 			if tc.acl != "" {
 				want.ServerACL = []byte(tc.acl)
 			}
-			got, err := s.store.CurrentState(ctx, s.room(tc.room).room.ID, tc.server)
 			require.NoError(t, err)
 			requireCurrentState(t, want, got, tc.server)
 		})
@@ -372,6 +436,10 @@ func (s *suite) testCurrentState(t *testing.T) {
 func checkCurrentState(t require.TestingT, ctx context.Context, store fedhistory.EventStore, rf *roomFixture, server string, m mode) {
 	helper(t)
 	got, err := store.CurrentState(ctx, rf.room.ID, server)
+	if rf.current == nil {
+		failed(t, err, fedhistory.ErrStateUnknown, m, "CurrentState of room %s: the state after a forward extremity is unknown", rf.name)
+		return
+	}
 	if answered(t, err, m, "CurrentState") {
 		requireCurrentState(t, rf.current.currentState(server), got, server)
 	}
@@ -460,9 +528,24 @@ var visibilityCases = []struct {
 		before: vis("joined"), after: vis("joined"),
 	},
 	{
-		name: "v10: an outlier join does not change state, even as a prev_event", room: "v10 main",
-		event: labelNamesOutlier, server: "hs2.example",
+		name: "v10: after the gap, the state given with StateBefore: carol has left, oscar's outlier join is no state", room: "v10 main",
+		event: labelAfterGapV10, server: "hs3.example:8448",
+		before: vis("joined", carol, "leave"), after: vis("joined", carol, "leave"),
+	},
+	{
+		name: "v11 joined over federation: the join sees the state it was given, history_visibility joined", room: "v11 joined over federation",
+		event: labelJoinFed, server: "hs2.example",
 		before: vis("joined", bob, "join"), after: vis("joined", bob, "join"),
+	},
+	{
+		name: "v11 joined over federation: alice's join is hers", room: "v11 joined over federation",
+		event: labelJoinFed, server: "hs1.example",
+		before: vis("joined"), after: vis("joined", alice, "join"),
+	},
+	{
+		name: "v1: an outlier prev_event with StateBefore: the given state", room: "v1",
+		event: labelNamesOutlierV1, server: "hs3.example:8448",
+		before: vis("shared", carol, "leave"), after: vis("shared", carol, "leave"),
 	},
 	{
 		name: "v11 branch 2: carol's displayname change keeps her joined", room: "v11 fork and merge",
@@ -506,8 +589,30 @@ var visibilityCases = []struct {
 	},
 }
 
+// unknownStateCases are events whose state the store cannot know: it never
+// invents state ("State" on fedhistory.EventStore). Visibility answers them
+// Known false, StateBefore ErrStateUnknown.
+var unknownStateCases = []struct{ name, room, event string }{
+	{"v10: an event naming an outlier as a prev_event", "v10 main", labelNamesOutlier},
+	{"v10: an event whose prev_event's state is unknown", "v10 main", labelRedactionUnknownState},
+	{"v1: an event after a prev_event the store never received", "v1", labelAfterGapV1},
+	{"v1: the event after that one", "v1", labelRedactionAfterGapV1},
+}
+
 func (s *suite) testVisibility(t *testing.T) {
 	ctx := context.Background()
+	for _, tc := range unknownStateCases {
+		t.Run("fail-closed: "+tc.name, func(t *testing.T) {
+			efx := s.room(tc.room).byLabel[tc.event]
+			require.Nil(t, efx.before, "the fixture disagrees with the case: a bug in storetest")
+			for _, server := range servers {
+				got, err := s.store.Visibility(ctx, efx.want.RoomID, server, []string{efx.want.ID})
+				require.NoError(t, err)
+				require.Len(t, got, 1, "one answer per ID")
+				require.False(t, got[0].Known, "%s, for %s: the store does not know its state, and must not invent one", efx.label, server)
+			}
+		})
+	}
 	for _, tc := range visibilityCases {
 		t.Run(tc.name, func(t *testing.T) {
 			efx := s.room(tc.room).byLabel[tc.event]
@@ -554,6 +659,7 @@ func (s *suite) testVisibility(t *testing.T) {
 		rf := s.room("v10 main")
 		outlier := rf.byLabel[labelOutlier]
 		batch := append([]string{outlier.want.ID}, unknownIDs...)
+		batch = append(batch, ids(rf.withheld)...)
 		batch = append(batch, ids(s.otherRoom(rf).events)...)
 		got, err := s.store.Visibility(ctx, rf.room.ID, "hs2.example", batch)
 		require.NoError(t, err)
@@ -584,8 +690,8 @@ func (s *suite) testVisibility(t *testing.T) {
 // checkVisibilityBatch asks for the visibility of every event of rf,
 // outliers included, and of unknown and other's events, in one call: the
 // answer must have one entry per ID, in order, Known exactly for rf's events
-// that are not outliers, rejected ones included (their state is known), with
-// the states the fixture tracked.
+// that are not outliers and whose state the store can know, rejected ones
+// included, with the states the fixture tracked.
 func checkVisibilityBatch(t require.TestingT, ctx context.Context, store fedhistory.EventStore, rf, other *roomFixture, server string, m mode) {
 	helper(t)
 	batch := append(ids(rf.events), unknownIDs...)
@@ -604,14 +710,19 @@ func checkVisibilityBatch(t require.TestingT, ctx context.Context, store fedhist
 }
 
 // requireEventVisibility checks the answer at index i for efx, an event of
-// the room asked about: unknown for an outlier, else its states.
+// the room asked about: unknown for an outlier and after a gap, else its
+// states.
 func requireEventVisibility(t require.TestingT, efx *eventFixture, got fedhistory.EventVisibility, server string, i int) {
 	helper(t)
 	if efx.want.Outlier {
 		require.False(t, got.Known, "answer %d, for %s: the state at an outlier is not known", i, efx.label)
 		return
 	}
-	require.True(t, got.Known, "answer %d, for %s: the state at a stored event that is no outlier is known", i, efx.label)
+	if efx.before == nil {
+		require.False(t, got.Known, "answer %d, for %s: the store cannot know the state at this event (a gap before it) and must not invent one", i, efx.label)
+		return
+	}
+	require.True(t, got.Known, "answer %d, for %s: the state at this event is known", i, efx.label)
 	requireVisibility(t, fedhistory.EventVisibility{Known: true, Before: efx.before.visibility(server), After: efx.after.visibility(server)},
 		got, fmt.Sprintf("answer %d, for %s", i, efx.label), server)
 }
@@ -870,6 +981,22 @@ func (s *suite) checkEverything(t require.TestingT, ctx context.Context, i int, 
 		checkVisibilityBatch(t, ctx, s.store, rf, s.otherRoom(rf), server, m)
 		if isErasure {
 			checkErasedUsers(t, ctx, erasure, s.erasedUsers(), m)
+		}
+		if state, ok := s.store.(fedhistory.StateStore); ok {
+			for _, efx := range rf.events {
+				checkStateBefore(t, ctx, state, rf, efx, m)
+			}
+			checkAuthChain(t, ctx, state, rf, ids(rf.events), m)
+		}
+		if lookup, ok := s.store.(fedhistory.EventLookupStore); ok {
+			for _, efx := range rf.events {
+				checkEventByID(t, ctx, lookup, efx, m)
+			}
+		}
+		if timestamps, ok := s.store.(fedhistory.TimestampStore); ok {
+			for _, q := range timestampQueries(rf) {
+				checkEventAtTimestamp(t, ctx, timestamps, rf, q.ts, q.dir, m)
+			}
 		}
 	}
 }

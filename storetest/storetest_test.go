@@ -2,6 +2,7 @@ package storetest_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 
@@ -16,8 +17,8 @@ import (
 func loadMemstore(t testing.TB) *memstore.Store {
 	t.Helper()
 	store := memstore.New()
-	err := storetest.Load(func(version string, pdu []byte, rejected, outlier bool) error {
-		_, err := store.Add(version, pdu, memstore.AddOptions{Rejected: rejected, Outlier: outlier})
+	err := storetest.Load(func(version string, pdu []byte, opts fedhistory.AddOptions) error {
+		_, err := store.Add(version, pdu, opts)
 		return err
 	}, func(userID string) error {
 		store.EraseUser(userID)
@@ -50,38 +51,69 @@ func TestRoomsAreDeterministicAndTheCallersToKeep(t *testing.T) {
 }
 
 func TestRoomsHaveEveryFeature(t *testing.T) {
-	var rejected, outliers, erased int
+	var rejected, outliers, stateBefore, emptyStateBefore, redactions, erased int
+	ids := map[string]bool{}
 	for _, room := range storetest.Rooms() {
 		erased += len(room.ErasedUsers)
 		for _, ev := range room.Events {
+			ids[ev.ID] = true
 			if ev.Rejected {
 				rejected++
 			}
 			if ev.Outlier {
 				outliers++
 			}
+			if ev.StateBefore != nil {
+				stateBefore++
+				// Every ID names an event added before, in the same room.
+				for _, id := range ev.StateBefore {
+					require.True(t, ids[id], "StateBefore of %s names %s, not added before", ev.ID, id)
+				}
+			}
+			if ev.StateBefore != nil && len(ev.StateBefore) == 0 {
+				emptyStateBefore++
+			}
+			var fields struct{ Type string }
+			require.NoError(t, json.Unmarshal(ev.JSON, &fields))
+			if fields.Type == "m.room.redaction" {
+				redactions++
+			}
 		}
 	}
 	require.Positive(t, rejected, "rejected events")
 	require.Positive(t, outliers, "outliers")
+	require.Positive(t, stateBefore, "events with StateBefore")
+	require.Zero(t, emptyStateBefore, "no event is given the empty state: it would be wrong for every one of them")
+	require.Positive(t, redactions, "redactions")
 	require.Positive(t, erased, "erased users")
+}
+
+// TestEventOptions: an event's options are what Load passes to add; the
+// StateBefore handed out is the caller's to keep.
+func TestEventOptions(t *testing.T) {
+	ev := storetest.Event{ID: "$e", Rejected: true, StateBefore: []string{"$a", "$b"}}
+	opts := ev.Options()
+	require.Equal(t, fedhistory.AddOptions{Rejected: true, StateBefore: []string{"$a", "$b"}}, opts)
+	opts.StateBefore[0] = "$x"
+	require.Equal(t, "$a", ev.StateBefore[0])
+	require.Nil(t, storetest.Event{ID: "$e"}.Options().StateBefore, "no StateBefore is nil, not the empty state")
 }
 
 func TestLoadStopsAtTheFirstError(t *testing.T) {
 	adds := 0
-	err := storetest.Load(func(string, []byte, bool, bool) error {
+	err := storetest.Load(func(string, []byte, fedhistory.AddOptions) error {
 		adds++
 		if adds == 3 {
-			return memstore.ErrInvalidEvent
+			return fedhistory.ErrInvalidEvent
 		}
 		return nil
 	}, nil)
-	require.ErrorIs(t, err, memstore.ErrInvalidEvent)
+	require.ErrorIs(t, err, fedhistory.ErrInvalidEvent)
 	require.Equal(t, 3, adds)
 
 	// erase may be nil; every room is then added without erasures.
 	adds = 0
-	require.NoError(t, storetest.Load(func(string, []byte, bool, bool) error { adds++; return nil }, nil))
+	require.NoError(t, storetest.Load(func(string, []byte, fedhistory.AddOptions) error { adds++; return nil }, nil))
 	total := 0
 	for _, room := range storetest.Rooms() {
 		total += len(room.Events)
@@ -97,8 +129,8 @@ func TestLoadStopsAtTheFirstError(t *testing.T) {
 //	}
 func Example() {
 	store := memstore.New()
-	err := storetest.Load(func(version string, pdu []byte, rejected, outlier bool) error {
-		_, err := store.Add(version, pdu, memstore.AddOptions{Rejected: rejected, Outlier: outlier})
+	err := storetest.Load(func(version string, pdu []byte, opts fedhistory.AddOptions) error {
+		_, err := store.Add(version, pdu, opts)
 		return err
 	}, func(userID string) error {
 		store.EraseUser(userID)
@@ -113,8 +145,9 @@ func Example() {
 		fmt.Println(version, len(room.Events), "events", room.ErasedUsers, err)
 	}
 	// Output:
-	// 10 21 events [@erin:hs3.example] <nil>
-	// 11 18 events [@dave:hs3.example:8448] <nil>
-	// 12 15 events [] <nil>
-	// 1 12 events [] <nil>
+	// 10 29 events [@erin:hs3.example] <nil>
+	// 11 28 events [@dave:hs3.example:8448] <nil>
+	// 12 23 events [] <nil>
+	// 1 20 events [] <nil>
+	// 11 10 events [] <nil>
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
 	"github.com/fedhistory/fedhistory/sign"
@@ -244,7 +245,7 @@ func newDemoStore(room *roomgen.Room) (*memstore.Store, error) {
 // addRoom adds every event of room to store.
 func addRoom(store *memstore.Store, room *roomgen.Room) error {
 	for _, ev := range room.Events {
-		if _, err := store.Add(room.Version, ev.JSON, memstore.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier}); err != nil {
+		if _, err := store.Add(room.Version, ev.JSON, fedhistory.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier}); err != nil {
 			return fmt.Errorf("adding event %s of room %s: %w", ev.ID, room.ID, err)
 		}
 	}

@@ -272,7 +272,7 @@ func loadDump(store *memstore.Store, path string, logger *slog.Logger) error {
 			erased++
 			return nil
 		}
-		id, err := store.Add(rec.RoomVersion, rec.Event, memstore.AddOptions{Rejected: rec.Rejected, Outlier: rec.Outlier})
+		id, err := store.Add(rec.RoomVersion, rec.Event, rec.Options())
 		if err != nil {
 			return err
 		}

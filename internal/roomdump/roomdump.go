@@ -9,8 +9,17 @@
 //	{"room_version": "10", "event": {…PDU…}}
 //
 // with the PDU in the federation format of the room version, and optionally
-// "rejected": true (the event failed authorisation) and "outlier": true (its
-// place in the DAG is unknown). A line
+// "rejected": true (the event failed authorisation), "outlier": true (its
+// place in the DAG is unknown) and
+//
+//	"state_before": ["$id", …]
+//
+// the room state just before the event, as the homeserver learnt it (see
+// fedhistory.AddOptions.StateBefore): the IDs of state events on earlier
+// lines of the same room, none of them rejected, at most one per (type,
+// state_key); [] is the empty state. It is how a dump of a room joined over
+// federation, or one with gaps, says what the state was where a store could
+// not derive it; an outlier takes none. A line
 //
 //	{"erased_user": "@u:server"}
 //
@@ -25,7 +34,8 @@
 // Events must come in topological order: no event may refer (prev_events or
 // auth_events) to an event on a later line, or to an event of another room.
 // References to events absent from the file are allowed, because dumps taken
-// from real servers start mid-history.
+// from real servers start mid-history; but every event state_before names
+// must be in the file, on an earlier line, since a store checks it is there.
 //
 // Read checks the structure of every event (it parses it as untrusted input
 // of its room version: event ID, room ID, field formats, size) but not its
@@ -40,9 +50,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/fedhistory/fedhistory"
 )
 
 // MaxLineBytes bounds a line, newline included. A PDU is at most 65536
@@ -66,6 +79,7 @@ var (
 	ErrForwardReference    = errors.New("event refers to an event on a later line")
 	ErrOtherRoomReference  = errors.New("event refers to an event of another room")
 	ErrEventIDMismatch     = errors.New("store computed another event ID")
+	ErrBadStateBefore      = errors.New("invalid state_before")
 )
 
 // LineError reports a bad line of a dump.
@@ -78,14 +92,22 @@ func (e *LineError) Error() string { return fmt.Sprintf("roomdump: line %d: %v",
 
 func (e *LineError) Unwrap() error { return e.Err }
 
-// Record is one line of a dump: an event (RoomVersion, Event and the flags)
-// or an erased user (ErasedUser).
+// Options returns the fedhistory.AddOptions to add rec's event with.
+func (rec Record) Options() fedhistory.AddOptions {
+	return fedhistory.AddOptions{Rejected: rec.Rejected, Outlier: rec.Outlier, StateBefore: slices.Clone(rec.StateBefore)}
+}
+
+// Record is one line of a dump: an event (RoomVersion, Event, the flags and
+// StateBefore) or an erased user (ErasedUser).
 type Record struct {
 	RoomVersion string
 	// Event is the PDU, compacted (insignificant whitespace removed).
 	Event             json.RawMessage
 	Rejected, Outlier bool
-	ErasedUser        string
+	// StateBefore is the line's "state_before": nil when it has none, empty
+	// for the empty state.
+	StateBefore []string
+	ErasedUser  string
 
 	// EventID and RoomID are derived from Event by Read; Writer ignores
 	// them.
@@ -115,26 +137,21 @@ func Load(r io.Reader, add func(Record) error) error {
 	return nil
 }
 
-// Store is a store that a dump loads into. The options type O is the
-// store's own; for example *memstore.Store is a Store[memstore.AddOptions]:
-//
-//	roomdump.LoadInto(f, store, func(rejected, outlier bool) memstore.AddOptions {
-//		return memstore.AddOptions{Rejected: rejected, Outlier: outlier}
-//	})
-type Store[O any] interface {
-	Add(roomVersion string, pdu []byte, opts O) (eventID string, err error)
+// Store is a store that a dump loads into, such as *memstore.Store.
+type Store interface {
+	Add(roomVersion string, pdu []byte, opts fedhistory.AddOptions) (eventID string, err error)
 	EraseUser(userID string)
 }
 
 // LoadInto loads a dump into a store, as Load does, and checks that the
 // store computed the same event ID as Read for every event.
-func LoadInto[O any](r io.Reader, store Store[O], options func(rejected, outlier bool) O) error {
+func LoadInto(r io.Reader, store Store) error {
 	return Load(r, func(rec Record) error {
 		if rec.ErasedUser != "" {
 			store.EraseUser(rec.ErasedUser)
 			return nil
 		}
-		id, err := store.Add(rec.RoomVersion, rec.Event, options(rec.Rejected, rec.Outlier))
+		id, err := store.Add(rec.RoomVersion, rec.Event, rec.Options())
 		if err != nil {
 			return err
 		}
@@ -145,17 +162,22 @@ func LoadInto[O any](r io.Reader, store Store[O], options func(rejected, outlier
 	})
 }
 
-// eventPosition is where an event appears in the dump.
+// eventPosition is where an event appears in the dump, and what
+// state_before needs to know of it.
 type eventPosition struct {
-	line   int
-	roomID string
+	line     int
+	roomID   string
+	rejected bool
+	// stateKey is the event's (type, state_key), nil for a non-state event.
+	stateKey *[2]string
 }
 
-// parsedEvent is what the reference check needs of an event line.
+// parsedEvent is what the reference checks need of an event line.
 type parsedEvent struct {
-	line   int
-	roomID string
-	refs   []string // prev_events, then auth_events
+	line        int
+	roomID      string
+	refs        []string // prev_events, then auth_events
+	stateBefore []string
 }
 
 func read(r io.Reader) ([]Record, []int, error) {
@@ -176,7 +198,7 @@ func read(r io.Reader) ([]Record, []int, error) {
 		if len(text) == 0 {
 			continue
 		}
-		rec, refs, err := parseLine(text)
+		rec, facts, err := parseLine(text)
 		if err != nil {
 			return nil, nil, &LineError{Line: line, Err: err}
 		}
@@ -188,8 +210,8 @@ func read(r io.Reader) ([]Record, []int, error) {
 			if earlier, dup := positions[rec.EventID]; dup {
 				return nil, nil, &LineError{Line: line, Err: fmt.Errorf("%w: %s, first on line %d", ErrDuplicateEvent, rec.EventID, earlier.line)}
 			}
-			positions[rec.EventID] = eventPosition{line: line, roomID: rec.RoomID}
-			events = append(events, parsedEvent{line: line, roomID: rec.RoomID, refs: refs})
+			positions[rec.EventID] = eventPosition{line: line, roomID: rec.RoomID, rejected: rec.Rejected, stateKey: facts.stateKey}
+			events = append(events, parsedEvent{line: line, roomID: rec.RoomID, refs: facts.refs, stateBefore: rec.StateBefore})
 		}
 		records = append(records, rec)
 		lines = append(lines, line)
@@ -216,19 +238,56 @@ func read(r io.Reader) ([]Record, []int, error) {
 				return nil, nil, &LineError{Line: ev.line, Err: fmt.Errorf("%w: %s is in %s", ErrOtherRoomReference, ref, pos.roomID)}
 			}
 		}
+		if err := checkStateBefore(ev, positions); err != nil {
+			return nil, nil, &LineError{Line: ev.line, Err: err}
+		}
 	}
 	return records, lines, nil
 }
 
+// checkStateBefore checks the state_before of ev as a store checks
+// AddOptions.StateBefore (see fedhistory.ErrInvalidStateBefore), so that a
+// good dump loads whole: every ID an earlier line's event of the same room,
+// a state event, not rejected, at most one per (type, state_key).
+func checkStateBefore(ev parsedEvent, positions map[string]eventPosition) error {
+	keys := make(map[[2]string]string, len(ev.stateBefore))
+	for _, id := range ev.stateBefore {
+		pos, ok := positions[id]
+		switch {
+		case !ok:
+			return fmt.Errorf("%w: %s is not in the dump", ErrBadStateBefore, id)
+		case pos.line >= ev.line:
+			return fmt.Errorf("%w: state_before names %s, on line %d", ErrForwardReference, id, pos.line)
+		case pos.roomID != ev.roomID:
+			return fmt.Errorf("%w: state_before names %s, in %s", ErrOtherRoomReference, id, pos.roomID)
+		case pos.stateKey == nil:
+			return fmt.Errorf("%w: %s is not a state event", ErrBadStateBefore, id)
+		case pos.rejected:
+			return fmt.Errorf("%w: %s is rejected", ErrBadStateBefore, id)
+		}
+		if other, dup := keys[*pos.stateKey]; dup {
+			return fmt.Errorf("%w: %s and %s are both the state %q %q", ErrBadStateBefore, other, id, pos.stateKey[0], pos.stateKey[1])
+		}
+		keys[*pos.stateKey] = id
+	}
+	return nil
+}
+
+// lineFacts is what the checks across lines need of an event line.
+type lineFacts struct {
+	refs     []string // prev_events, then auth_events
+	stateKey *[2]string
+}
+
 // parseLine parses one non-blank line, returning the record and, for an
-// event, the events it refers to.
-func parseLine(text []byte) (Record, []string, error) {
+// event, the facts the checks across lines need.
+func parseLine(text []byte) (Record, lineFacts, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(text, &fields); err != nil {
-		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
 	if fields == nil {
-		return Record{}, nil, fmt.Errorf("%w: not a JSON object", ErrBadRecord)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: not a JSON object", ErrBadRecord)
 	}
 	var rec Record
 	for key, value := range fields {
@@ -242,13 +301,18 @@ func parseLine(text []byte) (Record, []string, error) {
 			err = json.Unmarshal(value, &rec.Rejected)
 		case "outlier":
 			err = json.Unmarshal(value, &rec.Outlier)
+		case "state_before":
+			// null would read as "none", which leaving the key out says.
+			if err = json.Unmarshal(value, &rec.StateBefore); err == nil && rec.StateBefore == nil {
+				err = errors.New("not an array")
+			}
 		case "erased_user":
 			err = json.Unmarshal(value, &rec.ErasedUser)
 		default:
 			err = errors.New("unknown key")
 		}
 		if err != nil {
-			return Record{}, nil, fmt.Errorf("%w: %q: %v", ErrBadRecord, key, err)
+			return Record{}, lineFacts{}, fmt.Errorf("%w: %q: %v", ErrBadRecord, key, err)
 		}
 	}
 
@@ -256,31 +320,31 @@ func parseLine(text []byte) (Record, []string, error) {
 	_, hasErased := fields["erased_user"]
 	switch {
 	case hasEvent && hasErased:
-		return Record{}, nil, fmt.Errorf("%w: both \"event\" and \"erased_user\"", ErrBadRecord)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: both \"event\" and \"erased_user\"", ErrBadRecord)
 	case hasErased:
 		if len(fields) != 1 {
-			return Record{}, nil, fmt.Errorf("%w: an \"erased_user\" line has no other keys", ErrBadRecord)
+			return Record{}, lineFacts{}, fmt.Errorf("%w: an \"erased_user\" line has no other keys", ErrBadRecord)
 		}
 		if _, err := spec.NewUserID(rec.ErasedUser, true); err != nil {
-			return Record{}, nil, fmt.Errorf("%w: erased_user %q: %v", ErrBadRecord, rec.ErasedUser, err)
+			return Record{}, lineFacts{}, fmt.Errorf("%w: erased_user %q: %v", ErrBadRecord, rec.ErasedUser, err)
 		}
-		return rec, nil, nil
+		return rec, lineFacts{}, nil
 	case !hasEvent:
-		return Record{}, nil, fmt.Errorf("%w: neither \"event\" nor \"erased_user\"", ErrBadRecord)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: neither \"event\" nor \"erased_user\"", ErrBadRecord)
 	}
 
 	if _, ok := fields["room_version"]; !ok {
-		return Record{}, nil, fmt.Errorf("%w: an event line needs \"room_version\"", ErrBadRecord)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: an event line needs \"room_version\"", ErrBadRecord)
 	}
 	if !gomatrixserverlib.StableRoomVersion(gomatrixserverlib.RoomVersion(rec.RoomVersion)) {
-		return Record{}, nil, fmt.Errorf("%w: %q", ErrUnknownRoomVersion, rec.RoomVersion)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: %q", ErrUnknownRoomVersion, rec.RoomVersion)
 	}
 	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(rec.RoomVersion))
 	if err != nil {
-		return Record{}, nil, fmt.Errorf("%w: %v", ErrUnknownRoomVersion, err)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: %v", ErrUnknownRoomVersion, err)
 	}
 	if rec.Event, err = compactObject(rec.Event); err != nil {
-		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
 	// The size limit applies to the event as received, in canonical JSON
 	// (spec: server-server-api, "Size limits"). gomatrixserverlib checks it
@@ -288,34 +352,37 @@ func parseLine(text []byte) (Record, []string, error) {
 	// so the original could pass at any size.
 	canonical, err := gomatrixserverlib.CanonicalJSON(rec.Event)
 	if err != nil {
-		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
 	if len(canonical) > MaxPDUBytes {
-		return Record{}, nil, fmt.Errorf("%w: %d bytes in canonical JSON, more than %d", ErrBadEvent, len(canonical), MaxPDUBytes)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: %d bytes in canonical JSON, more than %d", ErrBadEvent, len(canonical), MaxPDUBytes)
 	}
 	pdu, err := verImpl.NewEventFromUntrustedJSON(rec.Event)
 	if err != nil {
-		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
-	var refs []string
-	if rec.EventID, rec.RoomID, refs, err = eventFacts(pdu); err != nil {
-		return Record{}, nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	if rec.Outlier && rec.StateBefore != nil {
+		return Record{}, lineFacts{}, fmt.Errorf("%w: an outlier's state is unknown by definition", ErrBadStateBefore)
+	}
+	var facts lineFacts
+	if rec.EventID, rec.RoomID, facts, err = eventFacts(pdu); err != nil {
+		return Record{}, lineFacts{}, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
 	// Room versions 1 and 2 carry the event ID in the event, and
 	// gomatrixserverlib does not insist that it is there.
 	if _, server, err := gomatrixserverlib.SplitID('$', rec.EventID); verImpl.EventIDFormat() == gomatrixserverlib.EventIDFormatV1 && (err != nil || server == "") {
-		return Record{}, nil, fmt.Errorf("%w: event_id %q is not \"$opaque:server\"", ErrBadEvent, rec.EventID)
+		return Record{}, lineFacts{}, fmt.Errorf("%w: event_id %q is not \"$opaque:server\"", ErrBadEvent, rec.EventID)
 	}
-	return rec, refs, nil
+	return rec, facts, nil
 }
 
-// eventFacts returns the event's ID, its room's ID and the events it refers
-// to (prev_events, then auth_events).
+// eventFacts returns the event's ID, its room's ID, the events it refers
+// to (prev_events, then auth_events) and its (type, state_key).
 //
 // gomatrixserverlib's accessors panic on some events that its untrusted
 // parser accepts (RoomID on a room ID with an invalid server name, for
 // one); a forged dump must give an error, not a crash.
-func eventFacts(pdu gomatrixserverlib.PDU) (eventID, roomID string, refs []string, err error) {
+func eventFacts(pdu gomatrixserverlib.PDU) (eventID, roomID string, facts lineFacts, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%v", r)
@@ -325,9 +392,12 @@ func eventFacts(pdu gomatrixserverlib.PDU) (eventID, roomID string, refs []strin
 	roomID = pdu.RoomID().String()
 	// From room version 12, AuthEventIDs includes the create event that the
 	// room ID names: a reference like any other.
-	refs = append(refs, pdu.PrevEventIDs()...)
-	refs = append(refs, pdu.AuthEventIDs()...)
-	return eventID, roomID, refs, nil
+	facts.refs = append(facts.refs, pdu.PrevEventIDs()...)
+	facts.refs = append(facts.refs, pdu.AuthEventIDs()...)
+	if key := pdu.StateKey(); key != nil {
+		facts.stateKey = &[2]string{pdu.Type(), *key}
+	}
+	return eventID, roomID, facts, nil
 }
 
 // compactObject checks that raw is a JSON object and removes insignificant

@@ -2,6 +2,7 @@ package roomdump_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -14,8 +15,11 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/roomdump"
 	"github.com/fedhistory/fedhistory/internal/roomgen"
+	"github.com/fedhistory/fedhistory/memstore"
+	"github.com/fedhistory/fedhistory/storetest"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/room-v10.jsonl")
@@ -173,6 +177,17 @@ func TestReadErrors(t *testing.T) {
 		{name: "reference into another room", dump: join(other[0], room[0], editEvent(t, room[1], func(e map[string]any) {
 			e["prev_events"] = []any{eventID(t, other[0])}
 		})), wantLine: 3, wantErr: roomdump.ErrOtherRoomReference},
+		{name: "state_before null", dump: join(room[0], withStateBefore(room[6], `null`)), wantLine: 2, wantErr: roomdump.ErrBadRecord},
+		{name: "state_before not an array", dump: join(room[0], withStateBefore(room[6], `"`+eventID(t, room[0])+`"`)), wantLine: 2, wantErr: roomdump.ErrBadRecord},
+		{name: "state_before of numbers", dump: join(room[0], withStateBefore(room[6], `[1]`)), wantLine: 2, wantErr: roomdump.ErrBadRecord},
+		{name: "state_before names an event not in the dump", dump: join(room[0], withStateBefore(room[6], `["$nowhere"]`)), wantLine: 2, wantErr: roomdump.ErrBadStateBefore},
+		{name: "state_before names a later line", dump: join(withStateBefore(room[5], ids(t, room[6])), room[6]), wantLine: 1, wantErr: roomdump.ErrForwardReference},
+		{name: "state_before names its own line", dump: join(room[0], withStateBefore(room[1], ids(t, room[1]))), wantLine: 2, wantErr: roomdump.ErrForwardReference},
+		{name: "state_before names another room's event", dump: join(other[0], room[0], withStateBefore(room[6], ids(t, other[0]))), wantLine: 3, wantErr: roomdump.ErrOtherRoomReference},
+		{name: "state_before names a non-state event", dump: join(room[0], room[6], withStateBefore(room[7], ids(t, room[6]))), wantLine: 3, wantErr: roomdump.ErrBadStateBefore},
+		{name: "state_before names a rejected event", dump: join(room[0], strings.TrimSuffix(room[1], "}")+`,"rejected":true}`, withStateBefore(room[6], ids(t, room[1]))), wantLine: 3, wantErr: roomdump.ErrBadStateBefore},
+		{name: "state_before names two events for one state key", dump: join(room[0], withStateBefore(room[6], ids(t, room[0], room[0]))), wantLine: 2, wantErr: roomdump.ErrBadStateBefore},
+		{name: "state_before for an outlier", dump: join(room[0], withStateBefore(strings.TrimSuffix(room[6], "}")+`,"outlier":true}`, ids(t, room[0]))), wantLine: 2, wantErr: roomdump.ErrBadStateBefore},
 		{name: "blank lines count", dump: "\n\n" + user + "\n\n" + `{"erased_user":""}` + "\n", wantLine: 5, wantErr: roomdump.ErrBadRecord},
 		{name: "line too long", dump: join(user, `{"erased_user":"@bob:hs2.example"`+strings.Repeat(" ", roomdump.MaxLineBytes)+`}`), wantLine: 2, wantErr: roomdump.ErrLineTooLong},
 	}
@@ -236,14 +251,12 @@ func TestLoadStopsAtAddError(t *testing.T) {
 // fakeStore records what LoadInto gives it.
 type fakeStore struct {
 	added  []string
-	opts   []fakeOptions
+	opts   []fedhistory.AddOptions
 	erased []string
 	wrong  bool // return a wrong event ID
 }
 
-type fakeOptions struct{ rejected, outlier bool }
-
-func (s *fakeStore) Add(roomVersion string, pdu []byte, opts fakeOptions) (string, error) {
+func (s *fakeStore) Add(roomVersion string, pdu []byte, opts fedhistory.AddOptions) (string, error) {
 	s.added = append(s.added, roomVersion)
 	s.opts = append(s.opts, opts)
 	if s.wrong {
@@ -251,7 +264,7 @@ func (s *fakeStore) Add(roomVersion string, pdu []byte, opts fakeOptions) (strin
 	}
 	var records []roomdump.Record
 	var buf bytes.Buffer
-	if err := roomdump.NewWriter(&buf).WriteEvent(roomVersion, pdu, false, false); err != nil {
+	if err := roomdump.NewWriter(&buf).WriteEvent(roomVersion, pdu, fedhistory.AddOptions{}); err != nil {
 		return "", err
 	}
 	records, err := roomdump.Read(&buf)
@@ -271,17 +284,16 @@ func TestLoadInto(t *testing.T) {
 	require.NoError(t, w.WriteErasedUser("@bob:hs2.example"))
 	dump := buf.String()
 
-	options := func(rejected, outlier bool) fakeOptions { return fakeOptions{rejected, outlier} }
 	store := &fakeStore{}
-	require.NoError(t, roomdump.LoadInto(strings.NewReader(dump), store, options))
+	require.NoError(t, roomdump.LoadInto(strings.NewReader(dump), store))
 	require.Len(t, store.added, 10)
 	require.Equal(t, []string{"@bob:hs2.example"}, store.erased)
 	for i, ev := range room.Events {
-		require.Equal(t, fakeOptions{rejected: ev.Rejected}, store.opts[i])
+		require.Equal(t, fedhistory.AddOptions{Rejected: ev.Rejected}, store.opts[i])
 	}
 
 	wrong := &fakeStore{wrong: true}
-	err := roomdump.LoadInto(strings.NewReader(dump), wrong, options)
+	err := roomdump.LoadInto(strings.NewReader(dump), wrong)
 	require.ErrorIs(t, err, roomdump.ErrEventIDMismatch)
 	require.Contains(t, err.Error(), "line 1:")
 }
@@ -293,11 +305,15 @@ func TestWriterErrors(t *testing.T) {
 		write   func(w *roomdump.Writer) error
 		wantErr error
 	}{
-		{name: "unknown room version", write: func(w *roomdump.Writer) error { return w.WriteEvent("99", event, false, false) }, wantErr: roomdump.ErrUnknownRoomVersion},
-		{name: "not JSON", write: func(w *roomdump.Writer) error { return w.WriteEvent("10", json.RawMessage(`{"a":`), false, false) }, wantErr: roomdump.ErrBadEvent},
-		{name: "not an object", write: func(w *roomdump.Writer) error { return w.WriteEvent("10", json.RawMessage(`[]`), false, false) }, wantErr: roomdump.ErrBadEvent},
+		{name: "unknown room version", write: func(w *roomdump.Writer) error { return w.WriteEvent("99", event, fedhistory.AddOptions{}) }, wantErr: roomdump.ErrUnknownRoomVersion},
+		{name: "not JSON", write: func(w *roomdump.Writer) error {
+			return w.WriteEvent("10", json.RawMessage(`{"a":`), fedhistory.AddOptions{})
+		}, wantErr: roomdump.ErrBadEvent},
+		{name: "not an object", write: func(w *roomdump.Writer) error {
+			return w.WriteEvent("10", json.RawMessage(`[]`), fedhistory.AddOptions{})
+		}, wantErr: roomdump.ErrBadEvent},
 		{name: "too long", write: func(w *roomdump.Writer) error {
-			return w.WriteEvent("10", json.RawMessage(`{"a":"`+strings.Repeat("x", roomdump.MaxLineBytes)+`"}`), false, false)
+			return w.WriteEvent("10", json.RawMessage(`{"a":"`+strings.Repeat("x", roomdump.MaxLineBytes)+`"}`), fedhistory.AddOptions{})
 		}, wantErr: roomdump.ErrLineTooLong},
 	}
 	for _, tt := range tests {
@@ -317,7 +333,7 @@ func TestWriterCompactsEvents(t *testing.T) {
 	var pretty bytes.Buffer
 	require.NoError(t, json.Indent(&pretty, room.Events[5].JSON, "", "  "))
 	var buf bytes.Buffer
-	require.NoError(t, roomdump.NewWriter(&buf).WriteEvent("10", pretty.Bytes(), false, false))
+	require.NoError(t, roomdump.NewWriter(&buf).WriteEvent("10", pretty.Bytes(), fedhistory.AddOptions{}))
 	require.Equal(t, `{"room_version":"10","event":`+string(room.Events[5].JSON)+"}\n", buf.String())
 }
 
@@ -361,6 +377,14 @@ func FuzzRead(f *testing.F) {
 		}
 		f.Add(buf.Bytes())
 	}
+	// A line with state_before, and one with the empty state.
+	lines := dumpLines(f, generate(f, roomgen.Options{Events: 6}))
+	setup, err := roomdump.Read(strings.NewReader(join(lines[:2]...)))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(join(lines[0], lines[1], withStateBefore(lines[2], `["`+setup[0].EventID+`","`+setup[1].EventID+`"]`),
+		withStateBefore(lines[3], `[]`))))
 	f.Add([]byte(`{"erased_user":"@bob:hs2.example"}` + "\n\n" + `{"erased_user":"@a:b"}`))
 	f.Add([]byte(`{"room_version":"10","event":{"type":"m.room.message"}}`))
 	f.Add([]byte("{\"rejected\":true}\r\n[1]\nnull"))
@@ -385,9 +409,83 @@ func FuzzRead(f *testing.F) {
 	})
 }
 
+// withStateBefore adds "state_before": ids (JSON) to a dump line.
+func withStateBefore(line, ids string) string {
+	return strings.TrimSuffix(line, "}") + `,"state_before":` + ids + `}`
+}
+
+// ids is the JSON array of the event IDs of lines.
+func ids(t *testing.T, lines ...string) string {
+	t.Helper()
+	var out []string
+	for _, line := range lines {
+		out = append(out, eventID(t, line))
+	}
+	data, err := json.Marshal(out)
+	require.NoError(t, err)
+	return string(data)
+}
+
 func eventID(t *testing.T, line string) string {
 	t.Helper()
 	records, err := roomdump.Read(strings.NewReader(line))
 	require.NoError(t, err)
 	return records[0].EventID
+}
+
+// TestStateBefore writes, reads and loads storetest's reference rooms,
+// whose events carry AddOptions.StateBefore where a store cannot derive the
+// state (a room joined over federation, gaps): Read returns each line's
+// "state_before", and a store loaded from the dump knows those states.
+func TestStateBefore(t *testing.T) {
+	var buf bytes.Buffer
+	w := roomdump.NewWriter(&buf)
+	var given int
+	for _, room := range storetest.Rooms() {
+		for _, ev := range room.Events {
+			require.NoError(t, w.WriteEvent(room.Version, ev.JSON, ev.Options()))
+			if ev.StateBefore != nil {
+				given++
+			}
+		}
+	}
+	require.Positive(t, given)
+	records, err := roomdump.Read(bytes.NewReader(buf.Bytes()))
+	require.NoError(t, err)
+	i := 0
+	for _, room := range storetest.Rooms() {
+		for _, ev := range room.Events {
+			require.Equal(t, ev.Options(), records[i].Options(), "line %d", i+1)
+			i++
+		}
+	}
+
+	store := memstore.New()
+	require.NoError(t, roomdump.LoadInto(bytes.NewReader(buf.Bytes()), store))
+	for _, rec := range records {
+		if rec.StateBefore == nil {
+			continue
+		}
+		got, err := store.StateBefore(context.Background(), rec.RoomID, rec.EventID)
+		require.NoError(t, err)
+		require.ElementsMatch(t, rec.StateBefore, got)
+	}
+}
+
+// TestEmptyStateBefore: "state_before": [] is the empty state, not its
+// absence, through a read and a write.
+func TestEmptyStateBefore(t *testing.T) {
+	lines := dumpLines(t, generate(t, roomgen.Options{Events: 6}))
+	dump := join(lines[0], lines[1], withStateBefore(lines[2], `[]`), lines[3])
+	records, err := roomdump.Read(strings.NewReader(dump))
+	require.NoError(t, err)
+	require.Equal(t, []string{}, records[2].StateBefore)
+	require.Nil(t, records[3].StateBefore)
+
+	var buf bytes.Buffer
+	w := roomdump.NewWriter(&buf)
+	for _, rec := range records {
+		require.NoError(t, w.WriteRecord(rec))
+	}
+	require.Equal(t, dump, buf.String())
 }

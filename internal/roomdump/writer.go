@@ -8,6 +8,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
@@ -25,9 +26,11 @@ type Writer struct {
 // NewWriter returns a Writer writing to w.
 func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 
-// WriteEvent writes an event line. The PDU is compacted onto one line;
-// strings and numbers are kept byte for byte.
-func (w *Writer) WriteEvent(roomVersion string, pdu json.RawMessage, rejected, outlier bool) error {
+// WriteEvent writes an event line, with opts as its "rejected", "outlier"
+// and "state_before" (written when not nil, so [] for the empty state).
+// The PDU is compacted onto one line; strings and numbers are kept byte for
+// byte.
+func (w *Writer) WriteEvent(roomVersion string, pdu json.RawMessage, opts fedhistory.AddOptions) error {
 	if !gomatrixserverlib.StableRoomVersion(gomatrixserverlib.RoomVersion(roomVersion)) {
 		return fmt.Errorf("roomdump: writing event: %w: %q", ErrUnknownRoomVersion, roomVersion)
 	}
@@ -43,11 +46,19 @@ func (w *Writer) WriteEvent(roomVersion string, pdu json.RawMessage, rejected, o
 	w.buf = append(w.buf, version...)
 	w.buf = append(w.buf, `,"event":`...)
 	w.buf = append(w.buf, event...)
-	if rejected {
+	if opts.Rejected {
 		w.buf = append(w.buf, `,"rejected":true`...)
 	}
-	if outlier {
+	if opts.Outlier {
 		w.buf = append(w.buf, `,"outlier":true`...)
+	}
+	if opts.StateBefore != nil {
+		ids, err := json.Marshal(opts.StateBefore)
+		if err != nil {
+			return err
+		}
+		w.buf = append(w.buf, `,"state_before":`...)
+		w.buf = append(w.buf, ids...)
 	}
 	w.buf = append(w.buf, "}\n"...)
 	return w.flushLine()
@@ -73,7 +84,7 @@ func (w *Writer) WriteRecord(rec Record) error {
 	if rec.ErasedUser != "" {
 		return w.WriteErasedUser(rec.ErasedUser)
 	}
-	return w.WriteEvent(rec.RoomVersion, rec.Event, rec.Rejected, rec.Outlier)
+	return w.WriteEvent(rec.RoomVersion, rec.Event, rec.Options())
 }
 
 func (w *Writer) flushLine() error {
@@ -90,7 +101,7 @@ func (w *Writer) flushLine() error {
 func WriteRoom(w io.Writer, room *roomgen.Room) error {
 	dw := NewWriter(w)
 	for _, ev := range room.Events {
-		if err := dw.WriteEvent(room.Version, ev.JSON, ev.Rejected, ev.Outlier); err != nil {
+		if err := dw.WriteEvent(room.Version, ev.JSON, fedhistory.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier}); err != nil {
 			return fmt.Errorf("event %s: %w", ev.ID, err)
 		}
 	}

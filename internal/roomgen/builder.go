@@ -33,7 +33,8 @@ const (
 )
 
 // BaseTimestamp is the origin_server_ts of every room's create event; each
-// following event is one second later. A fixed clock keeps output
+// following event is one second later, unless EventSpec.OriginServerTS says
+// otherwise. A fixed clock keeps output
 // deterministic.
 var BaseTimestamp = time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
 
@@ -105,6 +106,11 @@ type EventSpec struct {
 	// becomes part of the branch head, as an event fetched only as an auth
 	// event would not.
 	Outlier bool
+	// OriginServerTS, when not zero, is the event's origin_server_ts instead
+	// of the builder's clock (which moves on by a second all the same): for
+	// events sent at the same millisecond, or by a server whose clock is
+	// off, so that origin_server_ts does not follow the DAG.
+	OriginServerTS time.Time
 }
 
 type stateKey struct{ eventType, stateKey string }
@@ -554,7 +560,11 @@ func (b *Builder) Event(es EventSpec) (Event, error) {
 	proto.AuthEvents = append([]string{}, auths...)
 
 	key := b.keyFor(origin)
-	pdu, err := b.verImpl.NewEventBuilderFromProtoEvent(proto).Build(b.clock, spec.ServerName(origin), b.keyID, key)
+	ts := b.clock
+	if !es.OriginServerTS.IsZero() {
+		ts = es.OriginServerTS
+	}
+	pdu, err := b.verImpl.NewEventBuilderFromProtoEvent(proto).Build(ts, spec.ServerName(origin), b.keyID, key)
 	if err != nil {
 		return Event{}, fmt.Errorf("roomgen: building %s event: %w", es.Type, err)
 	}

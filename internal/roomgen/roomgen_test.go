@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -515,4 +516,35 @@ func TestBuilderMergeConcurrentChanges(t *testing.T) {
 			checkRoom(t, b.Room())
 		})
 	}
+}
+
+// TestBuilderOriginServerTS sets origin_server_ts explicitly: equal for two
+// events, and earlier than the event's prev_event. The clock moves on
+// regardless, so the next event without a timestamp keeps its usual one.
+func TestBuilderOriginServerTS(t *testing.T) {
+	b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: "10"})
+	require.NoError(t, err)
+	require.NoError(t, b.StandardSetup())
+	noon := roomgen.BaseTimestamp.Add(12 * time.Hour)
+	tests := []struct {
+		name string
+		at   time.Time // zero: the builder's clock
+		want time.Time
+	}{
+		{"explicit", noon, noon},
+		{"the same again", noon, noon},
+		{"before the room was created", roomgen.BaseTimestamp.Add(-time.Hour), roomgen.BaseTimestamp.Add(-time.Hour)},
+		{"the clock, which moved on by a second per event", time.Time{}, roomgen.BaseTimestamp.Add(8 * time.Second)},
+	}
+	for _, tc := range tests {
+		ev, err := b.Event(roomgen.EventSpec{Sender: b.Creator(), Type: "m.room.message",
+			Content: map[string]string{"body": tc.name}, OriginServerTS: tc.at})
+		require.NoError(t, err, tc.name)
+		var fields struct {
+			OriginServerTS int64 `json:"origin_server_ts"`
+		}
+		require.NoError(t, json.Unmarshal(ev.JSON, &fields))
+		require.Equal(t, tc.want.UnixMilli(), fields.OriginServerTS, tc.name)
+	}
+	checkRoom(t, b.Room())
 }

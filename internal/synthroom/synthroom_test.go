@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/synthroom"
 	"github.com/fedhistory/fedhistory/memstore"
 )
@@ -17,7 +18,7 @@ func load(t *testing.T, g *synthroom.Generator, n int) (*memstore.Store, []strin
 	t.Helper()
 	store := memstore.New()
 	for _, ev := range g.Setup() {
-		_, err := store.Add(synthroom.Version, ev.JSON, memstore.AddOptions{})
+		_, err := store.Add(synthroom.Version, ev.JSON, fedhistory.AddOptions{})
 		require.NoError(t, err)
 	}
 	var ids []string
@@ -25,7 +26,7 @@ func load(t *testing.T, g *synthroom.Generator, n int) (*memstore.Store, []strin
 	for range n {
 		id, pdu := g.Next(buf)
 		buf = pdu
-		stored, err := store.Add(synthroom.Version, pdu, memstore.AddOptions{})
+		stored, err := store.Add(synthroom.Version, pdu, fedhistory.AddOptions{})
 		require.NoError(t, err)
 		require.Equal(t, id, stored, "the store reads the event ID from the JSON")
 		ids = append(ids, id)
