@@ -53,7 +53,8 @@ func TestRouting(t *testing.T) {
 		{"room ID percent-encoded", http.MethodGet, backfillURL(room.id, "1", m2), 200, ""},
 		{"wrong method on backfill", http.MethodPost, rawRoomPath, 405, "M_UNRECOGNIZED"},
 		{"wrong method on get_missing_events", http.MethodGet, missingURL(room.id), 405, "M_UNRECOGNIZED"},
-		{"unknown path under the prefix", http.MethodGet, "/_matrix/federation/v1/state/" + room.id, 404, "M_UNRECOGNIZED"},
+		{"unknown path under the prefix", http.MethodGet, "/_matrix/federation/v1/send/" + room.id, 404, "M_UNRECOGNIZED"},
+		{"a known route with too many segments", http.MethodGet, "/_matrix/federation/v1/event/$a/b", 404, "M_UNRECOGNIZED"},
 		{"no room ID", http.MethodGet, "/_matrix/federation/v1/backfill/", 404, "M_UNRECOGNIZED"},
 		{"not a room ID", http.MethodGet, "/_matrix/federation/v1/backfill/%24notaroom?v=" + m2 + "&limit=1", 400, "M_INVALID_PARAM"},
 	}
