@@ -131,7 +131,7 @@ func TestTimestampToEvent(t *testing.T) {
 	ts := func(ms int64, dir string) string { return fmt.Sprintf("ts=%d&dir=%s", tsBase+ms, dir) }
 	found := []struct {
 		name, query, want string
-		ts               int64
+		ts                int64
 	}{
 		{"backward, bound included", ts(1000, "b"), "t0", 1000},
 		{"forward, bound included", ts(1000, "f"), "t0", 1000},
