@@ -87,7 +87,7 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 	w.roomID, w.fetch = req.RoomID, fetch
 	// The distinct From IDs take the first slots; the index drops repeats.
 	for _, id := range req.From {
-		if _, known := w.index.findOrAdd(w.ids, id); !known {
+		if _, known := w.index[id]; !known {
 			w.register(id)
 		}
 	}
@@ -190,12 +190,10 @@ type backfillWalk struct {
 	budget int // IDs that may still be requested
 	batch  int // fetch calls made so far
 
-	// ids and slots are indexed alike, one entry per requested ID; the
-	// IDs are kept apart so that index can compare them and the slots hold
-	// fewer pointers.
+	// ids and slots are indexed alike, one entry per requested ID.
 	ids   []string
 	slots []backfillSlot
-	index idIndex // event ID → slot
+	index map[string]int // event ID → slot
 	// prevs holds the slots indexes of the followed prev_events of every
 	// expanded slot (see backfillSlot.prevsAt).
 	prevs []int
@@ -224,7 +222,9 @@ const maxPooledSlots = 2 * maxPrealloc
 // newBackfillWalk returns an empty walk with room for expected IDs.
 func newBackfillWalk(expected int) *backfillWalk {
 	w := backfillWalks.Get().(*backfillWalk)
-	w.index.reset(expected)
+	if w.index == nil {
+		w.index = make(map[string]int, expected)
+	}
 	if cap(w.slots) < expected {
 		w.ids = make([]string, 0, expected)
 		w.slots = make([]backfillSlot, 0, expected)
@@ -239,8 +239,9 @@ func (w *backfillWalk) release() {
 	if len(w.slots) > maxPooledSlots {
 		return
 	}
-	// Drop the references to the nodes' strings; the index holds none.
+	// Drop the references to the nodes' strings.
 	clear(w.ids)
+	clear(w.index)
 	clear(w.slots)
 	w.ids, w.slots, w.prevs = w.ids[:0], w.slots[:0], w.prevs[:0]
 	w.frontier.items, w.ahead.items = w.frontier.items[:0], w.ahead.items[:0]
@@ -263,10 +264,10 @@ func (w *backfillWalk) prevSlots(slot int) []int {
 	return w.prevs[s.prevsAt : s.prevsAt+int(s.prevsLen)]
 }
 
-// register records id as requested by the next fetch call, in the slot
-// index.findOrAdd has just given it, and counts it against the budget
-// (which the caller checks).
+// register gives id the next slot, as requested by the next fetch call,
+// and counts it against the budget (which the caller checks).
 func (w *backfillWalk) register(id string) {
+	w.index[id] = len(w.ids)
 	w.ids = append(w.ids, id)
 	w.slots = append(w.slots, backfillSlot{batch: w.batch + 1})
 	w.budget--
@@ -302,7 +303,7 @@ func (w *backfillWalk) fetchBatch(ctx context.Context, first int) error {
 		slot := first + i
 		if i >= len(ids) || w.ids[slot] != n.ID {
 			var ok bool
-			if slot, ok = w.index.find(w.ids, n.ID); !ok {
+			if slot, ok = w.index[n.ID]; !ok {
 				continue
 			}
 		}
@@ -382,18 +383,18 @@ func (w *backfillWalk) lookahead(minDepth int64, need int) {
 func (w *backfillWalk) expandSlot(slot int) bool {
 	firstNew, prevsAt := len(w.slots), len(w.prevs)
 	for _, id := range w.slots[slot].prevEvents {
-		// Register new IDs right away, so that one probe of the index
-		// both finds known IDs and adds new ones (a repeat in prevEvents
-		// is then known too); undo it below if the budget cannot pay.
-		prev, known := w.index.findOrAdd(w.ids, id)
+		// Register new IDs right away, so that a repeat in prevEvents is
+		// known too; undo it below if the budget cannot pay.
+		prev, known := w.index[id]
 		if !known {
+			prev = len(w.ids)
 			w.register(id)
 		}
 		w.prevs = append(w.prevs, prev)
 	}
 	if w.budget < 0 {
-		for i := len(w.ids) - 1; i >= firstNew; i-- {
-			w.index.removeLast(w.ids[:i+1], w.ids[i])
+		for _, id := range w.ids[firstNew:] {
+			delete(w.index, id)
 		}
 		clear(w.ids[firstNew:])
 		w.budget += len(w.ids) - firstNew

@@ -121,7 +121,7 @@ walk:
 			slot := levelStart + i
 			if i >= len(level) || level[i] != n.ID {
 				var ok bool
-				if slot, ok = w.index.find(w.ids, n.ID); !ok {
+				if slot, ok = w.index[n.ID]; !ok {
 					continue // not asked for
 				}
 			}
@@ -163,7 +163,7 @@ walk:
 				// The next level cannot be fetched whole; keep collecting
 				// this level's events but stop growing memory for a level
 				// that will never be walked.
-				if _, known := w.index.find(w.ids, prev); !known {
+				if _, known := w.index[prev]; !known {
 					nextAffordable = false
 					break
 				}
@@ -200,11 +200,10 @@ type missingSlot struct {
 
 type missingWalk struct {
 	// ids and slots are indexed alike, one entry per distinct ID of
-	// Earliest, Latest and the levels requested since; the IDs are kept
-	// apart so that index can compare them and the slots hold no pointers.
+	// Earliest, Latest and the levels requested since.
 	ids     []string
 	slots   []missingSlot
-	index   idIndex // event ID → slot
+	index   map[string]int // event ID → slot
 	batches batchBlocks
 
 	answered []answer // scratch: the accepted nodes of a fetch's answer
@@ -223,7 +222,9 @@ var missingWalks = sync.Pool{New: func() any { return new(missingWalk) }}
 // newMissingWalk returns an empty walk with room for expected IDs.
 func newMissingWalk(expected int) *missingWalk {
 	w := missingWalks.Get().(*missingWalk)
-	w.index.reset(expected)
+	if w.index == nil {
+		w.index = make(map[string]int, expected)
+	}
 	if cap(w.slots) < expected {
 		w.ids = make([]string, 0, expected)
 		w.slots = make([]missingSlot, 0, expected)
@@ -238,13 +239,15 @@ func (w *missingWalk) release() {
 		return
 	}
 	clear(w.ids) // drop the references to the IDs
+	clear(w.index)
 	w.ids, w.slots, w.batches = w.ids[:0], w.slots[:0], batchBlocks{}
 	missingWalks.Put(w)
 }
 
 // add gives id a slot with mark unless it has one already.
 func (w *missingWalk) add(id string, mark int) {
-	if _, known := w.index.findOrAdd(w.ids, id); !known {
+	if _, known := w.index[id]; !known {
+		w.index[id] = len(w.ids)
 		w.ids = append(w.ids, id)
 		w.slots = append(w.slots, missingSlot{mark: mark})
 	}
