@@ -1,6 +1,7 @@
 package dag
 
 import (
+	"container/heap"
 	"context"
 	"fmt"
 	"slices"
@@ -108,8 +109,8 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 
 	taken := w.taken[:0]
 	defer func() { w.taken = taken[:0] }()
-	for w.frontier.len() > 0 {
-		next := w.frontier.pop()
+	for w.frontier.Len() > 0 {
+		next := heap.Pop(&w.frontier).(int)
 		w.slots[next].state = slotTaken
 		if !w.slots[next].rejected {
 			taken = append(taken, next)
@@ -198,8 +199,8 @@ type backfillWalk struct {
 	// expanded slot (see backfillSlot.prevsAt).
 	prevs []int
 
-	frontier intHeap // slots indexes of reached events, best first
-	ahead    intHeap // scratch: frontier positions, for lookahead
+	frontier slotHeap // slots indexes of reached events, best first
+	ahead    slotHeap // scratch: frontier positions, for lookahead
 
 	batches batchBlocks // what fetch is handed
 	taken   []int       // slots indexes of the events taken, in order
@@ -280,7 +281,7 @@ func (w *backfillWalk) reach(slot int) {
 		return
 	}
 	w.slots[slot].state = slotReached
-	w.frontier.push(slot)
+	heap.Push(&w.frontier, slot)
 }
 
 // fetchBatch requests the IDs of the slots from first on, all registered
@@ -351,15 +352,15 @@ func (w *backfillWalk) expand(ctx context.Context, slot, need int) (bool, error)
 // has a depth below that event's, so the frontier events at most one below
 // it will be taken before them (or tie), whereas lower ones may never be.
 func (w *backfillWalk) lookahead(minDepth int64, need int) {
-	if w.frontier.len() == 0 || w.budget == 0 {
+	if w.frontier.Len() == 0 || w.budget == 0 {
 		return
 	}
 	// Walk the frontier heap in priority order without popping it: a
 	// second heap of positions, seeded with the root, yields each position
-	// before its children.
+	// before its children (at 2i+1 and 2i+2, as container/heap documents).
 	w.ahead.items = append(w.ahead.items[:0], 0)
-	for considered := 0; considered < need && w.ahead.len() > 0; considered++ {
-		pos := w.ahead.pop()
+	for considered := 0; considered < need && w.ahead.Len() > 0; considered++ {
+		pos := heap.Pop(&w.ahead).(int)
 		slot := w.frontier.items[pos]
 		if w.slots[slot].depth < minDepth {
 			break
@@ -368,8 +369,8 @@ func (w *backfillWalk) lookahead(minDepth int64, need int) {
 			return
 		}
 		for _, child := range [2]int{2*pos + 1, 2*pos + 2} {
-			if child < w.frontier.len() {
-				w.ahead.push(child)
+			if child < w.frontier.Len() {
+				heap.Push(&w.ahead, child)
 			}
 		}
 	}
