@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // BackfillRequest is one backfill walk.
@@ -83,9 +82,7 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 	if req.MaxVisits > 0 {
 		expected = min(expected, req.MaxVisits)
 	}
-	w := newBackfillWalk(expected)
-	defer w.release()
-	w.roomID, w.fetch = req.RoomID, fetch
+	w := newBackfillWalk(req.RoomID, fetch, expected)
 	// The distinct From IDs take the first slots; the index drops repeats.
 	for _, id := range req.From {
 		if _, known := w.index[id]; !known {
@@ -107,8 +104,7 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 		w.reach(seed)
 	}
 
-	taken := w.taken[:0]
-	defer func() { w.taken = taken[:0] }()
+	var taken []int // slots of the events taken, in order
 	for w.frontier.Len() > 0 {
 		next := heap.Pop(&w.frontier).(int)
 		w.slots[next].state = slotTaken
@@ -203,51 +199,20 @@ type backfillWalk struct {
 	ahead    slotHeap // scratch: frontier positions, for lookahead
 
 	batches batchBlocks // what fetch is handed
-	taken   []int       // slots indexes of the events taken, in order
 }
 
-// backfillWalks recycles walk state: the index, the slots and the heaps
-// of one walk are a few dozen kilobytes, and allocating them per request
-// costs more, in allocation and garbage collection, than the walk itself.
-var backfillWalks = sync.Pool{New: func() any {
-	w := &backfillWalk{}
+// newBackfillWalk returns an empty walk with room for expected IDs.
+func newBackfillWalk(roomID string, fetch FetchFunc, expected int) *backfillWalk {
+	w := &backfillWalk{
+		roomID: roomID,
+		fetch:  fetch,
+		ids:    make([]string, 0, expected),
+		slots:  make([]backfillSlot, 0, expected),
+		index:  make(map[string]int, expected),
+	}
 	w.frontier.less = w.newerFirst
 	w.ahead.less = w.aheadFirst
 	return w
-}}
-
-// maxPooledSlots bounds the walks that are recycled (of both kinds): a rare
-// huge walk should not pin its memory, its index's table among it.
-const maxPooledSlots = 2 * maxPrealloc
-
-// newBackfillWalk returns an empty walk with room for expected IDs.
-func newBackfillWalk(expected int) *backfillWalk {
-	w := backfillWalks.Get().(*backfillWalk)
-	if w.index == nil {
-		w.index = make(map[string]int, expected)
-	}
-	if cap(w.slots) < expected {
-		w.ids = make([]string, 0, expected)
-		w.slots = make([]backfillSlot, 0, expected)
-	}
-	return w
-}
-
-// release empties w and recycles it. Nothing the walk handed out survives
-// in it: the batches fetch was given are dropped, not reused, since fetch
-// may keep them.
-func (w *backfillWalk) release() {
-	if len(w.slots) > maxPooledSlots {
-		return
-	}
-	// Drop the references to the nodes' strings.
-	clear(w.ids)
-	clear(w.index)
-	clear(w.slots)
-	w.ids, w.slots, w.prevs = w.ids[:0], w.slots[:0], w.prevs[:0]
-	w.frontier.items, w.ahead.items = w.frontier.items[:0], w.ahead.items[:0]
-	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, batchBlocks{}
-	backfillWalks.Put(w)
 }
 
 func (w *backfillWalk) newerFirst(a, b int) bool {

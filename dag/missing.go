@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // MissingEventsRequest is one get_missing_events walk.
@@ -82,7 +81,6 @@ func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFun
 		return nil
 	}
 	w := newMissingWalk(min(len(req.Earliest)+len(req.Latest)+2*min(req.Limit, maxPrealloc), maxPrealloc))
-	defer w.release()
 	// Earliest IDs take the first slots, marked never to be requested;
 	// the distinct Latest IDs not among them are the first level.
 	for _, id := range req.Earliest {
@@ -94,8 +92,8 @@ func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFun
 	}
 	budget := visitBudget(req.MaxVisits, req.Limit, len(w.ids)-levelStart)
 
-	found := w.found[:0]
-	defer func() { w.found = found[:0] }()
+	var found []int       // slots of the events found, in order
+	var answered []answer // the accepted nodes of a fetch's answer, reused per level
 walk:
 	for step := 1; len(w.ids) > levelStart; step++ {
 		level := w.ids[levelStart:]
@@ -113,7 +111,7 @@ walk:
 			return fmt.Errorf("dag: get_missing_events walk: fetching %d events: %w", len(level), err)
 		}
 
-		answered := w.answered[:0]
+		answered = answered[:0]
 		for i := range nodes {
 			n := &nodes[i]
 			// A store that answers in the order asked needs no index
@@ -134,7 +132,6 @@ walk:
 			}
 		}
 		slices.SortFunc(answered, func(a, b answer) int { return compareNewerFirst(&nodes[a.node], &nodes[b.node]) })
-		w.answered = answered
 
 		levelStart = len(w.ids)
 		nextAffordable := true // false once the next level outgrows the budget
@@ -205,9 +202,6 @@ type missingWalk struct {
 	slots   []missingSlot
 	index   map[string]int // event ID → slot
 	batches batchBlocks
-
-	answered []answer // scratch: the accepted nodes of a fetch's answer
-	found    []int    // slots of the events found, in order
 }
 
 // answer is a node of fetch's answer accepted for a slot.
@@ -216,32 +210,13 @@ type answer struct {
 	slot int
 }
 
-// missingWalks recycles walk state, as backfillWalks does.
-var missingWalks = sync.Pool{New: func() any { return new(missingWalk) }}
-
 // newMissingWalk returns an empty walk with room for expected IDs.
 func newMissingWalk(expected int) *missingWalk {
-	w := missingWalks.Get().(*missingWalk)
-	if w.index == nil {
-		w.index = make(map[string]int, expected)
+	return &missingWalk{
+		ids:   make([]string, 0, expected),
+		slots: make([]missingSlot, 0, expected),
+		index: make(map[string]int, expected),
 	}
-	if cap(w.slots) < expected {
-		w.ids = make([]string, 0, expected)
-		w.slots = make([]missingSlot, 0, expected)
-	}
-	return w
-}
-
-// release empties w and recycles it. The batches fetch was given are
-// dropped, not reused, since fetch may keep them.
-func (w *missingWalk) release() {
-	if len(w.slots) > maxPooledSlots {
-		return
-	}
-	clear(w.ids) // drop the references to the IDs
-	clear(w.index)
-	w.ids, w.slots, w.batches = w.ids[:0], w.slots[:0], batchBlocks{}
-	missingWalks.Put(w)
 }
 
 // add gives id a slot with mark unless it has one already.
