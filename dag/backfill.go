@@ -197,8 +197,6 @@ type backfillWalk struct {
 
 	frontier slotHeap // slots indexes of reached events, best first
 	ahead    slotHeap // scratch: frontier positions, for lookahead
-
-	batches batchBlocks // what fetch is handed
 }
 
 // newBackfillWalk returns an empty walk with room for expected IDs.
@@ -258,7 +256,7 @@ func (w *backfillWalk) fetchBatch(ctx context.Context, first int) error {
 	}
 	w.batch++
 	ids := w.ids[first:]
-	nodes, err := w.fetch(ctx, w.batches.copyOf(ids))
+	nodes, err := w.fetch(ctx, slices.Clone(ids))
 	if err != nil {
 		return fmt.Errorf("dag: backfill walk: fetching %d events: %w", len(ids), err)
 	}

@@ -138,26 +138,3 @@ func olderFirst(a, b *Node) int {
 	}
 	return strings.Compare(a.ID, b.ID)
 }
-
-// batchBlock is how many IDs a block of fetch batches holds at least.
-// Walking a chain fetches one ID per call; a slice per call would be a
-// hundred allocations.
-const batchBlock = 64
-
-// batchBlocks hands out the slices a walk passes to fetch. Each is a
-// fresh part of a block no other call was handed (FetchFunc's contract
-// lets fetch keep it), its capacity capped so that an append by fetch
-// cannot reach the next one. Blocks are never reused.
-type batchBlocks struct {
-	block []string
-}
-
-// copyOf returns a fresh slice holding ids.
-func (b *batchBlocks) copyOf(ids []string) []string {
-	if cap(b.block)-len(b.block) < len(ids) {
-		b.block = make([]string, 0, max(batchBlock, len(ids)))
-	}
-	start := len(b.block)
-	b.block = append(b.block, ids...)
-	return b.block[start:len(b.block):len(b.block)]
-}

@@ -106,7 +106,7 @@ walk:
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("dag: get_missing_events walk: %w", err)
 		}
-		nodes, err := fetch(ctx, w.batches.copyOf(level))
+		nodes, err := fetch(ctx, slices.Clone(level))
 		if err != nil {
 			return fmt.Errorf("dag: get_missing_events walk: fetching %d events: %w", len(level), err)
 		}
@@ -198,10 +198,9 @@ type missingSlot struct {
 type missingWalk struct {
 	// ids and slots are indexed alike, one entry per distinct ID of
 	// Earliest, Latest and the levels requested since.
-	ids     []string
-	slots   []missingSlot
-	index   map[string]int // event ID → slot
-	batches batchBlocks
+	ids   []string
+	slots []missingSlot
+	index map[string]int // event ID → slot
 }
 
 // answer is a node of fetch's answer accepted for a slot.
