@@ -121,8 +121,8 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 		if !complete {
 			break
 		}
-		for _, prev := range w.prevSlots(next) {
-			w.reach(prev)
+		for _, id := range w.slots[next].prevEvents {
+			w.reach(w.index[id]) // expanded: every one has a slot
 		}
 	}
 
@@ -161,13 +161,8 @@ type backfillSlot struct {
 	rejected   bool
 	batch      int // the fetch call that requested the ID
 	state      slotState
-	// expanded: every followed prev event has been requested, and
-	// prevSlots[prevsAt:prevsAt+prevsLen] of the walk holds their slots
-	// indexes in prev_events order, so that reaching them after the event
-	// is taken costs no index lookups.
+	// expanded: every followed prev event has been requested.
 	expanded bool
-	prevsLen uint8 // <= maxPrevEventsFollowed
-	prevsAt  int
 }
 
 // compareNewerFirst is compareNewerFirst for slots.
@@ -191,9 +186,6 @@ type backfillWalk struct {
 	ids   []string
 	slots []backfillSlot
 	index map[string]int // event ID → slot
-	// prevs holds the slots indexes of the followed prev_events of every
-	// expanded slot (see backfillSlot.prevsAt).
-	prevs []int
 
 	frontier slotHeap // slots indexes of reached events, best first
 	ahead    slotHeap // scratch: frontier positions, for lookahead
@@ -219,13 +211,6 @@ func (w *backfillWalk) newerFirst(a, b int) bool {
 
 func (w *backfillWalk) aheadFirst(a, b int) bool {
 	return w.newerFirst(w.frontier.items[a], w.frontier.items[b])
-}
-
-// prevSlots returns the slots indexes of the followed prev_events of slot,
-// once it is expanded.
-func (w *backfillWalk) prevSlots(slot int) []int {
-	s := &w.slots[slot]
-	return w.prevs[s.prevsAt : s.prevsAt+int(s.prevsLen)]
 }
 
 // register gives id the next slot, as requested by the next fetch call,
@@ -260,16 +245,11 @@ func (w *backfillWalk) fetchBatch(ctx context.Context, first int) error {
 	if err != nil {
 		return fmt.Errorf("dag: backfill walk: fetching %d events: %w", len(ids), err)
 	}
-	// The IDs of this call were registered last, in order: a store that
-	// answers in the order asked needs no index lookups.
 	for i := range nodes {
 		n := &nodes[i]
-		slot := first + i
-		if i >= len(ids) || w.ids[slot] != n.ID {
-			var ok bool
-			if slot, ok = w.index[n.ID]; !ok {
-				continue
-			}
+		slot, ok := w.index[n.ID]
+		if !ok {
+			continue
 		}
 		s := &w.slots[slot]
 		if s.batch != w.batch || s.state != slotAwaiting {
@@ -345,16 +325,13 @@ func (w *backfillWalk) lookahead(minDepth int64, need int) {
 // When the budget cannot pay for them it leaves the walk as it was and
 // returns false.
 func (w *backfillWalk) expandSlot(slot int) bool {
-	firstNew, prevsAt := len(w.slots), len(w.prevs)
+	firstNew := len(w.slots)
 	for _, id := range w.slots[slot].prevEvents {
 		// Register new IDs right away, so that a repeat in prevEvents is
 		// known too; undo it below if the budget cannot pay.
-		prev, known := w.index[id]
-		if !known {
-			prev = len(w.ids)
+		if _, known := w.index[id]; !known {
 			w.register(id)
 		}
-		w.prevs = append(w.prevs, prev)
 	}
 	if w.budget < 0 {
 		for _, id := range w.ids[firstNew:] {
@@ -362,11 +339,9 @@ func (w *backfillWalk) expandSlot(slot int) bool {
 		}
 		clear(w.ids[firstNew:])
 		w.budget += len(w.ids) - firstNew
-		w.ids, w.slots, w.prevs = w.ids[:firstNew], w.slots[:firstNew], w.prevs[:prevsAt]
+		w.ids, w.slots = w.ids[:firstNew], w.slots[:firstNew]
 		return false
 	}
-	s := &w.slots[slot]
-	s.expanded = true
-	s.prevsAt, s.prevsLen = prevsAt, uint8(len(w.prevs)-prevsAt)
+	w.slots[slot].expanded = true
 	return true
 }

@@ -114,14 +114,9 @@ walk:
 		answered = answered[:0]
 		for i := range nodes {
 			n := &nodes[i]
-			// A store that answers in the order asked needs no index
-			// lookups.
-			slot := levelStart + i
-			if i >= len(level) || level[i] != n.ID {
-				var ok bool
-				if slot, ok = w.index[n.ID]; !ok {
-					continue // not asked for
-				}
+			slot, ok := w.index[n.ID]
+			if !ok {
+				continue // not asked for
 			}
 			if w.slots[slot].mark != step {
 				continue // not asked for in this call, or a repeat
