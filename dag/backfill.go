@@ -17,8 +17,8 @@ type BackfillRequest struct {
 	// Limit is the number of events to return; <= 0 returns nothing.
 	Limit int
 	// MaxVisits bounds the number of event IDs passed to the FetchFunc in
-	// total; 0 means 10*Limit plus the number of distinct From IDs (see the
-	// package documentation).
+	// total; 0 (or less) selects the default, DefaultVisitsPerResult*Limit
+	// plus the number of distinct From IDs (see VisitBudget).
 	MaxVisits int
 }
 
@@ -91,7 +91,7 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 	}
 	seeds := len(w.slots)
 	// register counted the seeds against a budget of 0.
-	w.budget += visitBudget(req.MaxVisits, req.Limit, seeds)
+	w.budget += VisitBudget(req.MaxVisits, req.Limit, seeds)
 	// Without all of From the walk could not be exact; fetching none of it
 	// returns the empty prefix of the answer.
 	if seeds == 0 || w.budget < 0 {

@@ -11,24 +11,21 @@
 // # Visit budget
 //
 // Both walks count every event ID they pass to the FetchFunc. The total never
-// exceeds the request's MaxVisits; when MaxVisits is 0 (or negative) it
-// defaults to 10*Limit plus the number of distinct seed IDs (From for
-// Backfill, Latest for MissingEvents), saturating at the largest int. A
-// room's size therefore never decides a walk's cost: a room of ten thousand
+// exceeds the budget VisitBudget computes: the request's MaxVisits, or by
+// default DefaultVisitsPerResult*Limit plus the number of distinct seed IDs.
+// A room's size therefore never decides a walk's cost: a room of ten thousand
 // rejected events, or events that each point at twenty others, costs at most
-// MaxVisits fetched IDs and memory in proportion. Running out of budget is not
-// an error: the walk stops at the last point where its answer was still exact
-// and returns what it has (see Backfill and MissingEvents for what exactly).
-// Callers must clamp Limit themselves (Synapse clamps backfill to 100), since
-// the default budget grows with it.
+// the budget in fetched IDs and memory in proportion. Running out of budget
+// is not an error: the walk stops at the last point where its answer was
+// still exact and returns what it has (see Backfill and MissingEvents for
+// what exactly). Callers must clamp Limit themselves (Synapse clamps backfill
+// to 100), since the default budget grows with it.
 //
-// # prev_events
+// # What a walk enters
 //
-// A walk follows at most the first 20 entries of an event's prev_events and
-// ignores the rest. The PDU format caps prev_events at 20 ("Must contain less
-// than or equal to 20 events") and Synapse rejects incoming PDUs with more,
-// so only events accepted before that rule existed are affected; the cap
-// keeps a single event from spending a walk's whole budget.
+// A walk follows at most the first MaxPrevEvents entries of an event's
+// prev_events, and never enters an event of another room, an outlier, or an
+// event whose depth lies outside [MinCanonicalInt, MaxCanonicalInt].
 package dag
 
 import (
@@ -65,51 +62,61 @@ type Node struct {
 // counts.
 type FetchFunc func(ctx context.Context, ids []string) ([]Node, error)
 
+// The rules below are the walks' own, exported so that a store that walks
+// itself (a single database query, say) applies exactly the same ones.
 const (
-	// maxPrevEventsFollowed is the PDU format's limit on prev_events; see
-	// the package documentation.
-	maxPrevEventsFollowed = 20
+	// MaxPrevEvents is the number of an event's prev_events a walk follows:
+	// the first 20, ignoring the rest. The PDU format caps prev_events at 20
+	// ("Must contain less than or equal to 20 events") and Synapse rejects
+	// incoming PDUs with more, so only events accepted before that rule
+	// existed have more; the cap keeps a single event from spending a
+	// walk's whole budget.
+	MaxPrevEvents = 20
 
-	// defaultVisitsPerResult scales the default visit budget with Limit.
-	defaultVisitsPerResult = 10
+	// MinCanonicalInt and MaxCanonicalInt bound the integers canonical JSON
+	// can represent, ±(2^53-1) (appendices, "Canonical JSON"). An event
+	// whose depth lies outside cannot be valid: a walk never enters it and
+	// never returns it, as if it were an outlier.
+	MinCanonicalInt = -(1<<53 - 1)
+	MaxCanonicalInt = 1<<53 - 1
 
-	// minCanonicalInt and maxCanonicalInt bound the integers canonical JSON
-	// can represent (appendices, "Canonical JSON"). A depth outside them
-	// cannot belong to a valid event, so such a node is treated like an
-	// outlier: never entered, never returned.
-	minCanonicalInt = -(1 << 53) + 1
-	maxCanonicalInt = 1<<53 - 1
-
-	// maxPrealloc caps capacities derived from caller-supplied sizes, so a
-	// huge Limit does not allocate up front.
-	maxPrealloc = 1024
+	// DefaultVisitsPerResult scales the default visit budget with the
+	// request's Limit; see VisitBudget.
+	DefaultVisitsPerResult = 10
 )
+
+// VisitBudget returns the number of event IDs a walk may pass to its
+// FetchFunc: maxVisits when positive, else DefaultVisitsPerResult*limit +
+// seeds, saturating at the largest int. seeds is the number of distinct
+// seed IDs: From for Backfill, Latest not in Earliest for MissingEvents.
+// The walks call it with the request's MaxVisits and Limit (Limit > 0).
+func VisitBudget(maxVisits, limit, seeds int) int {
+	if maxVisits > 0 {
+		return maxVisits
+	}
+	if limit > (math.MaxInt-seeds)/DefaultVisitsPerResult {
+		return math.MaxInt
+	}
+	return DefaultVisitsPerResult*limit + seeds
+}
+
+// maxPrealloc caps capacities derived from caller-supplied sizes, so a
+// huge Limit does not allocate up front.
+const maxPrealloc = 1024
 
 // enterable reports whether a walk of roomID may enter node at all: it must
 // be in the room, not an outlier, and have a depth canonical JSON can carry.
 func enterable(n *Node, roomID string) bool {
 	return n.RoomID == roomID && !n.Outlier &&
-		n.Depth >= minCanonicalInt && n.Depth <= maxCanonicalInt
+		n.Depth >= MinCanonicalInt && n.Depth <= MaxCanonicalInt
 }
 
 // followedPrevEvents returns the prev_events a walk follows from n.
 func followedPrevEvents(n *Node) []string {
-	if len(n.PrevEvents) > maxPrevEventsFollowed {
-		return n.PrevEvents[:maxPrevEventsFollowed]
+	if len(n.PrevEvents) > MaxPrevEvents {
+		return n.PrevEvents[:MaxPrevEvents]
 	}
 	return n.PrevEvents
-}
-
-// visitBudget returns the number of IDs a walk may fetch: maxVisits when
-// positive, else the default of 10*limit+seeds (saturating).
-func visitBudget(maxVisits, limit, seeds int) int {
-	if maxVisits > 0 {
-		return maxVisits
-	}
-	if limit > (math.MaxInt-seeds)/defaultVisitsPerResult {
-		return math.MaxInt
-	}
-	return defaultVisitsPerResult*limit + seeds
 }
 
 // compareNewerFirst orders events newest first: by depth descending, ties

@@ -20,8 +20,9 @@ type MissingEventsRequest struct {
 	// MinDepth: events of lower depth are neither returned nor walked past.
 	MinDepth int64
 	// MaxVisits bounds the number of event IDs passed to the FetchFunc in
-	// total; 0 means 10*Limit plus the number of distinct Latest IDs not in
-	// Earliest (see the package documentation).
+	// total; 0 (or less) selects the default, DefaultVisitsPerResult*Limit
+	// plus the number of distinct Latest IDs not in Earliest (see
+	// VisitBudget).
 	MaxVisits int
 }
 
@@ -90,7 +91,7 @@ func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFun
 	for _, id := range req.Latest {
 		w.add(id, 1)
 	}
-	budget := visitBudget(req.MaxVisits, req.Limit, len(w.ids)-levelStart)
+	budget := VisitBudget(req.MaxVisits, req.Limit, len(w.ids)-levelStart)
 
 	var found []int       // slots of the events found, in order
 	var answered []answer // the accepted nodes of a fetch's answer, reused per level
