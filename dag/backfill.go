@@ -22,18 +22,17 @@ type BackfillRequest struct {
 	MaxVisits int
 }
 
-// Backfill returns the IDs of up to Limit events, newest first.
+// Backfill finds up to Limit events, newest first.
 //
 // The walk is best-first, as in Synapse: it starts with the From events and
 // always takes the highest-depth event among those reached and not yet
 // taken, ties broken by event ID ascending in byte order, then reaches that
 // event's prev_events. The From events themselves are returned when they
 // qualify. Rejected events are walked through but neither returned nor
-// counted toward Limit; outliers, events of other rooms and events with a
-// depth outside canonical JSON's integer range are neither entered nor
-// returned. The result is sorted by depth descending, ties by event ID
-// ascending; for a DAG whose depths are consistent that is also the order in
-// which the events were taken.
+// counted toward Limit; the events the package documentation lists are
+// neither entered nor returned. The result is sorted by depth descending,
+// ties by event ID ascending; for a DAG whose depths are consistent that is
+// also the order in which the events were taken.
 //
 // Fetches are batched: an event's prev_events are requested before the event
 // is taken, together with those of the events likely to be taken next, so a
@@ -41,40 +40,15 @@ type BackfillRequest struct {
 // exactly that of the one-event-at-a-time walk, because no event is taken
 // before the prev_events of every event taken earlier are known.
 //
-// When the visit budget cannot pay for the prev_events of the event just
-// taken, the walk stops and returns the events taken so far: they are
-// exactly what the unbounded walk returns for a Limit of their number.
+// When the visit budget cannot pay for the From events, or for the
+// prev_events of the event just taken, the walk stops, sets
+// Result.Exhausted and returns the events taken so far: they are exactly
+// what the unbounded walk returns for a Limit of their number.
 //
-// Errors are those of fetch and of ctx, wrapped.
-func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]string, error) {
-	var ids []string
-	err := backfill(ctx, req, fetch, func(taken int) { ids = make([]string, 0, taken) },
-		func(id string, _ int) { ids = append(ids, id) })
-	if err != nil {
-		return nil, err
-	}
-	return ids, nil
-}
-
-// BackfillRefs is Backfill returning the Ref of each node rather than its
-// ID: the caller's own reference to each event, so that it need not look
-// the IDs up again.
-func BackfillRefs(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]int, error) {
-	var refs []int
-	err := backfill(ctx, req, fetch, func(taken int) { refs = make([]int, 0, taken) },
-		func(_ string, ref int) { refs = append(refs, ref) })
-	if err != nil {
-		return nil, err
-	}
-	return refs, nil
-}
-
-// backfill runs the walk. Unless it fails or returns nothing before the
-// walk starts, it calls start with the number of events taken, then emit
-// for each of them in order.
-func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start func(int), emit func(id string, ref int)) error {
+// Errors are those of fetch and of ctx, wrapped; the Result is then empty.
+func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) (Result, error) {
 	if req.Limit <= 0 {
-		return nil
+		return Result{}, nil
 	}
 	// Most rooms' DAGs are close to a chain: expect about one ID fetched
 	// per event returned, and let the index grow past that if needed.
@@ -90,21 +64,25 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 		}
 	}
 	seeds := len(w.slots)
-	// register counted the seeds against a budget of 0.
+	if seeds == 0 {
+		return Result{}, nil
+	}
+	// register counted the seeds against a budget of 0. Without all of From
+	// the walk could not be exact; fetching none of it returns the empty
+	// prefix of the answer.
 	w.budget += VisitBudget(req.MaxVisits, req.Limit, seeds)
-	// Without all of From the walk could not be exact; fetching none of it
-	// returns the empty prefix of the answer.
-	if seeds == 0 || w.budget < 0 {
-		return nil
+	if w.budget < 0 {
+		return Result{Exhausted: true}, nil
 	}
 	if err := w.fetchBatch(ctx, 0); err != nil {
-		return err
+		return Result{}, err
 	}
 	for seed := range seeds {
 		w.reach(seed)
 	}
 
 	var taken []int // slots of the events taken, in order
+	exhausted := false
 	for w.frontier.Len() > 0 {
 		next := heap.Pop(&w.frontier).(int)
 		w.slots[next].state = slotTaken
@@ -116,9 +94,10 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 		}
 		complete, err := w.expand(ctx, next, req.Limit-len(taken))
 		if err != nil {
-			return err
+			return Result{}, err
 		}
 		if !complete {
+			exhausted = true
 			break
 		}
 		for _, id := range w.slots[next].prevEvents {
@@ -127,11 +106,12 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 	}
 
 	slices.SortFunc(taken, w.compareNewerFirst)
-	start(len(taken))
+	res := newResult(len(taken), w.visits, exhausted)
 	for _, s := range taken {
-		emit(w.ids[s], w.slots[s].ref)
+		res.IDs = append(res.IDs, w.ids[s])
+		res.Refs = append(res.Refs, w.slots[s].ref)
 	}
-	return nil
+	return res, nil
 }
 
 type slotState uint8
@@ -165,7 +145,8 @@ type backfillSlot struct {
 	expanded bool
 }
 
-// compareNewerFirst is compareNewerFirst for slots.
+// compareNewerFirst orders slots newest first, as compareNewerFirst orders
+// nodes: the order in which Backfill takes events and returns them.
 func (w *backfillWalk) compareNewerFirst(a, b int) int {
 	if da, db := w.slots[a].depth, w.slots[b].depth; da != db {
 		if da > db {
@@ -181,6 +162,7 @@ type backfillWalk struct {
 	fetch  FetchFunc
 	budget int // IDs that may still be requested
 	batch  int // fetch calls made so far
+	visits int // IDs passed to fetch so far
 
 	// ids and slots are indexed alike, one entry per requested ID.
 	ids   []string
@@ -241,6 +223,7 @@ func (w *backfillWalk) fetchBatch(ctx context.Context, first int) error {
 	}
 	w.batch++
 	ids := w.ids[first:]
+	w.visits += len(ids)
 	nodes, err := w.fetch(ctx, slices.Clone(ids))
 	if err != nil {
 		return fmt.Errorf("dag: backfill walk: fetching %d events: %w", len(ids), err)

@@ -121,11 +121,11 @@ func BenchmarkBackfillWalk(b *testing.B) {
 				b.ReportAllocs()
 				counts.start()
 				for b.Loop() {
-					got, err := Backfill(ctx, req, fetch)
+					res, err := Backfill(ctx, req, fetch)
 					if err != nil {
 						b.Fatal(err)
 					}
-					if len(got) != req.Limit {
+					if got := res.IDs; len(got) != req.Limit {
 						b.Fatalf("got %d events, want %d", len(got), req.Limit)
 					}
 				}
@@ -162,11 +162,11 @@ func BenchmarkMissingEvents(b *testing.B) {
 				b.ReportAllocs()
 				counts.start()
 				for b.Loop() {
-					got, err := MissingEvents(ctx, req, fetch)
+					res, err := MissingEvents(ctx, req, fetch)
 					if err != nil {
 						b.Fatal(err)
 					}
-					if len(got) != req.Limit {
+					if got := res.IDs; len(got) != req.Limit {
 						b.Fatalf("got %d events, want %d", len(got), req.Limit)
 					}
 				}

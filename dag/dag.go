@@ -2,24 +2,30 @@
 // endpoints: Backfill (GET /_matrix/federation/v1/backfill) and MissingEvents
 // (POST /_matrix/federation/v1/get_missing_events).
 //
-// The walks are pure functions of their request and a FetchFunc; they know
-// nothing about HTTP or storage. Everything a FetchFunc returns is treated as
-// untrusted: events of other rooms, events nobody asked for, duplicates,
-// cycles in prev_events and forged depths cannot make a walk loop, return a
-// foreign event or cost more than its visit budget.
+// The walks are pure functions of their request and a FetchFunc, which
+// supplies the walk metadata of events (a Node each); they know nothing about
+// HTTP or storage. Each returns a Result: the IDs of the events found, in the
+// walk's order, the caller's Ref of each, and what the walk cost.
+//
+// Everything a FetchFunc returns is treated as untrusted: events of other
+// rooms, events nobody asked for, duplicates, cycles in prev_events and
+// forged depths cannot make a walk loop, return a foreign event or cost more
+// than its visit budget.
 //
 // # Visit budget
 //
-// Both walks count every event ID they pass to the FetchFunc. The total never
-// exceeds the budget VisitBudget computes: the request's MaxVisits, or by
-// default DefaultVisitsPerResult*Limit plus the number of distinct seed IDs.
-// A room's size therefore never decides a walk's cost: a room of ten thousand
-// rejected events, or events that each point at twenty others, costs at most
-// the budget in fetched IDs and memory in proportion. Running out of budget
-// is not an error: the walk stops at the last point where its answer was
-// still exact and returns what it has (see Backfill and MissingEvents for
-// what exactly). Callers must clamp Limit themselves (Synapse clamps backfill
-// to 100), since the default budget grows with it.
+// Both walks count every event ID they pass to the FetchFunc (Result.Visits).
+// The total never exceeds the budget VisitBudget computes: the request's
+// MaxVisits, or by default DefaultVisitsPerResult*Limit plus the number of
+// distinct seed IDs. A room's size therefore never decides a walk's cost: a
+// room of ten thousand rejected events, or events that each point at twenty
+// others, costs at most the budget in fetched IDs and memory in proportion.
+// Running out of budget is not an error: the walk stops at the last point
+// where its answer was still exact, returns what it has and sets
+// Result.Exhausted (see Backfill and MissingEvents for what exactly). Callers
+// must clamp Limit themselves (Synapse clamps backfill to 100), since the
+// default budget grows with it. A store that walks itself rather than serve
+// a FetchFunc should spend VisitBudget too.
 //
 // # What a walk enters
 //
@@ -43,12 +49,29 @@ type Node struct {
 	Rejected   bool // walked through, never returned, does not count toward the limit
 	Outlier    bool // never walked into, never returned
 	// Ref is the caller's own reference to the event (an index into its
-	// own list of fetched events, say). The walks never look at it;
-	// BackfillRefs and MissingEventsRefs return it in place of the ID, so
-	// the caller need not look the returned IDs up again. An integer rather
-	// than a pointer keeps the walks' copies of nodes free of work for the
-	// garbage collector.
+	// own list of fetched events, say). The walks never look at it; they
+	// return it in Result.Refs, so that the caller need not look the
+	// returned IDs up again.
 	Ref int
+}
+
+// Result is what a walk found and what it cost.
+type Result struct {
+	// IDs are the events found, in the walk's order, and Refs[i] is the
+	// Ref of the node fetch returned for IDs[i].
+	IDs  []string
+	Refs []int
+	// Visits is the number of event IDs the walk passed to fetch: never
+	// more than its visit budget.
+	Visits int
+	// Exhausted is true when the visit budget ran out before the walk was
+	// done: IDs may then be shorter than what a larger budget would find.
+	Exhausted bool
+}
+
+// newResult returns a Result with room for n events.
+func newResult(n, visits int, exhausted bool) Result {
+	return Result{IDs: make([]string, 0, n), Refs: make([]int, 0, n), Visits: visits, Exhausted: exhausted}
 }
 
 // FetchFunc returns the events among ids that the caller holds. It may return
@@ -119,26 +142,14 @@ func followedPrevEvents(n *Node) []string {
 	return n.PrevEvents
 }
 
-// compareNewerFirst orders events newest first: by depth descending, ties
+// compareNewerFirst orders nodes newest first: by depth descending, ties
 // broken by event ID ascending in byte order. It is the order in which
-// Backfill takes events and returns them (backfillSlot.compareNewerFirst),
+// Backfill takes events and returns them (backfillWalk.compareNewerFirst),
 // and the order MissingEvents uses to pick among events at the same distance
 // from latest_events.
 func compareNewerFirst(a, b *Node) int {
 	if a.Depth != b.Depth {
 		if a.Depth > b.Depth {
-			return -1
-		}
-		return 1
-	}
-	return strings.Compare(a.ID, b.ID)
-}
-
-// olderFirst orders events by depth ascending, ties broken by event ID
-// ascending in byte order: the order of MissingEvents' result.
-func olderFirst(a, b *Node) int {
-	if a.Depth != b.Depth {
-		if a.Depth < b.Depth {
 			return -1
 		}
 		return 1

@@ -1,6 +1,7 @@
 package dag
 
 import (
+	"context"
 	"math"
 	"testing"
 
@@ -23,6 +24,71 @@ func TestVisitBudget(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			require.Equal(t, tt.want, VisitBudget(tt.maxVisits, tt.limit, tt.seeds))
+		})
+	}
+}
+
+func TestResult(t *testing.T) {
+	nodes := chain("$c", 5)
+	for i := range nodes {
+		nodes[i].Ref = 100 + i
+	}
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		walk func(FetchFunc) (Result, error)
+		want Result
+	}{
+		{
+			"backfill stops at its limit",
+			func(f FetchFunc) (Result, error) {
+				return Backfill(ctx, BackfillRequest{RoomID: testRoom, From: []string{"$c5"}, Limit: 3}, f)
+			},
+			Result{IDs: []string{"$c5", "$c4", "$c3"}, Refs: []int{104, 103, 102}, Visits: 3},
+		},
+		{
+			"backfill reaches the room's first event",
+			func(f FetchFunc) (Result, error) {
+				return Backfill(ctx, BackfillRequest{RoomID: testRoom, From: []string{"$c5"}, Limit: 10}, f)
+			},
+			Result{IDs: []string{"$c5", "$c4", "$c3", "$c2", "$c1"}, Refs: []int{104, 103, 102, 101, 100}, Visits: 5},
+		},
+		{
+			"backfill runs out of budget",
+			func(f FetchFunc) (Result, error) {
+				return Backfill(ctx, BackfillRequest{RoomID: testRoom, From: []string{"$c5"}, Limit: 10, MaxVisits: 2}, f)
+			},
+			Result{IDs: []string{"$c5", "$c4"}, Refs: []int{104, 103}, Visits: 2, Exhausted: true},
+		},
+		{
+			"missing events stops at its limit",
+			func(f FetchFunc) (Result, error) {
+				return MissingEvents(ctx, MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c5"}, Limit: 2}, f)
+			},
+			Result{IDs: []string{"$c3", "$c4"}, Refs: []int{102, 103}, Visits: 3},
+		},
+		{
+			"missing events runs out of budget",
+			func(f FetchFunc) (Result, error) {
+				return MissingEvents(ctx, MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c5"}, Limit: 10, MaxVisits: 2}, f)
+			},
+			Result{IDs: []string{"$c4"}, Refs: []int{103}, Visits: 2, Exhausted: true},
+		},
+		{
+			"missing events finds nothing to return",
+			func(f FetchFunc) (Result, error) {
+				return MissingEvents(ctx, MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c1"}, Limit: 10}, f)
+			},
+			Result{IDs: []string{}, Refs: []int{}, Visits: 1},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(nodes...)
+			got, err := tt.walk(s.fetch)
+			require.NoError(t, err)
+			require.Equal(t, tt.want, got)
+			require.Len(t, s.fetched(), got.Visits)
 		})
 	}
 }

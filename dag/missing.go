@@ -26,7 +26,7 @@ type MissingEventsRequest struct {
 	MaxVisits int
 }
 
-// MissingEvents returns the IDs of up to Limit events, oldest first.
+// MissingEvents finds up to Limit events, oldest first.
 //
 // As the spec asks, the walk is breadth-first over prev_events, starting
 // from the Latest events that are in the room (Latest events that are
@@ -36,9 +36,8 @@ type MissingEventsRequest struct {
 // Earliest, as in Synapse. Events with a depth below MinDepth are neither
 // returned nor walked past: the spec defines min_depth, and unlike Synapse,
 // which ignores it, we honour it. Rejected events are walked through but
-// neither returned nor counted toward Limit; outliers, events of other rooms
-// and events with a depth outside canonical JSON's integer range are neither
-// entered nor returned.
+// neither returned nor counted toward Limit; the events the package
+// documentation lists are neither entered nor returned.
 //
 // Each level of the walk is one FetchFunc call. When Limit truncates, the
 // events nearest to Latest are kept: those fewer prev_events steps away, and
@@ -46,40 +45,14 @@ type MissingEventsRequest struct {
 // byte order. The result is sorted by depth ascending, ties by event ID
 // ascending in byte order.
 //
-// When the visit budget cannot pay for the next whole level, the walk stops
-// and returns the events of the levels it has: they are exactly what the
-// unbounded walk returns for a Limit of their number.
+// When the visit budget cannot pay for the next whole level, the walk stops,
+// sets Result.Exhausted and returns the events of the levels it has: they
+// are exactly what the unbounded walk returns for a Limit of their number.
 //
-// Errors are those of fetch and of ctx, wrapped.
-func MissingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]string, error) {
-	var ids []string
-	err := missingEvents(ctx, req, fetch, func(found int) { ids = make([]string, 0, found) },
-		func(id string, _ int) { ids = append(ids, id) })
-	if err != nil {
-		return nil, err
-	}
-	return ids, nil
-}
-
-// MissingEventsRefs is MissingEvents returning the Ref of each node rather
-// than its ID: the caller's own reference to each event, so that it need
-// not look the IDs up again.
-func MissingEventsRefs(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]int, error) {
-	var refs []int
-	err := missingEvents(ctx, req, fetch, func(found int) { refs = make([]int, 0, found) },
-		func(_ string, ref int) { refs = append(refs, ref) })
-	if err != nil {
-		return nil, err
-	}
-	return refs, nil
-}
-
-// missingEvents runs the walk. Unless it fails or Limit is not positive,
-// it calls start with the number of events found, then emit for each of
-// them in order.
-func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc, start func(int), emit func(id string, ref int)) error {
+// Errors are those of fetch and of ctx, wrapped; the Result is then empty.
+func MissingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) (Result, error) {
 	if req.Limit <= 0 {
-		return nil
+		return Result{}, nil
 	}
 	w := newMissingWalk(min(len(req.Earliest)+len(req.Latest)+2*min(req.Limit, maxPrealloc), maxPrealloc))
 	// Earliest IDs take the first slots, marked never to be requested;
@@ -92,6 +65,7 @@ func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFun
 		w.add(id, 1)
 	}
 	budget := VisitBudget(req.MaxVisits, req.Limit, len(w.ids)-levelStart)
+	visits, exhausted := 0, false
 
 	var found []int       // slots of the events found, in order
 	var answered []answer // the accepted nodes of a fetch's answer, reused per level
@@ -101,15 +75,17 @@ walk:
 		// A partial level would make the answer depend on which part was
 		// fetched; stop where it is still exact instead.
 		if len(level) > budget {
+			exhausted = true
 			break
 		}
 		budget -= len(level)
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("dag: get_missing_events walk: %w", err)
+			return Result{}, fmt.Errorf("dag: get_missing_events walk: %w", err)
 		}
+		visits += len(level)
 		nodes, err := fetch(ctx, slices.Clone(level))
 		if err != nil {
-			return fmt.Errorf("dag: get_missing_events walk: fetching %d events: %w", len(level), err)
+			return Result{}, fmt.Errorf("dag: get_missing_events walk: fetching %d events: %w", len(level), err)
 		}
 
 		answered = answered[:0]
@@ -163,16 +139,18 @@ walk:
 			}
 		}
 		if !nextAffordable {
+			exhausted = true
 			break
 		}
 	}
 
 	slices.SortFunc(found, w.olderFirst)
-	start(len(found))
+	res := newResult(len(found), visits, exhausted)
 	for _, slot := range found {
-		emit(w.ids[slot], w.slots[slot].ref)
+		res.IDs = append(res.IDs, w.ids[slot])
+		res.Refs = append(res.Refs, w.slots[slot].ref)
 	}
-	return nil
+	return res, nil
 }
 
 // Marks of a MissingEvents slot besides the walk step (>= 1) in which its
@@ -223,7 +201,8 @@ func (w *missingWalk) add(id string, mark int) {
 	}
 }
 
-// olderFirst is olderFirst for slots.
+// olderFirst orders slots by depth ascending, ties broken by event ID
+// ascending in byte order: the order of MissingEvents' result.
 func (w *missingWalk) olderFirst(a, b int) int {
 	if da, db := w.slots[a].depth, w.slots[b].depth; da != db {
 		if da < db {
