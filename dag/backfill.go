@@ -52,7 +52,7 @@ func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) (Result
 	}
 	// Most rooms' DAGs are close to a chain: expect about one ID fetched
 	// per event returned, and let the index grow past that if needed.
-	expected := min(len(req.From)+2*min(req.Limit, maxPrealloc), maxPrealloc)
+	expected := min(len(req.From)+min(req.Limit, maxPrealloc), maxPrealloc)
 	if req.MaxVisits > 0 {
 		expected = min(expected, req.MaxVisits)
 	}

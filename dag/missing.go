@@ -54,7 +54,8 @@ func MissingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFun
 	if req.Limit <= 0 {
 		return Result{}, nil
 	}
-	w := newMissingWalk(min(len(req.Earliest)+len(req.Latest)+2*min(req.Limit, maxPrealloc), maxPrealloc))
+	// Expect about one ID fetched per event returned, as in Backfill.
+	w := newMissingWalk(min(len(req.Earliest)+len(req.Latest)+min(req.Limit, maxPrealloc), maxPrealloc))
 	// Earliest IDs take the first slots, marked never to be requested;
 	// the distinct Latest IDs not among them are the first level.
 	for _, id := range req.Earliest {
