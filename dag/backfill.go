@@ -133,8 +133,8 @@ const (
 // backfillSlot is the walk's knowledge of one requested event ID, whose
 // ID is in the walk's ids at the same index.
 type backfillSlot struct {
-	// From slotFetched on, the node's followed prev_events (at most the
-	// first 20), depth, Ref and Rejected.
+	// From slotFetched on, the node's followed prev_events (the first
+	// MaxPrevEvents), depth, Ref and Rejected.
 	prevEvents []string
 	depth      int64
 	ref        int
