@@ -15,11 +15,11 @@ func WalkBackfill(ctx context.Context, store EventStore, req dag.BackfillRequest
 		return walker.WalkBackfill(ctx, req)
 	}
 	f := &eventFetcher{store: store, roomID: req.RoomID}
-	refs, err := dag.BackfillRefs(ctx, req, f.fetch)
+	res, err := dag.Backfill(ctx, req, f.fetch)
 	if err != nil {
 		return WalkResult{}, err
 	}
-	return f.result(refs), nil
+	return f.result(res), nil
 }
 
 // WalkMissingEvents runs the get_missing_events walk req over store: with
@@ -30,11 +30,11 @@ func WalkMissingEvents(ctx context.Context, store EventStore, req dag.MissingEve
 		return walker.WalkMissingEvents(ctx, req)
 	}
 	f := &eventFetcher{store: store, roomID: req.RoomID}
-	refs, err := dag.MissingEventsRefs(ctx, req, f.fetch)
+	res, err := dag.MissingEvents(ctx, req, f.fetch)
 	if err != nil {
 		return WalkResult{}, err
 	}
-	return f.result(refs), nil
+	return f.result(res), nil
 }
 
 // eventFetcher adapts an EventStore to dag.FetchFunc. It keeps every event
@@ -45,11 +45,9 @@ type eventFetcher struct {
 	store   EventStore
 	roomID  string
 	fetched []*Event
-	visits  int
 }
 
 func (f *eventFetcher) fetch(ctx context.Context, ids []string) ([]dag.Node, error) {
-	f.visits += len(ids)
 	events, err := f.store.Events(ctx, f.roomID, ids)
 	if err != nil {
 		return nil, err
@@ -71,12 +69,12 @@ func (f *eventFetcher) fetch(ctx context.Context, ids []string) ([]dag.Node, err
 }
 
 // result maps the walk's answer (Refs of fetch's nodes) back to the events.
-func (f *eventFetcher) result(refs []int) WalkResult {
-	events := make([]*Event, len(refs))
-	for i, ref := range refs {
+func (f *eventFetcher) result(res dag.Result) WalkResult {
+	events := make([]*Event, len(res.Refs))
+	for i, ref := range res.Refs {
 		events[i] = f.fetched[ref]
 	}
-	return WalkResult{Events: events, Visits: f.visits}
+	return WalkResult{Events: events, Visits: res.Visits, Exhausted: res.Exhausted}
 }
 
 // walkBackfill runs the backfill walk for a request, noting its cost.

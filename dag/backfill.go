@@ -1,11 +1,11 @@
 package dag
 
 import (
+	"container/heap"
 	"context"
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // BackfillRequest is one backfill walk.
@@ -17,23 +17,22 @@ type BackfillRequest struct {
 	// Limit is the number of events to return; <= 0 returns nothing.
 	Limit int
 	// MaxVisits bounds the number of event IDs passed to the FetchFunc in
-	// total; 0 means 10*Limit plus the number of distinct From IDs (see the
-	// package documentation).
+	// total; 0 (or less) selects the default, DefaultVisitsPerResult*Limit
+	// plus the number of distinct From IDs (see VisitBudget).
 	MaxVisits int
 }
 
-// Backfill returns the IDs of up to Limit events, newest first.
+// Backfill finds up to Limit events, newest first.
 //
 // The walk is best-first, as in Synapse: it starts with the From events and
 // always takes the highest-depth event among those reached and not yet
 // taken, ties broken by event ID ascending in byte order, then reaches that
 // event's prev_events. The From events themselves are returned when they
 // qualify. Rejected events are walked through but neither returned nor
-// counted toward Limit; outliers, events of other rooms and events with a
-// depth outside canonical JSON's integer range are neither entered nor
-// returned. The result is sorted by depth descending, ties by event ID
-// ascending; for a DAG whose depths are consistent that is also the order in
-// which the events were taken.
+// counted toward Limit; the events the package documentation lists are
+// neither entered nor returned. The result is sorted by depth descending,
+// ties by event ID ascending; for a DAG whose depths are consistent that is
+// also the order in which the events were taken.
 //
 // Fetches are batched: an event's prev_events are requested before the event
 // is taken, together with those of the events likely to be taken next, so a
@@ -41,75 +40,51 @@ type BackfillRequest struct {
 // exactly that of the one-event-at-a-time walk, because no event is taken
 // before the prev_events of every event taken earlier are known.
 //
-// When the visit budget cannot pay for the prev_events of the event just
-// taken, the walk stops and returns the events taken so far: they are
-// exactly what the unbounded walk returns for a Limit of their number.
+// When the visit budget cannot pay for the From events, or for the
+// prev_events of the event just taken, the walk stops, sets
+// Result.Exhausted and returns the events taken so far: they are exactly
+// what the unbounded walk returns for a Limit of their number.
 //
-// Errors are those of fetch and of ctx, wrapped.
-func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]string, error) {
-	var ids []string
-	err := backfill(ctx, req, fetch, func(taken int) { ids = make([]string, 0, taken) },
-		func(id string, _ int) { ids = append(ids, id) })
-	if err != nil {
-		return nil, err
-	}
-	return ids, nil
-}
-
-// BackfillRefs is Backfill returning the Ref of each node rather than its
-// ID: the caller's own reference to each event, so that it need not look
-// the IDs up again.
-func BackfillRefs(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]int, error) {
-	var refs []int
-	err := backfill(ctx, req, fetch, func(taken int) { refs = make([]int, 0, taken) },
-		func(_ string, ref int) { refs = append(refs, ref) })
-	if err != nil {
-		return nil, err
-	}
-	return refs, nil
-}
-
-// backfill runs the walk. Unless it fails or returns nothing before the
-// walk starts, it calls start with the number of events taken, then emit
-// for each of them in order.
-func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start func(int), emit func(id string, ref int)) error {
+// Errors are those of fetch and of ctx, wrapped; the Result is then empty.
+func Backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc) (Result, error) {
 	if req.Limit <= 0 {
-		return nil
+		return Result{}, nil
 	}
 	// Most rooms' DAGs are close to a chain: expect about one ID fetched
 	// per event returned, and let the index grow past that if needed.
-	expected := min(len(req.From)+2*min(req.Limit, maxPrealloc), maxPrealloc)
+	expected := min(len(req.From)+min(req.Limit, maxPrealloc), maxPrealloc)
 	if req.MaxVisits > 0 {
 		expected = min(expected, req.MaxVisits)
 	}
-	w := newBackfillWalk(expected)
-	defer w.release()
-	w.roomID, w.fetch = req.RoomID, fetch
+	w := newBackfillWalk(req.RoomID, fetch, expected)
 	// The distinct From IDs take the first slots; the index drops repeats.
 	for _, id := range req.From {
-		if _, known := w.index.findOrAdd(w.ids, id); !known {
+		if _, known := w.index[id]; !known {
 			w.register(id)
 		}
 	}
 	seeds := len(w.slots)
-	// register counted the seeds against a budget of 0.
-	w.budget += visitBudget(req.MaxVisits, req.Limit, seeds)
-	// Without all of From the walk could not be exact; fetching none of it
-	// returns the empty prefix of the answer.
-	if seeds == 0 || w.budget < 0 {
-		return nil
+	if seeds == 0 {
+		return Result{}, nil
+	}
+	// register counted the seeds against a budget of 0. Without all of From
+	// the walk could not be exact; fetching none of it returns the empty
+	// prefix of the answer.
+	w.budget += VisitBudget(req.MaxVisits, req.Limit, seeds)
+	if w.budget < 0 {
+		return Result{Exhausted: true}, nil
 	}
 	if err := w.fetchBatch(ctx, 0); err != nil {
-		return err
+		return Result{}, err
 	}
 	for seed := range seeds {
 		w.reach(seed)
 	}
 
-	taken := w.taken[:0]
-	defer func() { w.taken = taken[:0] }()
-	for w.frontier.len() > 0 {
-		next := w.frontier.pop()
+	var taken []int // slots of the events taken, in order
+	exhausted := false
+	for w.frontier.Len() > 0 {
+		next := heap.Pop(&w.frontier).(int)
 		w.slots[next].state = slotTaken
 		if !w.slots[next].rejected {
 			taken = append(taken, next)
@@ -119,22 +94,24 @@ func backfill(ctx context.Context, req BackfillRequest, fetch FetchFunc, start f
 		}
 		complete, err := w.expand(ctx, next, req.Limit-len(taken))
 		if err != nil {
-			return err
+			return Result{}, err
 		}
 		if !complete {
+			exhausted = true
 			break
 		}
-		for _, prev := range w.prevSlots(next) {
-			w.reach(prev)
+		for _, id := range w.slots[next].prevEvents {
+			w.reach(w.index[id]) // expanded: every one has a slot
 		}
 	}
 
 	slices.SortFunc(taken, w.compareNewerFirst)
-	start(len(taken))
+	res := newResult(len(taken), w.visits, exhausted)
 	for _, s := range taken {
-		emit(w.ids[s], w.slots[s].ref)
+		res.IDs = append(res.IDs, w.ids[s])
+		res.Refs = append(res.Refs, w.slots[s].ref)
 	}
-	return nil
+	return res, nil
 }
 
 type slotState uint8
@@ -156,24 +133,20 @@ const (
 // backfillSlot is the walk's knowledge of one requested event ID, whose
 // ID is in the walk's ids at the same index.
 type backfillSlot struct {
-	// From slotFetched on, the node's followed prev_events (at most the
-	// first 20), depth, Ref and Rejected.
+	// From slotFetched on, the node's followed prev_events (the first
+	// MaxPrevEvents), depth, Ref and Rejected.
 	prevEvents []string
 	depth      int64
 	ref        int
 	rejected   bool
 	batch      int // the fetch call that requested the ID
 	state      slotState
-	// expanded: every followed prev event has been requested, and
-	// prevSlots[prevsAt:prevsAt+prevsLen] of the walk holds their slots
-	// indexes in prev_events order, so that reaching them after the event
-	// is taken costs no index lookups.
+	// expanded: every followed prev event has been requested.
 	expanded bool
-	prevsLen uint8 // <= maxPrevEventsFollowed
-	prevsAt  int
 }
 
-// compareNewerFirst is compareNewerFirst for slots.
+// compareNewerFirst orders slots newest first, as compareNewerFirst orders
+// nodes: the order in which Backfill takes events and returns them.
 func (w *backfillWalk) compareNewerFirst(a, b int) int {
 	if da, db := w.slots[a].depth, w.slots[b].depth; da != db {
 		if da > db {
@@ -189,63 +162,29 @@ type backfillWalk struct {
 	fetch  FetchFunc
 	budget int // IDs that may still be requested
 	batch  int // fetch calls made so far
+	visits int // IDs passed to fetch so far
 
-	// ids and slots are indexed alike, one entry per requested ID; the
-	// IDs are kept apart so that index can compare them and the slots hold
-	// fewer pointers.
+	// ids and slots are indexed alike, one entry per requested ID.
 	ids   []string
 	slots []backfillSlot
-	index idIndex // event ID → slot
-	// prevs holds the slots indexes of the followed prev_events of every
-	// expanded slot (see backfillSlot.prevsAt).
-	prevs []int
+	index map[string]int // event ID → slot
 
-	frontier intHeap // slots indexes of reached events, best first
-	ahead    intHeap // scratch: frontier positions, for lookahead
-
-	batches batchBlocks // what fetch is handed
-	taken   []int       // slots indexes of the events taken, in order
+	frontier slotHeap // slots indexes of reached events, best first
+	ahead    slotHeap // scratch: frontier positions, for lookahead
 }
 
-// backfillWalks recycles walk state: the index, the slots and the heaps
-// of one walk are a few dozen kilobytes, and allocating them per request
-// costs more, in allocation and garbage collection, than the walk itself.
-var backfillWalks = sync.Pool{New: func() any {
-	w := &backfillWalk{}
+// newBackfillWalk returns an empty walk with room for expected IDs.
+func newBackfillWalk(roomID string, fetch FetchFunc, expected int) *backfillWalk {
+	w := &backfillWalk{
+		roomID: roomID,
+		fetch:  fetch,
+		ids:    make([]string, 0, expected),
+		slots:  make([]backfillSlot, 0, expected),
+		index:  make(map[string]int, expected),
+	}
 	w.frontier.less = w.newerFirst
 	w.ahead.less = w.aheadFirst
 	return w
-}}
-
-// maxPooledSlots bounds the walks that are recycled (of both kinds): a rare
-// huge walk should not pin its memory, its index's table among it.
-const maxPooledSlots = 2 * maxPrealloc
-
-// newBackfillWalk returns an empty walk with room for expected IDs.
-func newBackfillWalk(expected int) *backfillWalk {
-	w := backfillWalks.Get().(*backfillWalk)
-	w.index.reset(expected)
-	if cap(w.slots) < expected {
-		w.ids = make([]string, 0, expected)
-		w.slots = make([]backfillSlot, 0, expected)
-	}
-	return w
-}
-
-// release empties w and recycles it. Nothing the walk handed out survives
-// in it: the batches fetch was given are dropped, not reused, since fetch
-// may keep them.
-func (w *backfillWalk) release() {
-	if len(w.slots) > maxPooledSlots {
-		return
-	}
-	// Drop the references to the nodes' strings; the index holds none.
-	clear(w.ids)
-	clear(w.slots)
-	w.ids, w.slots, w.prevs = w.ids[:0], w.slots[:0], w.prevs[:0]
-	w.frontier.items, w.ahead.items = w.frontier.items[:0], w.ahead.items[:0]
-	w.roomID, w.fetch, w.budget, w.batch, w.batches = "", nil, 0, 0, batchBlocks{}
-	backfillWalks.Put(w)
 }
 
 func (w *backfillWalk) newerFirst(a, b int) bool {
@@ -256,17 +195,10 @@ func (w *backfillWalk) aheadFirst(a, b int) bool {
 	return w.newerFirst(w.frontier.items[a], w.frontier.items[b])
 }
 
-// prevSlots returns the slots indexes of the followed prev_events of slot,
-// once it is expanded.
-func (w *backfillWalk) prevSlots(slot int) []int {
-	s := &w.slots[slot]
-	return w.prevs[s.prevsAt : s.prevsAt+int(s.prevsLen)]
-}
-
-// register records id as requested by the next fetch call, in the slot
-// index.findOrAdd has just given it, and counts it against the budget
-// (which the caller checks).
+// register gives id the next slot, as requested by the next fetch call,
+// and counts it against the budget (which the caller checks).
 func (w *backfillWalk) register(id string) {
+	w.index[id] = len(w.ids)
 	w.ids = append(w.ids, id)
 	w.slots = append(w.slots, backfillSlot{batch: w.batch + 1})
 	w.budget--
@@ -279,7 +211,7 @@ func (w *backfillWalk) reach(slot int) {
 		return
 	}
 	w.slots[slot].state = slotReached
-	w.frontier.push(slot)
+	heap.Push(&w.frontier, slot)
 }
 
 // fetchBatch requests the IDs of the slots from first on, all registered
@@ -291,20 +223,16 @@ func (w *backfillWalk) fetchBatch(ctx context.Context, first int) error {
 	}
 	w.batch++
 	ids := w.ids[first:]
-	nodes, err := w.fetch(ctx, w.batches.copyOf(ids))
+	w.visits += len(ids)
+	nodes, err := w.fetch(ctx, slices.Clone(ids))
 	if err != nil {
 		return fmt.Errorf("dag: backfill walk: fetching %d events: %w", len(ids), err)
 	}
-	// The IDs of this call were registered last, in order: a store that
-	// answers in the order asked needs no index lookups.
 	for i := range nodes {
 		n := &nodes[i]
-		slot := first + i
-		if i >= len(ids) || w.ids[slot] != n.ID {
-			var ok bool
-			if slot, ok = w.index.find(w.ids, n.ID); !ok {
-				continue
-			}
+		slot, ok := w.index[n.ID]
+		if !ok {
+			continue
 		}
 		s := &w.slots[slot]
 		if s.batch != w.batch || s.state != slotAwaiting {
@@ -350,15 +278,15 @@ func (w *backfillWalk) expand(ctx context.Context, slot, need int) (bool, error)
 // has a depth below that event's, so the frontier events at most one below
 // it will be taken before them (or tie), whereas lower ones may never be.
 func (w *backfillWalk) lookahead(minDepth int64, need int) {
-	if w.frontier.len() == 0 || w.budget == 0 {
+	if w.frontier.Len() == 0 || w.budget == 0 {
 		return
 	}
 	// Walk the frontier heap in priority order without popping it: a
 	// second heap of positions, seeded with the root, yields each position
-	// before its children.
+	// before its children (at 2i+1 and 2i+2, as container/heap documents).
 	w.ahead.items = append(w.ahead.items[:0], 0)
-	for considered := 0; considered < need && w.ahead.len() > 0; considered++ {
-		pos := w.ahead.pop()
+	for considered := 0; considered < need && w.ahead.Len() > 0; considered++ {
+		pos := heap.Pop(&w.ahead).(int)
 		slot := w.frontier.items[pos]
 		if w.slots[slot].depth < minDepth {
 			break
@@ -367,8 +295,8 @@ func (w *backfillWalk) lookahead(minDepth int64, need int) {
 			return
 		}
 		for _, child := range [2]int{2*pos + 1, 2*pos + 2} {
-			if child < w.frontier.len() {
-				w.ahead.push(child)
+			if child < w.frontier.Len() {
+				heap.Push(&w.ahead, child)
 			}
 		}
 	}
@@ -380,28 +308,23 @@ func (w *backfillWalk) lookahead(minDepth int64, need int) {
 // When the budget cannot pay for them it leaves the walk as it was and
 // returns false.
 func (w *backfillWalk) expandSlot(slot int) bool {
-	firstNew, prevsAt := len(w.slots), len(w.prevs)
+	firstNew := len(w.slots)
 	for _, id := range w.slots[slot].prevEvents {
-		// Register new IDs right away, so that one probe of the index
-		// both finds known IDs and adds new ones (a repeat in prevEvents
-		// is then known too); undo it below if the budget cannot pay.
-		prev, known := w.index.findOrAdd(w.ids, id)
-		if !known {
+		// Register new IDs right away, so that a repeat in prevEvents is
+		// known too; undo it below if the budget cannot pay.
+		if _, known := w.index[id]; !known {
 			w.register(id)
 		}
-		w.prevs = append(w.prevs, prev)
 	}
 	if w.budget < 0 {
-		for i := len(w.ids) - 1; i >= firstNew; i-- {
-			w.index.removeLast(w.ids[:i+1], w.ids[i])
+		for _, id := range w.ids[firstNew:] {
+			delete(w.index, id)
 		}
 		clear(w.ids[firstNew:])
 		w.budget += len(w.ids) - firstNew
-		w.ids, w.slots, w.prevs = w.ids[:firstNew], w.slots[:firstNew], w.prevs[:prevsAt]
+		w.ids, w.slots = w.ids[:firstNew], w.slots[:firstNew]
 		return false
 	}
-	s := &w.slots[slot]
-	s.expanded = true
-	s.prevsAt, s.prevsLen = prevsAt, uint8(len(w.prevs)-prevsAt)
+	w.slots[slot].expanded = true
 	return true
 }

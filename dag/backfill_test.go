@@ -205,7 +205,7 @@ func TestBackfill(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(tt.nodes...)
 			tt.req.RoomID = testRoom
-			got, err := Backfill(context.Background(), tt.req, s.fetch)
+			got, err := backfillIDs(context.Background(), tt.req, s.fetch)
 			require.NoError(t, err)
 			requireNoRepeats(t, s.fetched())
 			require.ElementsMatch(t, tt.want, got) // nicer diff first
@@ -218,7 +218,7 @@ func TestBackfill(t *testing.T) {
 
 func TestBackfillLimitZeroDoesNotFetch(t *testing.T) {
 	s := newStore(chain("$c", 3)...)
-	got, err := Backfill(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c3"}}, s.fetch)
+	got, err := backfillIDs(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c3"}}, s.fetch)
 	require.NoError(t, err)
 	require.Empty(t, got)
 	require.Empty(t, s.calls)
@@ -233,7 +233,7 @@ func TestBackfillBatchesLevels(t *testing.T) {
 		nodes[1].PrevEvents = append(nodes[1].PrevEvents, b)
 	}
 	s := newStore(nodes...)
-	got, err := Backfill(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$t"}, Limit: 100}, s.fetch)
+	got, err := backfillIDs(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$t"}, Limit: 100}, s.fetch)
 	require.NoError(t, err)
 	require.Equal(t, []string{"$t", "$b1", "$b2", "$b3", "$b4", "$b5", "$r1", "$r2", "$r3", "$r4", "$r5", "$root"}, got)
 	require.Equal(t, [][]string{
@@ -263,7 +263,7 @@ func TestBackfillLookaheadStaysNearTheTop(t *testing.T) {
 		nodes = append(nodes, ev("$c"+strconv.Itoa(i), int64(100+i), prevs...))
 	}
 	s := newStore(nodes...)
-	got, err := Backfill(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c5"}, Limit: 5}, s.fetch)
+	got, err := backfillIDs(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c5"}, Limit: 5}, s.fetch)
 	require.NoError(t, err)
 	require.Equal(t, []string{"$c5", "$c4", "$c3", "$c2", "$c1"}, got)
 	for _, id := range s.fetched() {
@@ -307,7 +307,7 @@ func TestBackfillUntrustedFetch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(chain("$c", 3)...)
 			s.extra = tt.extra
-			got, err := Backfill(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c3"}, Limit: 10}, s.fetch)
+			got, err := backfillIDs(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c3"}, Limit: 10}, s.fetch)
 			require.NoError(t, err)
 			require.Equal(t, tt.want, got)
 		})
@@ -347,11 +347,13 @@ func TestBackfillVisitBudget(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(tt.nodes...)
-			got, err := Backfill(context.Background(), BackfillRequest{
+			res, err := Backfill(context.Background(), BackfillRequest{
 				RoomID: testRoom, From: []string{tt.from}, Limit: tt.limit, MaxVisits: tt.maxVisits,
 			}, s.fetch)
 			require.NoError(t, err, "running out of budget is not an error")
-			require.Empty(t, got)
+			require.Empty(t, res.IDs)
+			require.True(t, res.Exhausted)
+			require.Equal(t, len(s.fetched()), res.Visits)
 			require.LessOrEqual(t, len(s.fetched()), tt.budget)
 			require.Greater(t, len(s.fetched()), tt.budget/2, "the budget should be mostly spent, not skipped")
 		})
@@ -360,11 +362,11 @@ func TestBackfillVisitBudget(t *testing.T) {
 
 func TestBackfillBudgetSmallerThanFrom(t *testing.T) {
 	s := newStore(chain("$c", 3)...)
-	got, err := Backfill(context.Background(), BackfillRequest{
+	res, err := Backfill(context.Background(), BackfillRequest{
 		RoomID: testRoom, From: []string{"$c3", "$c2"}, Limit: 5, MaxVisits: 1,
 	}, s.fetch)
 	require.NoError(t, err)
-	require.Empty(t, got)
+	require.Equal(t, Result{Exhausted: true}, res)
 	require.Empty(t, s.calls)
 }
 
@@ -375,13 +377,13 @@ func TestBackfillContextCancelled(t *testing.T) {
 		cancel() // the store answers, but the request is gone meanwhile
 		return s.fetch(ctx, ids)
 	}
-	got, err := Backfill(ctx, BackfillRequest{RoomID: testRoom, From: []string{"$c10"}, Limit: 5}, fetch)
+	got, err := backfillIDs(ctx, BackfillRequest{RoomID: testRoom, From: []string{"$c10"}, Limit: 5}, fetch)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Nil(t, got)
 	require.Len(t, s.calls, 1, "no fetch after cancellation")
 
 	s = newStore(chain("$c", 10)...)
-	_, err = Backfill(ctx, BackfillRequest{RoomID: testRoom, From: []string{"$c10"}, Limit: 5}, s.fetch)
+	_, err = backfillIDs(ctx, BackfillRequest{RoomID: testRoom, From: []string{"$c10"}, Limit: 5}, s.fetch)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Empty(t, s.calls)
 }
@@ -399,7 +401,7 @@ func TestBackfillFetchError(t *testing.T) {
 				}
 				return s.fetch(ctx, ids)
 			}
-			got, err := Backfill(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c10"}, Limit: 5}, fetch)
+			got, err := backfillIDs(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c10"}, Limit: 5}, fetch)
 			require.ErrorIs(t, err, errStore)
 			require.ErrorContains(t, err, "dag: backfill walk")
 			require.Nil(t, got)
@@ -426,7 +428,7 @@ func TestBackfillIgnoresLateAnswers(t *testing.T) {
 		}
 		return []Node{ev("$late", 2)}
 	}
-	got, err := Backfill(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c3"}, Limit: 10}, s.fetch)
+	got, err := backfillIDs(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c3"}, Limit: 10}, s.fetch)
 	require.NoError(t, err)
 	require.Equal(t, []string{"$c3", "$c2", "$c1"}, got)
 	require.Equal(t, [][]string{{"$c3"}, {"$c2", "$late"}, {"$c1"}}, s.calls)
@@ -446,7 +448,7 @@ func TestBackfillUnaffordableLookaheadIsUndone(t *testing.T) {
 		ev("$z", 1),
 	)
 	req := BackfillRequest{RoomID: testRoom, From: []string{"$t"}, Limit: 10, MaxVisits: 5}
-	got, err := Backfill(context.Background(), req, s.fetch)
+	got, err := backfillIDs(context.Background(), req, s.fetch)
 	require.NoError(t, err)
 	require.Equal(t, []string{"$c", "$y", "$t", "$a", "$b"}, got)
 	require.Equal(t, [][]string{{"$t"}, {"$a", "$b"}, {"$c"}, {"$y"}}, s.calls)

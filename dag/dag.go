@@ -2,33 +2,36 @@
 // endpoints: Backfill (GET /_matrix/federation/v1/backfill) and MissingEvents
 // (POST /_matrix/federation/v1/get_missing_events).
 //
-// The walks are pure functions of their request and a FetchFunc; they know
-// nothing about HTTP or storage. Everything a FetchFunc returns is treated as
-// untrusted: events of other rooms, events nobody asked for, duplicates,
-// cycles in prev_events and forged depths cannot make a walk loop, return a
-// foreign event or cost more than its visit budget.
+// The walks are pure functions of their request and a FetchFunc, which
+// supplies the walk metadata of events (a Node each); they know nothing about
+// HTTP or storage. Each returns a Result: the IDs of the events found, in the
+// walk's order, the caller's Ref of each, and what the walk cost.
+//
+// Everything a FetchFunc returns is treated as untrusted: events of other
+// rooms, events nobody asked for, duplicates, cycles in prev_events and
+// forged depths cannot make a walk loop, return a foreign event or cost more
+// than its visit budget.
 //
 // # Visit budget
 //
-// Both walks count every event ID they pass to the FetchFunc. The total never
-// exceeds the request's MaxVisits; when MaxVisits is 0 (or negative) it
-// defaults to 10*Limit plus the number of distinct seed IDs (From for
-// Backfill, Latest for MissingEvents), saturating at the largest int. A
-// room's size therefore never decides a walk's cost: a room of ten thousand
-// rejected events, or events that each point at twenty others, costs at most
-// MaxVisits fetched IDs and memory in proportion. Running out of budget is not
-// an error: the walk stops at the last point where its answer was still exact
-// and returns what it has (see Backfill and MissingEvents for what exactly).
-// Callers must clamp Limit themselves (Synapse clamps backfill to 100), since
-// the default budget grows with it.
+// Both walks count every event ID they pass to the FetchFunc (Result.Visits).
+// The total never exceeds the budget VisitBudget computes: the request's
+// MaxVisits, or by default DefaultVisitsPerResult*Limit plus the number of
+// distinct seed IDs. A room's size therefore never decides a walk's cost: a
+// room of ten thousand rejected events, or events that each point at twenty
+// others, costs at most the budget in fetched IDs and memory in proportion.
+// Running out of budget is not an error: the walk stops at the last point
+// where its answer was still exact, returns what it has and sets
+// Result.Exhausted (see Backfill and MissingEvents for what exactly). Callers
+// must clamp Limit themselves (Synapse clamps backfill to 100), since the
+// default budget grows with it. A store that walks itself rather than serve
+// a FetchFunc should spend VisitBudget too.
 //
-// # prev_events
+// # What a walk enters
 //
-// A walk follows at most the first 20 entries of an event's prev_events and
-// ignores the rest. The PDU format caps prev_events at 20 ("Must contain less
-// than or equal to 20 events") and Synapse rejects incoming PDUs with more,
-// so only events accepted before that rule existed are affected; the cap
-// keeps a single event from spending a walk's whole budget.
+// A walk follows at most the first MaxPrevEvents entries of an event's
+// prev_events, and never enters an event of another room, an outlier, or an
+// event whose depth lies outside [MinCanonicalInt, MaxCanonicalInt].
 package dag
 
 import (
@@ -46,12 +49,29 @@ type Node struct {
 	Rejected   bool // walked through, never returned, does not count toward the limit
 	Outlier    bool // never walked into, never returned
 	// Ref is the caller's own reference to the event (an index into its
-	// own list of fetched events, say). The walks never look at it;
-	// BackfillRefs and MissingEventsRefs return it in place of the ID, so
-	// the caller need not look the returned IDs up again. An integer rather
-	// than a pointer keeps the walks' copies of nodes free of work for the
-	// garbage collector.
+	// own list of fetched events, say). The walks never look at it; they
+	// return it in Result.Refs, so that the caller need not look the
+	// returned IDs up again.
 	Ref int
+}
+
+// Result is what a walk found and what it cost.
+type Result struct {
+	// IDs are the events found, in the walk's order, and Refs[i] is the
+	// Ref of the node fetch returned for IDs[i].
+	IDs  []string
+	Refs []int
+	// Visits is the number of event IDs the walk passed to fetch: never
+	// more than its visit budget.
+	Visits int
+	// Exhausted is true when the visit budget ran out before the walk was
+	// done: IDs may then be shorter than what a larger budget would find.
+	Exhausted bool
+}
+
+// newResult returns a Result with room for n events.
+func newResult(n, visits int, exhausted bool) Result {
+	return Result{IDs: make([]string, 0, n), Refs: make([]int, 0, n), Visits: visits, Exhausted: exhausted}
 }
 
 // FetchFunc returns the events among ids that the caller holds. It may return
@@ -65,56 +85,66 @@ type Node struct {
 // counts.
 type FetchFunc func(ctx context.Context, ids []string) ([]Node, error)
 
+// The rules below are the walks' own, exported so that a store that walks
+// itself (a single database query, say) applies exactly the same ones.
 const (
-	// maxPrevEventsFollowed is the PDU format's limit on prev_events; see
-	// the package documentation.
-	maxPrevEventsFollowed = 20
+	// MaxPrevEvents is the number of an event's prev_events a walk follows:
+	// the first 20, ignoring the rest. The PDU format caps prev_events at 20
+	// ("Must contain less than or equal to 20 events") and Synapse rejects
+	// incoming PDUs with more, so only events accepted before that rule
+	// existed have more; the cap keeps a single event from spending a
+	// walk's whole budget.
+	MaxPrevEvents = 20
 
-	// defaultVisitsPerResult scales the default visit budget with Limit.
-	defaultVisitsPerResult = 10
+	// MinCanonicalInt and MaxCanonicalInt bound the integers canonical JSON
+	// can represent, ±(2^53-1) (appendices, "Canonical JSON"). An event
+	// whose depth lies outside cannot be valid: a walk never enters it and
+	// never returns it, as if it were an outlier.
+	MinCanonicalInt = -(1<<53 - 1)
+	MaxCanonicalInt = 1<<53 - 1
 
-	// minCanonicalInt and maxCanonicalInt bound the integers canonical JSON
-	// can represent (appendices, "Canonical JSON"). A depth outside them
-	// cannot belong to a valid event, so such a node is treated like an
-	// outlier: never entered, never returned.
-	minCanonicalInt = -(1 << 53) + 1
-	maxCanonicalInt = 1<<53 - 1
-
-	// maxPrealloc caps capacities derived from caller-supplied sizes, so a
-	// huge Limit does not allocate up front.
-	maxPrealloc = 1024
+	// DefaultVisitsPerResult scales the default visit budget with the
+	// request's Limit; see VisitBudget.
+	DefaultVisitsPerResult = 10
 )
+
+// VisitBudget returns the number of event IDs a walk may pass to its
+// FetchFunc: maxVisits when positive, else DefaultVisitsPerResult*limit +
+// seeds, saturating at the largest int. seeds is the number of distinct
+// seed IDs: From for Backfill, Latest not in Earliest for MissingEvents.
+// The walks call it with the request's MaxVisits and Limit (Limit > 0).
+func VisitBudget(maxVisits, limit, seeds int) int {
+	if maxVisits > 0 {
+		return maxVisits
+	}
+	if limit > (math.MaxInt-seeds)/DefaultVisitsPerResult {
+		return math.MaxInt
+	}
+	return DefaultVisitsPerResult*limit + seeds
+}
+
+// maxPrealloc caps capacities derived from caller-supplied sizes, so a
+// huge Limit does not allocate up front.
+const maxPrealloc = 1024
 
 // enterable reports whether a walk of roomID may enter node at all: it must
 // be in the room, not an outlier, and have a depth canonical JSON can carry.
 func enterable(n *Node, roomID string) bool {
 	return n.RoomID == roomID && !n.Outlier &&
-		n.Depth >= minCanonicalInt && n.Depth <= maxCanonicalInt
+		n.Depth >= MinCanonicalInt && n.Depth <= MaxCanonicalInt
 }
 
 // followedPrevEvents returns the prev_events a walk follows from n.
 func followedPrevEvents(n *Node) []string {
-	if len(n.PrevEvents) > maxPrevEventsFollowed {
-		return n.PrevEvents[:maxPrevEventsFollowed]
+	if len(n.PrevEvents) > MaxPrevEvents {
+		return n.PrevEvents[:MaxPrevEvents]
 	}
 	return n.PrevEvents
 }
 
-// visitBudget returns the number of IDs a walk may fetch: maxVisits when
-// positive, else the default of 10*limit+seeds (saturating).
-func visitBudget(maxVisits, limit, seeds int) int {
-	if maxVisits > 0 {
-		return maxVisits
-	}
-	if limit > (math.MaxInt-seeds)/defaultVisitsPerResult {
-		return math.MaxInt
-	}
-	return defaultVisitsPerResult*limit + seeds
-}
-
-// compareNewerFirst orders events newest first: by depth descending, ties
+// compareNewerFirst orders nodes newest first: by depth descending, ties
 // broken by event ID ascending in byte order. It is the order in which
-// Backfill takes events and returns them (backfillSlot.compareNewerFirst),
+// Backfill takes events and returns them (backfillWalk.compareNewerFirst),
 // and the order MissingEvents uses to pick among events at the same distance
 // from latest_events.
 func compareNewerFirst(a, b *Node) int {
@@ -125,39 +155,4 @@ func compareNewerFirst(a, b *Node) int {
 		return 1
 	}
 	return strings.Compare(a.ID, b.ID)
-}
-
-// olderFirst orders events by depth ascending, ties broken by event ID
-// ascending in byte order: the order of MissingEvents' result.
-func olderFirst(a, b *Node) int {
-	if a.Depth != b.Depth {
-		if a.Depth < b.Depth {
-			return -1
-		}
-		return 1
-	}
-	return strings.Compare(a.ID, b.ID)
-}
-
-// batchBlock is how many IDs a block of fetch batches holds at least.
-// Walking a chain fetches one ID per call; a slice per call would be a
-// hundred allocations.
-const batchBlock = 64
-
-// batchBlocks hands out the slices a walk passes to fetch. Each is a
-// fresh part of a block no other call was handed (FetchFunc's contract
-// lets fetch keep it), its capacity capped so that an append by fetch
-// cannot reach the next one. Blocks are never reused.
-type batchBlocks struct {
-	block []string
-}
-
-// copyOf returns a fresh slice holding ids.
-func (b *batchBlocks) copyOf(ids []string) []string {
-	if cap(b.block)-len(b.block) < len(ids) {
-		b.block = make([]string, 0, max(batchBlock, len(ids)))
-	}
-	start := len(b.block)
-	b.block = append(b.block, ids...)
-	return b.block[start:len(b.block):len(b.block)]
 }

@@ -40,16 +40,16 @@ func TestWalksKeepFetchFuncContract(t *testing.T) {
 		walk func(FetchFunc) ([]string, error)
 	}{
 		{"backfill chain", func(f FetchFunc) ([]string, error) {
-			return Backfill(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c150"}, Limit: 120}, f)
+			return backfillIDs(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$c150"}, Limit: 120}, f)
 		}},
 		{"backfill forks", func(f FetchFunc) ([]string, error) {
-			return Backfill(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$39merge", "$30x"}, Limit: 150}, f)
+			return backfillIDs(context.Background(), BackfillRequest{RoomID: testRoom, From: []string{"$39merge", "$30x"}, Limit: 150}, f)
 		}},
 		{"missing events chain", func(f FetchFunc) ([]string, error) {
-			return MissingEvents(context.Background(), MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c150"}, Limit: 120}, f)
+			return missingEventsIDs(context.Background(), MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c150"}, Limit: 120}, f)
 		}},
 		{"missing events forks", func(f FetchFunc) ([]string, error) {
-			return MissingEvents(context.Background(), MissingEventsRequest{
+			return missingEventsIDs(context.Background(), MissingEventsRequest{
 				RoomID: testRoom, Earliest: []string{"$2merge"}, Latest: []string{"$39merge", "$30x"}, Limit: 150,
 			}, f)
 		}},

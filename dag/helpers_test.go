@@ -83,3 +83,15 @@ func chain(prefix string, n int) []Node {
 	}
 	return nodes
 }
+
+// backfillIDs runs Backfill and returns the IDs it found.
+func backfillIDs(ctx context.Context, req BackfillRequest, fetch FetchFunc) ([]string, error) {
+	res, err := Backfill(ctx, req, fetch)
+	return res.IDs, err
+}
+
+// missingEventsIDs runs MissingEvents and returns the IDs it found.
+func missingEventsIDs(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]string, error) {
+	res, err := MissingEvents(ctx, req, fetch)
+	return res.IDs, err
+}

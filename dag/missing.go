@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // MissingEventsRequest is one get_missing_events walk.
@@ -21,12 +20,13 @@ type MissingEventsRequest struct {
 	// MinDepth: events of lower depth are neither returned nor walked past.
 	MinDepth int64
 	// MaxVisits bounds the number of event IDs passed to the FetchFunc in
-	// total; 0 means 10*Limit plus the number of distinct Latest IDs not in
-	// Earliest (see the package documentation).
+	// total; 0 (or less) selects the default, DefaultVisitsPerResult*Limit
+	// plus the number of distinct Latest IDs not in Earliest (see
+	// VisitBudget).
 	MaxVisits int
 }
 
-// MissingEvents returns the IDs of up to Limit events, oldest first.
+// MissingEvents finds up to Limit events, oldest first.
 //
 // As the spec asks, the walk is breadth-first over prev_events, starting
 // from the Latest events that are in the room (Latest events that are
@@ -36,9 +36,8 @@ type MissingEventsRequest struct {
 // Earliest, as in Synapse. Events with a depth below MinDepth are neither
 // returned nor walked past: the spec defines min_depth, and unlike Synapse,
 // which ignores it, we honour it. Rejected events are walked through but
-// neither returned nor counted toward Limit; outliers, events of other rooms
-// and events with a depth outside canonical JSON's integer range are neither
-// entered nor returned.
+// neither returned nor counted toward Limit; the events the package
+// documentation lists are neither entered nor returned.
 //
 // Each level of the walk is one FetchFunc call. When Limit truncates, the
 // events nearest to Latest are kept: those fewer prev_events steps away, and
@@ -46,43 +45,17 @@ type MissingEventsRequest struct {
 // byte order. The result is sorted by depth ascending, ties by event ID
 // ascending in byte order.
 //
-// When the visit budget cannot pay for the next whole level, the walk stops
-// and returns the events of the levels it has: they are exactly what the
-// unbounded walk returns for a Limit of their number.
+// When the visit budget cannot pay for the next whole level, the walk stops,
+// sets Result.Exhausted and returns the events of the levels it has: they
+// are exactly what the unbounded walk returns for a Limit of their number.
 //
-// Errors are those of fetch and of ctx, wrapped.
-func MissingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]string, error) {
-	var ids []string
-	err := missingEvents(ctx, req, fetch, func(found int) { ids = make([]string, 0, found) },
-		func(id string, _ int) { ids = append(ids, id) })
-	if err != nil {
-		return nil, err
-	}
-	return ids, nil
-}
-
-// MissingEventsRefs is MissingEvents returning the Ref of each node rather
-// than its ID: the caller's own reference to each event, so that it need
-// not look the IDs up again.
-func MissingEventsRefs(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) ([]int, error) {
-	var refs []int
-	err := missingEvents(ctx, req, fetch, func(found int) { refs = make([]int, 0, found) },
-		func(_ string, ref int) { refs = append(refs, ref) })
-	if err != nil {
-		return nil, err
-	}
-	return refs, nil
-}
-
-// missingEvents runs the walk. Unless it fails or Limit is not positive,
-// it calls start with the number of events found, then emit for each of
-// them in order.
-func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc, start func(int), emit func(id string, ref int)) error {
+// Errors are those of fetch and of ctx, wrapped; the Result is then empty.
+func MissingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFunc) (Result, error) {
 	if req.Limit <= 0 {
-		return nil
+		return Result{}, nil
 	}
-	w := newMissingWalk(min(len(req.Earliest)+len(req.Latest)+2*min(req.Limit, maxPrealloc), maxPrealloc))
-	defer w.release()
+	// Expect about one ID fetched per event returned, as in Backfill.
+	w := newMissingWalk(min(len(req.Earliest)+len(req.Latest)+min(req.Limit, maxPrealloc), maxPrealloc))
 	// Earliest IDs take the first slots, marked never to be requested;
 	// the distinct Latest IDs not among them are the first level.
 	for _, id := range req.Earliest {
@@ -92,38 +65,36 @@ func missingEvents(ctx context.Context, req MissingEventsRequest, fetch FetchFun
 	for _, id := range req.Latest {
 		w.add(id, 1)
 	}
-	budget := visitBudget(req.MaxVisits, req.Limit, len(w.ids)-levelStart)
+	budget := VisitBudget(req.MaxVisits, req.Limit, len(w.ids)-levelStart)
+	visits, exhausted := 0, false
 
-	found := w.found[:0]
-	defer func() { w.found = found[:0] }()
+	var found []int       // slots of the events found, in order
+	var answered []answer // the accepted nodes of a fetch's answer, reused per level
 walk:
 	for step := 1; len(w.ids) > levelStart; step++ {
 		level := w.ids[levelStart:]
 		// A partial level would make the answer depend on which part was
 		// fetched; stop where it is still exact instead.
 		if len(level) > budget {
+			exhausted = true
 			break
 		}
 		budget -= len(level)
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("dag: get_missing_events walk: %w", err)
+			return Result{}, fmt.Errorf("dag: get_missing_events walk: %w", err)
 		}
-		nodes, err := fetch(ctx, w.batches.copyOf(level))
+		visits += len(level)
+		nodes, err := fetch(ctx, slices.Clone(level))
 		if err != nil {
-			return fmt.Errorf("dag: get_missing_events walk: fetching %d events: %w", len(level), err)
+			return Result{}, fmt.Errorf("dag: get_missing_events walk: fetching %d events: %w", len(level), err)
 		}
 
-		answered := w.answered[:0]
+		answered = answered[:0]
 		for i := range nodes {
 			n := &nodes[i]
-			// A store that answers in the order asked needs no index
-			// lookups.
-			slot := levelStart + i
-			if i >= len(level) || level[i] != n.ID {
-				var ok bool
-				if slot, ok = w.index.find(w.ids, n.ID); !ok {
-					continue // not asked for
-				}
+			slot, ok := w.index[n.ID]
+			if !ok {
+				continue // not asked for
 			}
 			if w.slots[slot].mark != step {
 				continue // not asked for in this call, or a repeat
@@ -134,7 +105,6 @@ walk:
 			}
 		}
 		slices.SortFunc(answered, func(a, b answer) int { return compareNewerFirst(&nodes[a.node], &nodes[b.node]) })
-		w.answered = answered
 
 		levelStart = len(w.ids)
 		nextAffordable := true // false once the next level outgrows the budget
@@ -163,23 +133,25 @@ walk:
 				// The next level cannot be fetched whole; keep collecting
 				// this level's events but stop growing memory for a level
 				// that will never be walked.
-				if _, known := w.index.find(w.ids, prev); !known {
+				if _, known := w.index[prev]; !known {
 					nextAffordable = false
 					break
 				}
 			}
 		}
 		if !nextAffordable {
+			exhausted = true
 			break
 		}
 	}
 
 	slices.SortFunc(found, w.olderFirst)
-	start(len(found))
+	res := newResult(len(found), visits, exhausted)
 	for _, slot := range found {
-		emit(w.ids[slot], w.slots[slot].ref)
+		res.IDs = append(res.IDs, w.ids[slot])
+		res.Refs = append(res.Refs, w.slots[slot].ref)
 	}
-	return nil
+	return res, nil
 }
 
 // Marks of a MissingEvents slot besides the walk step (>= 1) in which its
@@ -200,15 +172,10 @@ type missingSlot struct {
 
 type missingWalk struct {
 	// ids and slots are indexed alike, one entry per distinct ID of
-	// Earliest, Latest and the levels requested since; the IDs are kept
-	// apart so that index can compare them and the slots hold no pointers.
-	ids     []string
-	slots   []missingSlot
-	index   idIndex // event ID → slot
-	batches batchBlocks
-
-	answered []answer // scratch: the accepted nodes of a fetch's answer
-	found    []int    // slots of the events found, in order
+	// Earliest, Latest and the levels requested since.
+	ids   []string
+	slots []missingSlot
+	index map[string]int // event ID → slot
 }
 
 // answer is a node of fetch's answer accepted for a slot.
@@ -217,40 +184,26 @@ type answer struct {
 	slot int
 }
 
-// missingWalks recycles walk state, as backfillWalks does.
-var missingWalks = sync.Pool{New: func() any { return new(missingWalk) }}
-
 // newMissingWalk returns an empty walk with room for expected IDs.
 func newMissingWalk(expected int) *missingWalk {
-	w := missingWalks.Get().(*missingWalk)
-	w.index.reset(expected)
-	if cap(w.slots) < expected {
-		w.ids = make([]string, 0, expected)
-		w.slots = make([]missingSlot, 0, expected)
+	return &missingWalk{
+		ids:   make([]string, 0, expected),
+		slots: make([]missingSlot, 0, expected),
+		index: make(map[string]int, expected),
 	}
-	return w
-}
-
-// release empties w and recycles it. The batches fetch was given are
-// dropped, not reused, since fetch may keep them.
-func (w *missingWalk) release() {
-	if len(w.slots) > maxPooledSlots {
-		return
-	}
-	clear(w.ids) // drop the references to the IDs
-	w.ids, w.slots, w.batches = w.ids[:0], w.slots[:0], batchBlocks{}
-	missingWalks.Put(w)
 }
 
 // add gives id a slot with mark unless it has one already.
 func (w *missingWalk) add(id string, mark int) {
-	if _, known := w.index.findOrAdd(w.ids, id); !known {
+	if _, known := w.index[id]; !known {
+		w.index[id] = len(w.ids)
 		w.ids = append(w.ids, id)
 		w.slots = append(w.slots, missingSlot{mark: mark})
 	}
 }
 
-// olderFirst is olderFirst for slots.
+// olderFirst orders slots by depth ascending, ties broken by event ID
+// ascending in byte order: the order of MissingEvents' result.
 func (w *missingWalk) olderFirst(a, b int) int {
 	if da, db := w.slots[a].depth, w.slots[b].depth; da != db {
 		if da < db {

@@ -179,7 +179,7 @@ func TestMissingEvents(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(tt.nodes...)
 			tt.req.RoomID = testRoom
-			got, err := MissingEvents(context.Background(), tt.req, s.fetch)
+			got, err := missingEventsIDs(context.Background(), tt.req, s.fetch)
 			require.NoError(t, err)
 			require.ElementsMatch(t, tt.want, got)
 			require.Equal(t, tt.want, append([]string{}, got...))
@@ -249,7 +249,7 @@ func TestMissingEventsFetches(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(nodes...)
 			tt.req.RoomID = testRoom
-			got, err := MissingEvents(context.Background(), tt.req, s.fetch)
+			got, err := missingEventsIDs(context.Background(), tt.req, s.fetch)
 			require.NoError(t, err)
 			require.Equal(t, tt.want, got)
 			require.Equal(t, tt.wantCalls, s.calls)
@@ -289,7 +289,7 @@ func TestMissingEventsUntrustedFetch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(chain("$c", 5)...)
 			s.extra = tt.extra
-			got, err := MissingEvents(context.Background(), MissingEventsRequest{
+			got, err := missingEventsIDs(context.Background(), MissingEventsRequest{
 				RoomID: testRoom, Earliest: []string{"$c1"}, Latest: []string{"$c5"}, Limit: 10,
 			}, s.fetch)
 			require.NoError(t, err)
@@ -329,11 +329,13 @@ func TestMissingEventsVisitBudget(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(tt.nodes...)
-			got, err := MissingEvents(context.Background(), MissingEventsRequest{
+			res, err := MissingEvents(context.Background(), MissingEventsRequest{
 				RoomID: testRoom, Latest: []string{tt.latest}, Limit: tt.limit, MaxVisits: tt.maxVisits,
 			}, s.fetch)
 			require.NoError(t, err, "running out of budget is not an error")
-			require.Empty(t, got)
+			require.Empty(t, res.IDs)
+			require.True(t, res.Exhausted)
+			require.Equal(t, len(s.fetched()), res.Visits)
 			require.LessOrEqual(t, len(s.fetched()), tt.budget)
 			requireNoRepeats(t, s.fetched())
 		})
@@ -347,7 +349,7 @@ func TestMissingEventsContextCancelled(t *testing.T) {
 		cancel()
 		return s.fetch(ctx, ids)
 	}
-	got, err := MissingEvents(ctx, MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c10"}, Limit: 5}, fetch)
+	got, err := missingEventsIDs(ctx, MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c10"}, Limit: 5}, fetch)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Nil(t, got)
 	require.Len(t, s.calls, 1, "no fetch after cancellation")
@@ -366,7 +368,7 @@ func TestMissingEventsFetchError(t *testing.T) {
 				}
 				return s.fetch(ctx, ids)
 			}
-			got, err := MissingEvents(context.Background(), MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c10"}, Limit: 5}, fetch)
+			got, err := missingEventsIDs(context.Background(), MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c10"}, Limit: 5}, fetch)
 			require.ErrorIs(t, err, errStore)
 			require.ErrorContains(t, err, "dag: get_missing_events walk")
 			require.Nil(t, got)
@@ -384,7 +386,7 @@ func TestMissingEventsIgnoresLateAnswers(t *testing.T) {
 		}
 		return []Node{ev("$late", 3, "$c1")}
 	}
-	got, err := MissingEvents(context.Background(), MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c4"}, Limit: 10}, s.fetch)
+	got, err := missingEventsIDs(context.Background(), MissingEventsRequest{RoomID: testRoom, Latest: []string{"$c4"}, Limit: 10}, s.fetch)
 	require.NoError(t, err)
 	require.Equal(t, []string{"$c1", "$c2", "$c3"}, got)
 	require.Equal(t, [][]string{{"$c4"}, {"$c3", "$late"}, {"$c2"}, {"$c1"}}, s.calls)

@@ -298,22 +298,30 @@ func TestBackfillMatchesReference(t *testing.T) {
 		}
 		s := randomStore(rng, nodes)
 
-		got, err := Backfill(context.Background(), req, s.fetch)
+		res, err := Backfill(context.Background(), req, s.fetch)
 		require.NoError(t, err)
+		got := res.IDs
 		requireNoRepeats(t, s.fetched())
-		require.Equal(t, orEmpty(referenceBackfill(t, req, s.fetch)), orEmpty(got), "seed %d", seed)
-		refs, err := BackfillRefs(context.Background(), req, s.fetch)
-		require.NoError(t, err)
-		require.Equal(t, refsOf(nodes, got), orNone(refs), "refs of seed %d", seed)
+		require.Equal(t, len(s.fetched()), res.Visits, "visits of seed %d", seed)
+		require.False(t, res.Exhausted, "seed %d", seed)
+		unbounded := orEmpty(referenceBackfill(t, req, s.fetch))
+		require.Equal(t, unbounded, orEmpty(got), "seed %d", seed)
+		require.Equal(t, refsOf(nodes, got), orNone(res.Refs), "refs of seed %d", seed)
 
 		// Any budget: never exceeded, and what is returned is exactly the
-		// unbounded answer for that many events.
+		// unbounded answer for that many events; all of it unless the
+		// budget ran out.
 		req.MaxVisits = 1 + rng.Intn(2*len(nodes)+2)
 		s.calls = nil
-		got, err = Backfill(context.Background(), req, s.fetch)
+		res, err = Backfill(context.Background(), req, s.fetch)
 		require.NoError(t, err)
+		got = res.IDs
 		require.LessOrEqual(t, len(s.fetched()), req.MaxVisits, "seed %d", seed)
+		require.Equal(t, len(s.fetched()), res.Visits, "visits of budget-bound walk of seed %d", seed)
 		requireNoRepeats(t, s.fetched())
+		if !res.Exhausted {
+			require.Equal(t, unbounded, orEmpty(got), "budget-bound walk of seed %d", seed)
+		}
 		req.Limit = len(got)
 		require.Equal(t, orEmpty(referenceBackfill(t, req, s.fetch)), orEmpty(got), "budget-bound walk of seed %d", seed)
 	}
@@ -335,20 +343,27 @@ func TestMissingEventsMatchesReference(t *testing.T) {
 		}
 		s := randomStore(rng, nodes)
 
-		got, err := MissingEvents(context.Background(), req, s.fetch)
+		res, err := MissingEvents(context.Background(), req, s.fetch)
 		require.NoError(t, err)
+		got := res.IDs
 		requireNoRepeats(t, s.fetched())
-		require.Equal(t, orEmpty(referenceMissingEvents(t, req, s.fetch)), orEmpty(got), "seed %d", seed)
-		refs, err := MissingEventsRefs(context.Background(), req, s.fetch)
-		require.NoError(t, err)
-		require.Equal(t, refsOf(nodes, got), orNone(refs), "refs of seed %d", seed)
+		require.Equal(t, len(s.fetched()), res.Visits, "visits of seed %d", seed)
+		require.False(t, res.Exhausted, "seed %d", seed)
+		unbounded := orEmpty(referenceMissingEvents(t, req, s.fetch))
+		require.Equal(t, unbounded, orEmpty(got), "seed %d", seed)
+		require.Equal(t, refsOf(nodes, got), orNone(res.Refs), "refs of seed %d", seed)
 
 		req.MaxVisits = 1 + rng.Intn(2*len(nodes)+2)
 		s.calls = nil
-		got, err = MissingEvents(context.Background(), req, s.fetch)
+		res, err = MissingEvents(context.Background(), req, s.fetch)
 		require.NoError(t, err)
+		got = res.IDs
 		require.LessOrEqual(t, len(s.fetched()), req.MaxVisits, "seed %d", seed)
+		require.Equal(t, len(s.fetched()), res.Visits, "visits of budget-bound walk of seed %d", seed)
 		requireNoRepeats(t, s.fetched())
+		if !res.Exhausted {
+			require.Equal(t, unbounded, orEmpty(got), "budget-bound walk of seed %d", seed)
+		}
 		req.Limit = len(got)
 		require.Equal(t, orEmpty(referenceMissingEvents(t, req, s.fetch)), orEmpty(got), "budget-bound walk of seed %d", seed)
 	}

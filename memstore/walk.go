@@ -17,7 +17,7 @@ import (
 // here a fetch reads the records directly and the walk's result maps back
 // to them by index.
 
-// WalkBackfill is dag.BackfillRefs over the store's records, with the
+// WalkBackfill is dag.Backfill over the store's records, with the
 // default visit budget. A backfill from one event along a plain chain, the
 // shape of most history, takes a shortcut with the same answer (see
 // backfillChain).
@@ -37,23 +37,23 @@ func (s *Store) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedh
 	}
 	f := s.newWalkFetcher(roomID)
 	defer f.release()
-	refs, err := dag.BackfillRefs(ctx, req, f.fetch)
+	res, err := dag.Backfill(ctx, req, f.fetch)
 	if err != nil {
 		return fedhistory.WalkResult{}, err
 	}
-	return fedhistory.WalkResult{Events: f.events(refs)}, nil
+	return fedhistory.WalkResult{Events: f.events(res.Refs), Visits: res.Visits, Exhausted: res.Exhausted}, nil
 }
 
-// WalkMissingEvents is dag.MissingEventsRefs over the store's records, with
+// WalkMissingEvents is dag.MissingEvents over the store's records, with
 // the default visit budget.
 func (s *Store) WalkMissingEvents(ctx context.Context, req dag.MissingEventsRequest) (fedhistory.WalkResult, error) {
 	f := s.newWalkFetcher(req.RoomID)
 	defer f.release()
-	refs, err := dag.MissingEventsRefs(ctx, req, f.fetch)
+	res, err := dag.MissingEvents(ctx, req, f.fetch)
 	if err != nil {
 		return fedhistory.WalkResult{}, err
 	}
-	return fedhistory.WalkResult{Events: f.events(refs)}, nil
+	return fedhistory.WalkResult{Events: f.events(res.Refs), Visits: res.Visits, Exhausted: res.Exhausted}, nil
 }
 
 // maxChainDepth and minChainDepth are the depths canonical JSON can carry

@@ -119,8 +119,9 @@ func TestWalkBackfillIsDagBackfill(t *testing.T) {
 		}
 		for _, ev := range b.Events() {
 			for _, limit := range []int{1, 2, 5, 20, 100} {
-				want, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: b.RoomID(), From: []string{ev.ID}, Limit: limit}, fetch)
+				res, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: b.RoomID(), From: []string{ev.ID}, Limit: limit}, fetch)
 				require.NoError(t, err)
+				want := res.IDs
 				got, err := walkBackfill(ctx, store, b.RoomID(), []string{ev.ID}, limit)
 				require.NoError(t, err)
 				gotIDs := make([]string, 0, len(got))

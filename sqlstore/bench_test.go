@@ -63,8 +63,9 @@ func BenchmarkSQLBackfill(b *testing.B) {
 	newest := []string{room[len(room)-1].ID}
 	const limit = 100
 	// The reference answer, from package dag over the room in memory.
-	want, err := dag.Backfill(context.Background(), dag.BackfillRequest{RoomID: room[0].RoomID, From: newest, Limit: limit}, referenceFetch(room))
+	res, err := dag.Backfill(context.Background(), dag.BackfillRequest{RoomID: room[0].RoomID, From: newest, Limit: limit}, referenceFetch(room))
 	require.NoError(b, err)
+	want := res.IDs
 	require.Len(b, want, limit)
 
 	for _, d := range dialects {

@@ -60,12 +60,12 @@ func (s *Store) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedh
 		budget = visitBudget(limit, len(dedupe(from)))
 	}
 	c := s.newCandidates(roomID, budget, nil, minCanonicalInt)
-	ids, err := dag.Backfill(ctx, req, c.fetch)
+	res, err := dag.Backfill(ctx, req, c.fetch)
 	if err != nil {
 		return fedhistory.WalkResult{}, fmt.Errorf("sqlstore: backfill of %s: %w", roomID, err)
 	}
-	events, err := s.walkResult(ctx, roomID, ids)
-	return fedhistory.WalkResult{Events: events}, err
+	events, err := s.walkResult(ctx, roomID, res.IDs)
+	return fedhistory.WalkResult{Events: events, Visits: res.Visits, Exhausted: res.Exhausted}, err
 }
 
 // WalkMissingEvents returns exactly what dag.MissingEvents returns over this
@@ -92,12 +92,12 @@ func (s *Store) WalkMissingEvents(ctx context.Context, req dag.MissingEventsRequ
 		budget = visitBudget(limit, seeds)
 	}
 	c := s.newCandidates(roomID, budget, earliest, max(minDepth, minCanonicalInt))
-	ids, err := dag.MissingEvents(ctx, req, c.fetch)
+	res, err := dag.MissingEvents(ctx, req, c.fetch)
 	if err != nil {
 		return fedhistory.WalkResult{}, fmt.Errorf("sqlstore: get_missing_events of %s: %w", roomID, err)
 	}
-	events, err := s.walkResult(ctx, roomID, ids)
-	return fedhistory.WalkResult{Events: events}, err
+	events, err := s.walkResult(ctx, roomID, res.IDs)
+	return fedhistory.WalkResult{Events: events, Visits: res.Visits, Exhausted: res.Exhausted}, err
 }
 
 // walkResult reads the events of ids, in that order.

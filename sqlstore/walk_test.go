@@ -143,8 +143,9 @@ func TestWalksMatchPackageDag(t *testing.T) {
 				}
 				name := fmt.Sprintf("trial %d walk %d: limit %d from %v", trial, walk, limit, from)
 
-				want, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: room, From: from, Limit: limit}, fetch)
+				res, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: room, From: from, Limit: limit}, fetch)
 				require.NoError(t, err)
+				want := res.IDs
 				before := s.Queries()
 				got, err := walkBackfill(ctx, s, room, from, limit)
 				require.NoError(t, err)
@@ -167,9 +168,10 @@ func TestWalksMatchPackageDag(t *testing.T) {
 				if rng.IntN(3) == 0 {
 					minDepth = rng.Int64N(100)
 				}
-				wantMissing, err := dag.MissingEvents(ctx, dag.MissingEventsRequest{
+				resMissing, err := dag.MissingEvents(ctx, dag.MissingEventsRequest{
 					RoomID: room, Earliest: earliest, Latest: from, Limit: limit, MinDepth: minDepth}, fetch)
 				require.NoError(t, err)
+				wantMissing := resMissing.IDs
 				before = s.Queries()
 				gotMissing, err := walkMissingEvents(ctx, s, room, earliest, from, limit, minDepth)
 				require.NoError(t, err)
@@ -198,16 +200,18 @@ func TestWalksStayExactWhenTheCandidatesRunOut(t *testing.T) {
 		for walk := range 40 {
 			from := []string{events[len(events)-1-rng.IntN(40)].ID}
 			limit := 1 + rng.IntN(30)
-			want, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: walkRoom, From: from, Limit: limit}, fetch)
+			res, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: walkRoom, From: from, Limit: limit}, fetch)
 			require.NoError(t, err)
+			want := res.IDs
 			before := s.Queries()
 			got, err := walkBackfill(ctx, s, walkRoom, from, limit)
 			require.NoError(t, err)
 			extra += s.Queries() - before - 2
 			require.Equal(t, want, eventIDs(got), "backfill walk %d", walk)
 
-			wantMissing, err := dag.MissingEvents(ctx, dag.MissingEventsRequest{RoomID: walkRoom, Latest: from, Limit: limit}, fetch)
+			resMissing, err := dag.MissingEvents(ctx, dag.MissingEventsRequest{RoomID: walkRoom, Latest: from, Limit: limit}, fetch)
 			require.NoError(t, err)
+			wantMissing := resMissing.IDs
 			gotMissing, err := walkMissingEvents(ctx, s, walkRoom, nil, from, limit, 0)
 			require.NoError(t, err)
 			require.Equal(t, wantMissing, eventIDs(gotMissing), "missing events walk %d", walk)
@@ -244,8 +248,9 @@ func TestWalksOverRealRooms(t *testing.T) {
 			}
 			latest := room.Events[len(room.Events)-1].ID
 			for _, limit := range []int{1, 10, 100} {
-				want, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: room.ID, From: []string{latest}, Limit: limit}, fetch)
+				res, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: room.ID, From: []string{latest}, Limit: limit}, fetch)
 				require.NoError(t, err)
+				want := res.IDs
 				before := s.Queries()
 				got, err := walkBackfill(ctx, s, room.ID, []string{latest}, limit)
 				require.NoError(t, err)
@@ -253,8 +258,9 @@ func TestWalksOverRealRooms(t *testing.T) {
 				require.Equal(t, want, eventIDs(got))
 
 				earliest := []string{room.Events[len(room.Events)/2].ID}
-				want, err = dag.MissingEvents(ctx, dag.MissingEventsRequest{RoomID: room.ID, Earliest: earliest, Latest: []string{latest}, Limit: limit}, fetch)
+				res, err = dag.MissingEvents(ctx, dag.MissingEventsRequest{RoomID: room.ID, Earliest: earliest, Latest: []string{latest}, Limit: limit}, fetch)
 				require.NoError(t, err)
+				want = res.IDs
 				before = s.Queries()
 				got, err = walkMissingEvents(ctx, s, room.ID, earliest, []string{latest}, limit, 0)
 				require.NoError(t, err)

@@ -353,10 +353,11 @@ func (s *walkingStore) fetch(roomID string) dag.FetchFunc {
 }
 
 func (s *walkingStore) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedhistory.WalkResult, error) {
-	ids, err := dag.Backfill(ctx, req, s.fetch(req.RoomID))
+	res, err := dag.Backfill(ctx, req, s.fetch(req.RoomID))
 	if err != nil {
 		return fedhistory.WalkResult{}, err
 	}
+	ids := res.IDs
 	if s.bug == "backfill walker drops the oldest" && len(ids) > 1 {
 		ids = ids[:len(ids)-1]
 	}
@@ -367,11 +368,11 @@ func (s *walkingStore) WalkMissingEvents(ctx context.Context, req dag.MissingEve
 	if s.bug == "missing events walker ignores min_depth" {
 		req.MinDepth = 0
 	}
-	ids, err := dag.MissingEvents(ctx, req, s.fetch(req.RoomID))
+	res, err := dag.MissingEvents(ctx, req, s.fetch(req.RoomID))
 	if err != nil {
 		return fedhistory.WalkResult{}, err
 	}
-	return s.inOrder(ctx, req.RoomID, ids)
+	return s.inOrder(ctx, req.RoomID, res.IDs)
 }
 
 // inOrder returns the events of ids, in the order of ids.
