@@ -6,15 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/fedhistory/fedhistory/dag"
 	"github.com/fedhistory/fedhistory/internal/redact"
 )
 
 // errVisibilityMisaligned marks a Visibility answer whose length is not the
 // number of IDs asked: a store bug, answered like any other store error.
 var errVisibilityMisaligned = errors.New("the store's Visibility answer does not have one entry per event ID")
-
-// canonicalJSONMaxInt is the largest integer canonical JSON allows (2^53-1).
-const canonicalJSONMaxInt = 1<<53 - 1
 
 // filter is the one filter every endpoint passes its PDUs through, so that
 // no endpoint can serve what another would hide. It turns events of roomID
@@ -68,7 +66,7 @@ func (req *request) filter(roomVersion, roomID string, events []*Event) (pdus []
 	for _, ev := range events {
 		switch {
 		case ev == nil || ev.RoomID != roomID,
-			ev.Depth > canonicalJSONMaxInt || ev.Depth < -canonicalJSONMaxInt,
+			ev.Depth > dag.MaxCanonicalInt || ev.Depth < dag.MinCanonicalInt,
 			!framedAsJSONObject(ev.JSON):
 			misbehaving++
 		case ev.Rejected:

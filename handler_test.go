@@ -178,7 +178,7 @@ func TestStoreWalkersCannotServeOutOfRangeDepths(t *testing.T) {
 	evs, err := store.Events(t.Context(), room.id, []string{room.ev(t, "m1")})
 	require.NoError(t, err)
 	bad := *evs[0]
-	bad.Depth = 1 << 53 // one past canonical JSON's largest integer
+	bad.Depth = dag.MaxCanonicalInt + 1
 	h := newHandler(t, lyingWalker{Store: store, bad: &bad})
 	resp := do(t, h, http.MethodGet, backfillURL(room.id, "5", room.ev(t, "m2")), memberServer, "")
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)

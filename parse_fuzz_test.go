@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fedhistory/fedhistory/dag"
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
 )
 
@@ -249,7 +250,7 @@ func FuzzTimestampQuery(f *testing.F) {
 		}
 		rawTS, rawDir := query["ts"][0], query["dir"][0]
 		n, ok := new(big.Int).SetString(rawTS, 10)
-		validTS := ok && onlyDigits(rawTS) && n.Cmp(big.NewInt(canonicalJSONMaxInt)) <= 0
+		validTS := ok && onlyDigits(rawTS) && n.Cmp(big.NewInt(dag.MaxCanonicalInt)) <= 0
 		validDir := rawDir == "f" || rawDir == "b"
 		if !validTS || !validDir {
 			require.NotNil(t, perr, "ts %q dir %q accepted", rawTS, rawDir)

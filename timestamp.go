@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/fedhistory/fedhistory/dag"
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
 )
 
@@ -73,7 +74,7 @@ func parseTimestampQuery(r *http.Request) (int64, Direction, *paramError) {
 		return 0, 0, &paramError{matrixerr.MissingParam, "missing required query parameter: dir"}
 	}
 	ts, err := strconv.ParseInt(tsValues[0], 10, 64)
-	if err != nil || !onlyDigits(tsValues[0]) || ts > canonicalJSONMaxInt {
+	if err != nil || !onlyDigits(tsValues[0]) || ts > dag.MaxCanonicalInt {
 		return 0, 0, &paramError{matrixerr.InvalidParam, "ts must be a non-negative integer of milliseconds"}
 	}
 	switch dirValues[0] {
