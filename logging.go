@@ -23,6 +23,8 @@ const maxFailureKinds = 256
 type failureLog struct {
 	logger   *slog.Logger
 	interval time.Duration
+	// afterFunc is time.AfterFunc; tests end intervals themselves.
+	afterFunc func(time.Duration, func()) *time.Timer
 
 	mu     sync.Mutex
 	counts map[failureKind]int
@@ -38,7 +40,7 @@ type failureKind struct {
 }
 
 func newFailureLog(logger *slog.Logger) *failureLog {
-	return &failureLog{logger: logger, interval: failureLogInterval, counts: make(map[failureKind]int)}
+	return &failureLog{logger: logger, interval: failureLogInterval, afterFunc: time.AfterFunc, counts: make(map[failureKind]int)}
 }
 
 // logFailure logs a request that failed without the client being told why:
@@ -68,7 +70,7 @@ func (h *Handler) logFailure(req *request) {
 	}
 	l.counts[kind] = 0
 	l.mu.Unlock()
-	time.AfterFunc(l.interval, func() { l.summarise(kind, level) })
+	l.afterFunc(l.interval, func() { l.summarise(kind, level) })
 
 	l.logger.LogAttrs(req.ctx, level, "fedhistory: request failed",
 		slog.String("endpoint", req.endpoint), slog.String("origin", req.origin),

@@ -52,9 +52,12 @@ func (b *syncBuffer) lines(t *testing.T) []map[string]any {
 func TestFailureLogKeepsOneLinePerFailurePerInterval(t *testing.T) {
 	logs := &syncBuffer{}
 	h := &Handler{failures: newFailureLog(slog.New(slog.NewJSONHandler(logs, nil)))}
-	h.failures.interval = time.Millisecond
+	var endInterval []func()
+	h.failures.afterFunc = func(_ time.Duration, f func()) *time.Timer {
+		endInterval = append(endInterval, f)
+		return nil
+	}
 	refused := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}
-	summarised := make(chan struct{})
 	for i := range 50 {
 		req := &request{h: h, ctx: context.Background(), endpoint: "backfill", origin: "hs2.example",
 			roomID: fmt.Sprintf("!room%d:hs1.example", i), status: http.StatusInternalServerError, start: time.Now(),
@@ -62,13 +65,9 @@ func TestFailureLogKeepsOneLinePerFailurePerInterval(t *testing.T) {
 			cause: fmt.Errorf("reading the current state of !room%d: %w", i, refused)}
 		h.logFailure(req)
 	}
-	go func() {
-		for len(logs.lines(t)) < 2 {
-			time.Sleep(time.Millisecond)
-		}
-		close(summarised)
-	}()
-	<-summarised
+	require.Len(t, logs.lines(t), 1, "one line while the interval lasts")
+	require.Len(t, endInterval, 1, "one interval for one kind of failure")
+	endInterval[0]()
 
 	lines := logs.lines(t)
 	require.Len(t, lines, 2)
