@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -148,35 +149,66 @@ var (
 func sharedBenchServer(tb testing.TB) *benchServer {
 	tb.Helper()
 	benchServerOnce.Do(func() {
-		s := &benchServer{
-			room: sharedBenchRoom(tb, synthroom.Linear, benchHandlerRoomEvents),
-			keys: map[string]*sign.SigningKey{},
-		}
-		static := map[string]map[string]ed25519.PublicKey{}
-		for _, origin := range benchOrigins {
-			seed := sha256.Sum256([]byte("fedhistory benchmark key of " + origin))
-			key, err := sign.GenerateKey(bytes.NewReader(bytes.Repeat(seed[:], 8)))
-			require.NoError(tb, err)
-			s.keys[origin] = key
-			static[origin] = map[string]ed25519.PublicKey{key.ID: key.Public()}
-		}
-		verifier, err := sign.NewVerifier(sign.VerifierConfig{
-			ServerNames: []string{ourServer}, StaticKeys: static, DisableKeyFetching: true,
-		})
-		require.NoError(tb, err)
-		s.handler, err = fedhistory.New(fedhistory.Config{
-			ServerName:    ourServer,
-			Store:         s.room.store,
-			Authenticator: verifier,
-			Logger:        slog.New(slog.DiscardHandler),
-		})
-		require.NoError(tb, err)
-		benchServerVal = s
+		benchServerVal = newBenchServer(tb, sharedBenchRoom(tb, synthroom.Linear, benchHandlerRoomEvents))
 	})
 	if benchServerVal == nil {
 		tb.Fatal("building the benchmark server failed in another benchmark")
 	}
 	return benchServerVal
+}
+
+// newBenchServer puts the handler, behind the real verifier with every
+// origin's key pinned, in front of room.
+func newBenchServer(tb testing.TB, room *benchRoom, mutate ...func(*fedhistory.Config)) *benchServer {
+	tb.Helper()
+	s := &benchServer{room: room, keys: map[string]*sign.SigningKey{}}
+	static := map[string]map[string]ed25519.PublicKey{}
+	for _, origin := range benchOrigins {
+		seed := sha256.Sum256([]byte("fedhistory benchmark key of " + origin))
+		key, err := sign.GenerateKey(bytes.NewReader(bytes.Repeat(seed[:], 8)))
+		require.NoError(tb, err)
+		s.keys[origin] = key
+		static[origin] = map[string]ed25519.PublicKey{key.ID: key.Public()}
+	}
+	verifier, err := sign.NewVerifier(sign.VerifierConfig{
+		ServerNames: []string{ourServer}, StaticKeys: static, DisableKeyFetching: true,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	require.NoError(tb, err)
+	cfg := fedhistory.Config{
+		ServerName:    ourServer,
+		Store:         room.store,
+		Authenticator: verifier,
+		Logger:        slog.New(slog.DiscardHandler),
+	}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	s.handler, err = fedhistory.New(cfg)
+	require.NoError(tb, err)
+	return s
+}
+
+// signedGet is origin's signed GET of target.
+func (s *benchServer) signedGet(tb testing.TB, origin, target string) *http.Request {
+	tb.Helper()
+	req := httptest.NewRequest(http.MethodGet, target, nil)
+	require.NoError(tb, s.keys[origin].SignRequest(req, origin, ourServer))
+	return req
+}
+
+// serveLoop serves req b.N times, failing on any status but 200.
+func serveLoop(b *testing.B, h http.Handler, req *http.Request) {
+	b.ReportAllocs()
+	cpu := startCPU()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", rec.Code, rec.Body.Bytes())
+		}
+	}
+	cpu.report(b)
 }
 
 // backfillRequest is origin's signed GET /backfill of limit events from
@@ -419,6 +451,109 @@ func (m cpuMeter) report(b *testing.B) {
 	end, ok := processCPUTime()
 	if m.ok && ok && b.N > 0 {
 		b.ReportMetric(float64(end-m.start)/float64(b.N), "cpu-ns/op")
+	}
+}
+
+// roomSizes are the room sizes of the benchmarks that show a request's cost
+// does not grow with the room's history.
+var roomSizes = []struct {
+	name  string
+	n     int
+	large bool
+}{
+	{"1e3", 1_000, false},
+	{"1e6", 1_000_000, true},
+}
+
+// BenchmarkBackfillHandlerRoomSize is BenchmarkBackfillHandler over rooms
+// of 10^3 and 10^6 events (the latter with FEDHISTORY_BENCH_LARGE=1), linear
+// and forked: the full signed request must cost the same.
+func BenchmarkBackfillHandlerRoomSize(b *testing.B) {
+	for _, shape := range []struct {
+		prefix string
+		shape  synthroom.Shape
+	}{{"", synthroom.Linear}, {"fork/", synthroom.Forked}} {
+		for _, size := range roomSizes {
+			b.Run(shape.prefix+"events="+size.name, func(b *testing.B) {
+				if size.large && !largeBenchmarks() {
+					b.Skip("building a 10^6-event room takes tens of seconds: set " + largeBenchEnv + "=1")
+				}
+				s := newBenchServer(b, sharedBenchRoom(b, shape.shape, size.n))
+				req := s.backfillRequest(b, benchOrigins[0], benchBackfillLimit)
+				rec := httptest.NewRecorder()
+				s.handler.ServeHTTP(rec, req)
+				require.Len(b, servedPDUs(b, rec, "pdus"), benchBackfillLimit)
+				serveLoop(b, s.handler, req)
+			})
+		}
+	}
+}
+
+// BenchmarkEventHandler is a signed GET /event of one event: it should
+// cost little more than BenchmarkFloor's signature check.
+func BenchmarkEventHandler(b *testing.B) {
+	s := sharedBenchServer(b)
+	req := s.signedGet(b, benchOrigins[0], fedhistory.Prefix+"/event/"+url.PathEscape(s.room.newest))
+	rec := httptest.NewRecorder()
+	s.handler.ServeHTTP(rec, req)
+	require.Len(b, servedPDUs(b, rec, "pdus"), 1)
+	serveLoop(b, s.handler, req)
+}
+
+// BenchmarkTimestampToEventRoomSize is a signed GET /timestamp_to_event
+// into the middle of rooms of 10^3 and 10^6 events: an index lookup, the
+// same cost whatever the room's size.
+func BenchmarkTimestampToEventRoomSize(b *testing.B) {
+	for _, size := range roomSizes {
+		b.Run("events="+size.name, func(b *testing.B) {
+			if size.large && !largeBenchmarks() {
+				b.Skip("building a 10^6-event room takes tens of seconds: set " + largeBenchEnv + "=1")
+			}
+			room := sharedBenchRoom(b, synthroom.Linear, size.n)
+			s := newBenchServer(b, room)
+			middle, err := room.store.Events(context.Background(), room.roomID, []string{room.ids[len(room.ids)/2]})
+			require.NoError(b, err)
+			req := s.signedGet(b, benchOrigins[0], fedhistory.Prefix+"/timestamp_to_event/"+url.PathEscape(room.roomID)+
+				"?dir=b&ts="+strconv.FormatInt(middle[0].OriginServerTS, 10))
+			serveLoop(b, s.handler, req)
+		})
+	}
+}
+
+// BenchmarkStateIDsHandler is a signed GET /state_ids at the newest event
+// of a room whose state holds 10^4 (10^5 with FEDHISTORY_BENCH_LARGE=1)
+// members: "cold" with a cache too small to keep the answer, so every
+// request asks the store, "cached" from the handler's cache.
+func BenchmarkStateIDsHandler(b *testing.B) {
+	members := 10_000
+	if largeBenchmarks() {
+		members = 100_000
+	}
+	opts := benchRoomOptions(synthroom.Linear)
+	opts.JoinEvery = 1
+	room := buildBenchRoom(b, opts, members)
+	runtime.GC()
+	for _, tc := range []struct {
+		name       string
+		cacheBytes int
+	}{{"cold", 1}, {"cached", 0}} {
+		b.Run("members="+strconv.Itoa(members)+"/"+tc.name, func(b *testing.B) {
+			s := newBenchServer(b, room, func(cfg *fedhistory.Config) { cfg.StateCacheBytes = tc.cacheBytes })
+			req := s.signedGet(b, benchOrigins[0], fedhistory.Prefix+"/state_ids/"+url.PathEscape(room.roomID)+
+				"?event_id="+url.QueryEscape(room.newest))
+			rec := httptest.NewRecorder()
+			s.handler.ServeHTTP(rec, req)
+			require.Equal(b, http.StatusOK, rec.Code, "body: %.200s", rec.Body.Bytes())
+			var answer struct {
+				PDUIDs       []string `json:"pdu_ids"`
+				AuthChainIDs []string `json:"auth_chain_ids"`
+			}
+			require.NoError(b, json.Unmarshal(rec.Body.Bytes(), &answer))
+			require.Greater(b, len(answer.PDUIDs), members)
+			b.ReportMetric(float64(len(answer.PDUIDs)+len(answer.AuthChainIDs)), "ids/op")
+			b.SetBytes(int64(rec.Body.Len()))
+			serveLoop(b, s.handler, req)
+		})
 	}
 }
 
