@@ -1,0 +1,69 @@
+package fedhistory_test
+
+import (
+	"crypto/ed25519"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/prom"
+	"github.com/fedhistory/fedhistory/sign"
+)
+
+// tracedBenchHandler is the benchmark server's handler, configured the same
+// way, with trace set.
+func (s *benchServer) tracedBenchHandler(tb testing.TB, trace *fedhistory.Trace) http.Handler {
+	tb.Helper()
+	static := map[string]map[string]ed25519.PublicKey{}
+	for origin, key := range s.keys {
+		static[origin] = map[string]ed25519.PublicKey{key.ID: key.Public()}
+	}
+	verifier, err := sign.NewVerifier(sign.VerifierConfig{
+		ServerNames: []string{ourServer}, StaticKeys: static, DisableKeyFetching: true,
+	})
+	require.NoError(tb, err)
+	h, err := fedhistory.New(fedhistory.Config{
+		ServerName:    ourServer,
+		Store:         s.room.store,
+		Authenticator: verifier,
+		Logger:        slog.New(slog.DiscardHandler),
+		Trace:         trace,
+	})
+	require.NoError(tb, err)
+	return h
+}
+
+// benchBackfill is BenchmarkBackfillHandler's loop over h.
+func benchBackfill(b *testing.B, s *benchServer, h http.Handler) {
+	req := s.backfillRequest(b, benchOrigins[0], benchBackfillLimit)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	require.Len(b, servedPDUs(b, rec, "pdus"), benchBackfillLimit)
+	b.SetBytes(int64(rec.Body.Len()))
+
+	b.ReportAllocs()
+	cpu := startCPU()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", rec.Code, rec.Body.Bytes())
+		}
+	}
+	cpu.report(b)
+}
+
+// BenchmarkBackfillHandlerPrometheus is BenchmarkBackfillHandler with the
+// Prometheus adapter's Trace set: compare the two for what the metrics
+// cost (bench/round3/observability.md).
+func BenchmarkBackfillHandlerPrometheus(b *testing.B) {
+	s := sharedBenchServer(b)
+	metrics, err := prom.New(prometheus.NewRegistry(), prom.Options{})
+	require.NoError(b, err)
+	benchBackfill(b, s, s.tracedBenchHandler(b, metrics.Trace()))
+}
