@@ -1,6 +1,7 @@
 package fedhistory_test
 
 import (
+	"context"
 	"crypto/ed25519"
 	"log/slog"
 	"net/http"
@@ -9,8 +10,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/fedhistory/fedhistory"
+	fedotel "github.com/fedhistory/fedhistory/otel"
 	"github.com/fedhistory/fedhistory/prom"
 	"github.com/fedhistory/fedhistory/sign"
 )
@@ -66,4 +71,16 @@ func BenchmarkBackfillHandlerPrometheus(b *testing.B) {
 	metrics, err := prom.New(prometheus.NewRegistry(), prom.Options{})
 	require.NoError(b, err)
 	benchBackfill(b, s, s.tracedBenchHandler(b, metrics.Trace()))
+}
+
+// BenchmarkBackfillHandlerOTel is BenchmarkBackfillHandler with the
+// OpenTelemetry adapter's Trace set, every request sampled and its spans
+// batched to an exporter that drops them: what tracing every request costs
+// the handler, short of the export itself.
+func BenchmarkBackfillHandlerOTel(b *testing.B) {
+	s := sharedBenchServer(b)
+	provider := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
+	tracer := fedotel.New(fedotel.Options{TracerProvider: provider, Propagator: propagation.TraceContext{}})
+	benchBackfill(b, s, s.tracedBenchHandler(b, tracer.Trace()))
 }
