@@ -9,9 +9,8 @@ import (
 // Trace holds optional callbacks that let an operator see what the handler
 // does: metrics (package fedhistory/prom) and traces (package
 // fedhistory/otel) are built on it, and a homeserver can add its own
-// (JoinTraces runs several). Like
-// net/http/httptrace.ClientTrace, every field may be nil, and a nil field
-// costs nothing. Callbacks run on the request's goroutine and must be safe
+// (JoinTraces runs several). Like net/http/httptrace.ClientTrace, every
+// field may be nil, and a nil field costs nothing. Callbacks run on the request's goroutine and must be safe
 // for concurrent use; they must not keep RequestInfo's slices.
 type Trace struct {
 	// RequestStart is called when a request's route is known, before
