@@ -29,6 +29,10 @@
 //	fedhistory_limiter_total{limit,decision,reason}      counter   load limit decisions: limit="origin" or
 //	                                                               "in_flight", decision="admitted", "queued"
 //	                                                               or "rejected", reason="" or why rejected
+//	fedhistory_key_fetches_total{source,result}          counter   lookups of origins' signing keys by the
+//	                                                               verifier: source="cache", "pinned",
+//	                                                               "direct" or "notary", result="ok" or "error"
+//	fedhistory_key_fetch_duration_seconds{source}        histogram their time
 //
 // What each answers: the request rate and error ratio per endpoint
 // (requests_total), whether peers see a slow server (request_duration) and
@@ -36,8 +40,11 @@
 // database fails (store_errors_total); how much history is hidden from
 // peers (events_served_total by form); whether rooms are shaped so that
 // walks hit their budget, returning short pages (walk_visits,
-// walk_budget_exhausted_total); and whether peers are being turned away by
-// the load limits (limiter_total, requests_in_flight).
+// walk_budget_exhausted_total); whether peers are being turned away by the
+// load limits (limiter_total, requests_in_flight); and whether peers' keys
+// can be had, and at what cost (key_fetches_total, key_fetch_duration).
+//
+// contrib/grafana/fedhistory.json is a Grafana dashboard of them all.
 //
 // # Why no label names a peer, a room or an event
 //
@@ -115,6 +122,8 @@ type Metrics struct {
 	walkVisits    prometheus.Histogram
 	walkExhausted *prometheus.CounterVec
 	limiter       *prometheus.CounterVec
+	keyFetches    *prometheus.CounterVec
+	keyFetchTime  *prometheus.HistogramVec
 
 	// The children of the vectors, found once per label value: a vector's
 	// WithLabelValues hashes its values and takes a lock.
@@ -123,6 +132,7 @@ type Metrics struct {
 	byStage    cache[string, prometheus.Observer]
 	byMethod   cache[string, *storeMetrics]
 	byDecision cache[fedhistory.LimitDecision, prometheus.Counter]
+	bySource   cache[string, *sourceMetrics]
 
 	trace *fedhistory.Trace
 }
@@ -137,6 +147,12 @@ type endpointMetrics struct {
 type codeKey struct {
 	endpoint string
 	status   int
+}
+
+// sourceMetrics are the children of one source of keys.
+type sourceMetrics struct {
+	duration  prometheus.Observer
+	ok, error prometheus.Counter
 }
 
 // storeMetrics are the children of one store method.
@@ -192,10 +208,15 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 		limiter: counter("fedhistory_limiter_total",
 			"Decisions of the load limits: limit is origin (per-origin concurrency and queue) or in_flight; reason says why a request was rejected.",
 			"limit", "decision", "reason"),
+		keyFetches: counter("fedhistory_key_fetches_total",
+			"Lookups of origins' signing keys, by where the key came from (cache, pinned, direct, notary) and result (ok, error).",
+			"source", "result"),
+		keyFetchTime: histogram("fedhistory_key_fetch_duration_seconds",
+			"Time of each lookup of an origin's signing keys, by where the key came from.", buckets, "source"),
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.duration, m.inFlight, m.events, m.stages, m.storeDuration,
-		m.storeErrors, m.walkVisits, m.walkExhausted, m.limiter,
+		m.storeErrors, m.walkVisits, m.walkExhausted, m.limiter, m.keyFetches, m.keyFetchTime,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("prom: registering the fedhistory metrics: %w", err)
@@ -224,6 +245,13 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	}
 	m.byDecision.new = func(d fedhistory.LimitDecision) prometheus.Counter {
 		return m.limiter.WithLabelValues(d.Limit, d.Decision, d.Reason)
+	}
+	m.bySource.new = func(source string) *sourceMetrics {
+		return &sourceMetrics{
+			duration: m.keyFetchTime.WithLabelValues(source),
+			ok:       m.keyFetches.WithLabelValues(source, "ok"),
+			error:    m.keyFetches.WithLabelValues(source, "error"),
+		}
 	}
 	m.trace = &fedhistory.Trace{
 		RequestStart: m.requestStart,
@@ -301,6 +329,18 @@ func storeFailed(ctx context.Context, err error) bool {
 
 func (m *Metrics) limit(_ context.Context, d fedhistory.LimitDecision) {
 	m.byDecision.get(d).Inc()
+}
+
+// keyFetch counts a lookup of an origin's keys from source ("cache",
+// "pinned", "direct", "notary"), which took d and failed with err.
+func (m *Metrics) keyFetch(source string, d time.Duration, err error) {
+	s := m.bySource.get(source)
+	s.duration.Observe(d.Seconds())
+	if err != nil {
+		s.error.Inc()
+	} else {
+		s.ok.Inc()
+	}
 }
 
 // statusLabel is the code label of a status. A request that ended before
