@@ -5,6 +5,12 @@
 //	tracer := fedotel.New(fedotel.Options{}) // the global TracerProvider and propagator
 //	cfg.Trace = tracer.Trace()               // cfg is the fedhistory.Config
 //
+// with, once, otel.SetTracerProvider(yours) and
+// otel.SetTextMapPropagator(propagation.TraceContext{}): OpenTelemetry's
+// global propagator reads no headers until one is set. Alongside package
+// prom's metrics: cfg.Trace = fedhistory.JoinTraces(metrics.Trace(),
+// tracer.Trace()).
+//
 // Its import path is github.com/fedhistory/fedhistory/otel; it is named
 // fedotel so that it does not shadow go.opentelemetry.io/otel, which a
 // program that uses it imports too. Importing fedhistory does not import
@@ -27,11 +33,13 @@
 // fedhistory.endpoint, http.response.status_code, matrix.errcode (for an
 // error answer), matrix.origin (the authenticated requesting server),
 // fedhistory.events.whole, .redacted and .withheld, fedhistory.walk.visits
-// and fedhistory.walk.exhausted; a span whose step failed has status Error
-// and error.type, one of a fixed set ("forbidden", "not_found", "timeout",
-// "canceled", "unauthenticated", "_OTHER"). A load limit queueing or
-// rejecting the request is an event, fedhistory.limit, on the request's
-// span.
+// and fedhistory.walk.exhausted. A stage or store call that failed has
+// status Error and an error.type from a fixed set ("forbidden",
+// "not_found", "state_unknown", "timeout", "canceled", "unauthenticated",
+// "key_server_unreachable", "_OTHER"); the request's span has them only
+// for a 5xx answer or one cut off, since a 4xx is the client's doing
+// (OpenTelemetry's HTTP conventions). A load limit queueing or rejecting
+// the request is an event, fedhistory.limit, on the request's span.
 //
 // No span carries what a peer chose beyond its server name: not the room or
 // event IDs it asked for, not error messages (which may quote them), and
