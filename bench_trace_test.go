@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
@@ -83,4 +85,67 @@ func BenchmarkBackfillHandlerOTel(b *testing.B) {
 	b.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
 	tracer := fedotel.New(fedotel.Options{TracerProvider: provider, Propagator: propagation.TraceContext{}})
 	benchBackfill(b, s, s.tracedBenchHandler(b, tracer.Trace()))
+}
+
+// benchPaired serves the same backfill through base and traced in turn,
+// timing each request, and reports the medians and the traced one's
+// overhead. Pairing consecutive requests, in alternating order, cancels
+// what a busy machine does to both alike (other jobs, frequency changes),
+// which separate runs of two benchmarks cannot.
+func benchPaired(b *testing.B, s *benchServer, base, traced http.Handler) {
+	req := s.backfillRequest(b, benchOrigins[0], benchBackfillLimit)
+	serve := func(h http.Handler) time.Duration {
+		rec := httptest.NewRecorder()
+		start := time.Now()
+		h.ServeHTTP(rec, req)
+		d := time.Since(start)
+		if rec.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", rec.Code, rec.Body.Bytes())
+		}
+		return d
+	}
+	serve(base)
+	serve(traced)
+	var baseTimes, tracedTimes, ratios []float64
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		var bt, tt time.Duration
+		if i%2 == 0 {
+			bt, tt = serve(base), serve(traced)
+		} else {
+			tt, bt = serve(traced), serve(base)
+		}
+		i++
+		baseTimes = append(baseTimes, float64(bt))
+		tracedTimes = append(tracedTimes, float64(tt))
+		ratios = append(ratios, float64(tt)/float64(bt))
+	}
+	median := func(xs []float64) float64 {
+		slices.Sort(xs)
+		return xs[len(xs)/2]
+	}
+	b.ReportMetric(median(baseTimes), "base-ns/req")
+	b.ReportMetric(median(tracedTimes), "traced-ns/req")
+	b.ReportMetric((median(ratios)-1)*100, "overhead-%")
+}
+
+// BenchmarkBackfillHandlerPrometheusPaired measures the Prometheus
+// adapter's cost as benchPaired does: overhead-% is the median, over
+// consecutive pairs of requests, of how much longer the traced one took.
+func BenchmarkBackfillHandlerPrometheusPaired(b *testing.B) {
+	s := sharedBenchServer(b)
+	metrics, err := prom.New(prometheus.NewRegistry(), prom.Options{})
+	require.NoError(b, err)
+	benchPaired(b, s, s.tracedBenchHandler(b, nil), s.tracedBenchHandler(b, metrics.Trace()))
+}
+
+// BenchmarkBackfillHandlerOTelPaired is BenchmarkBackfillHandlerOTel
+// measured as benchPaired does.
+func BenchmarkBackfillHandlerOTelPaired(b *testing.B) {
+	s := sharedBenchServer(b)
+	provider := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
+	tracer := fedotel.New(fedotel.Options{TracerProvider: provider, Propagator: propagation.TraceContext{}})
+	benchPaired(b, s, s.tracedBenchHandler(b, nil), s.tracedBenchHandler(b, tracer.Trace()))
 }
