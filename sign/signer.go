@@ -1,7 +1,6 @@
 package sign
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"encoding/base64"
 	"fmt"
@@ -55,11 +54,4 @@ func (k *SigningKey) SignRequest(r *http.Request, origin, destination string) er
 		Signature:   base64.RawStdEncoding.EncodeToString(signature),
 	}.String())
 	return nil
-}
-
-// restoreBody replaces r's consumed body with one over the same bytes.
-func restoreBody(r *http.Request, body []byte) {
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	r.ContentLength = int64(len(body))
 }

@@ -12,12 +12,10 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
-
-	"github.com/fedhistory/fedhistory/internal/matrixerr"
 )
 
-// Errors Verify returns, wrapped with details. Wrap answers the first
-// group with 401 M_UNAUTHORIZED and the body errors as noted.
+// Errors Authenticate returns, wrapped with details. The fedhistory handler
+// answers the first group with 401 M_UNAUTHORIZED, the others as noted.
 var (
 	ErrMissingAuthorization   = errors.New("missing X-Matrix Authorization header")
 	ErrMalformedAuthorization = errors.New("malformed X-Matrix Authorization header")
@@ -26,23 +24,17 @@ var (
 	ErrBadSignature           = errors.New("bad X-Matrix signature")
 	ErrKeyServerUnreachable   = errors.New("could not fetch the origin's signing keys")
 
-	ErrBodyTooLarge = errors.New("request body too large")            // 413 M_TOO_LARGE
-	ErrNotJSON      = errors.New("request body is not JSON")          // 400 M_NOT_JSON
-	ErrBadJSON      = errors.New("request body is not a JSON object") // 400 M_BAD_JSON
-	ErrBodyRead     = errors.New("could not read request body")       // 400 M_UNKNOWN
+	ErrNotJSON  = errors.New("request body is not JSON")          // 400 M_NOT_JSON
+	ErrBadJSON  = errors.New("request body is not a JSON object") // 400 M_BAD_JSON
+	ErrBodyRead = errors.New("could not read request body")       // 400 M_UNKNOWN; 413 M_TOO_LARGE if it wraps *http.MaxBytesError
 )
 
 // Defaults for VerifierConfig's zero values.
 const (
-	DefaultMaxBodyBytes     = 64 << 10
 	DefaultKeyFetchTimeout  = 10 * time.Second
 	DefaultFailureCacheTTL  = 30 * time.Second
 	DefaultMaxCachedServers = 10000
 )
-
-// maxXMatrixHeaders bounds the Authorization headers one request may carry:
-// each can name another origin and so cost a key fetch.
-const maxXMatrixHeaders = 8
 
 // DefaultDenyNetworks are the address ranges keys are never fetched from
 // unless VerifierConfig.DenyNetworks says otherwise: loopback, private,
@@ -123,10 +115,6 @@ type VerifierConfig struct {
 	// remembered failures) it holds. Default DefaultMaxCachedServers.
 	MaxCachedServers int
 
-	// MaxBodyBytes is the largest request body accepted; bigger bodies are
-	// answered 413 M_TOO_LARGE. Default DefaultMaxBodyBytes.
-	MaxBodyBytes int64
-
 	// Logger receives one line per rejected request and per key fetch
 	// failure. Nil logs nothing.
 	Logger *slog.Logger
@@ -138,12 +126,11 @@ type VerifierConfig struct {
 // Verifier authenticates incoming federation requests by their X-Matrix
 // Authorization headers. It is safe for concurrent use.
 type Verifier struct {
-	serverNames  []string
-	static       map[string]map[string]ed25519.PublicKey
-	keys         *keyCache
-	fetching     bool
-	maxBodyBytes int64
-	logger       *slog.Logger
+	serverNames []string
+	static      map[string]map[string]ed25519.PublicKey
+	keys        *keyCache
+	fetching    bool
+	logger      *slog.Logger
 }
 
 // NewVerifier checks cfg and builds a Verifier.
@@ -152,16 +139,15 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		return nil, errors.New("sign: VerifierConfig.ServerNames is empty")
 	}
 	for _, name := range cfg.ServerNames {
-		if _, _, ok := spec.ParseAndValidateServerName(spec.ServerName(name)); !ok {
+		if _, err := parseServerName(name); err != nil {
 			return nil, fmt.Errorf("sign: VerifierConfig.ServerNames: %q is not a valid server name", name)
 		}
 	}
 	v := &Verifier{
-		serverNames:  append([]string(nil), cfg.ServerNames...),
-		static:       map[string]map[string]ed25519.PublicKey{},
-		fetching:     !cfg.DisableKeyFetching,
-		maxBodyBytes: cfg.MaxBodyBytes,
-		logger:       cfg.Logger,
+		serverNames: append([]string(nil), cfg.ServerNames...),
+		static:      map[string]map[string]ed25519.PublicKey{},
+		fetching:    !cfg.DisableKeyFetching,
+		logger:      cfg.Logger,
 	}
 	for server, keys := range cfg.StaticKeys {
 		v.static[server] = map[string]ed25519.PublicKey{}
@@ -171,9 +157,6 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 			}
 			v.static[server][id] = key
 		}
-	}
-	if v.maxBodyBytes <= 0 {
-		v.maxBodyBytes = DefaultMaxBodyBytes
 	}
 	if v.logger == nil {
 		v.logger = slog.New(slog.DiscardHandler)
@@ -265,44 +248,6 @@ func defaultFetchers(cfg VerifierConfig, timeout time.Duration) ([]gomatrixserve
 		})
 	}
 	return fetchers, nil
-}
-
-// Wrap returns middleware that lets a request through to next only when it
-// carries a valid X-Matrix signature, with the authenticated origin in its
-// context (OriginFromContext). Rejected requests are answered here, with
-// 401 M_UNAUTHORIZED and a message naming the failed check (or 400/413 for
-// bodies, see Verify), and next never runs.
-func (v *Verifier) Wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		origin, err := v.Verify(r)
-		if err != nil {
-			v.reject(w, r, err)
-			return
-		}
-		next.ServeHTTP(w, r.WithContext(ContextWithOrigin(r.Context(), origin)))
-	})
-}
-
-func (v *Verifier) reject(w http.ResponseWriter, r *http.Request, err error) {
-	status, errcode, message := http.StatusUnauthorized, matrixerr.Unauthorized, err.Error()
-	switch {
-	case errors.Is(err, ErrBodyTooLarge):
-		status, errcode = http.StatusRequestEntityTooLarge, matrixerr.TooLarge
-	case errors.Is(err, ErrNotJSON):
-		status, errcode = http.StatusBadRequest, matrixerr.NotJSON
-	case errors.Is(err, ErrBadJSON):
-		status, errcode = http.StatusBadRequest, matrixerr.BadJSON
-	case errors.Is(err, ErrBodyRead):
-		status, errcode = http.StatusBadRequest, matrixerr.Unknown
-	case errors.Is(err, ErrKeyServerUnreachable):
-		// The details (addresses, dial errors) stay in our log: echoing
-		// them would let a peer probe our network through origin names.
-		message = ErrKeyServerUnreachable.Error()
-	}
-	v.logger.LogAttrs(r.Context(), slog.LevelInfo, "rejected federation request",
-		slog.String("method", r.Method), slog.String("uri", r.RequestURI),
-		slog.Int("status", status), slog.String("error", err.Error()))
-	matrixerr.Write(w, status, errcode, message)
 }
 
 // publicKey finds origin's key: pinned, cached, or fetched.
