@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -127,9 +128,7 @@ type VerifierConfig struct {
 // Authorization headers. It is safe for concurrent use.
 type Verifier struct {
 	serverNames []string
-	static      map[string]map[string]ed25519.PublicKey
-	keys        *keyCache
-	fetching    bool
+	keys        *keyring
 	logger      *slog.Logger
 }
 
@@ -143,23 +142,19 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 			return nil, fmt.Errorf("sign: VerifierConfig.ServerNames: %q is not a valid server name", name)
 		}
 	}
-	v := &Verifier{
-		serverNames: append([]string(nil), cfg.ServerNames...),
-		static:      map[string]map[string]ed25519.PublicKey{},
-		fetching:    !cfg.DisableKeyFetching,
-		logger:      cfg.Logger,
-	}
+	static := map[string]map[string]ed25519.PublicKey{}
 	for server, keys := range cfg.StaticKeys {
-		v.static[server] = map[string]ed25519.PublicKey{}
+		static[server] = map[string]ed25519.PublicKey{}
 		for id, key := range keys {
 			if len(key) != ed25519.PublicKeySize {
 				return nil, fmt.Errorf("sign: StaticKeys[%q][%q] is %d bytes, want %d", server, id, len(key), ed25519.PublicKeySize)
 			}
-			v.static[server][id] = key
+			static[server][id] = key
 		}
 	}
-	if v.logger == nil {
-		v.logger = slog.New(slog.DiscardHandler)
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
 	now := cfg.Now
 	if now == nil {
@@ -178,15 +173,29 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		maxServers = DefaultMaxCachedServers
 	}
 
-	fetchers := cfg.KeyFetchers
-	if len(fetchers) == 0 && v.fetching {
-		var err error
-		fetchers, err = defaultFetchers(cfg, timeout)
-		if err != nil {
-			return nil, err
-		}
+	keys := &keyring{
+		static:  static,
+		timeout: timeout,
+		now:     now,
+		logger:  logger,
+		cache:   newKeyCache(maxServers, failureTTL),
+		flights: map[string]*flight{},
 	}
-	v.keys = newKeyCache(fetchWith(fetchers, now), now, failureTTL, timeout, maxServers)
+	if !cfg.DisableKeyFetching {
+		fetchers := cfg.KeyFetchers
+		if len(fetchers) == 0 {
+			var err error
+			if fetchers, err = defaultFetchers(cfg, timeout); err != nil {
+				return nil, err
+			}
+		}
+		keys.fetch = fetchWith(fetchers, now)
+	}
+	v := &Verifier{
+		serverNames: slices.Clone(cfg.ServerNames),
+		keys:        keys,
+		logger:      logger,
+	}
 	return v, nil
 }
 
@@ -252,20 +261,5 @@ func defaultFetchers(cfg VerifierConfig, timeout time.Duration) ([]gomatrixserve
 
 // publicKey finds origin's key: pinned, cached, or fetched.
 func (v *Verifier) publicKey(ctx context.Context, origin, keyID string) (ed25519.PublicKey, error) {
-	if pinned, ok := v.static[origin]; ok {
-		if key, ok := pinned[keyID]; ok {
-			return key, nil
-		}
-		return nil, fmt.Errorf("%w: %s has no pinned key %s", ErrUnknownKey, origin, keyID)
-	}
-	if !v.fetching {
-		return nil, fmt.Errorf("%w: key fetching is disabled and %s has no pinned keys", ErrKeyServerUnreachable, origin)
-	}
-	key, err := v.keys.get(ctx, origin, keyID)
-	if err != nil {
-		v.logger.LogAttrs(ctx, slog.LevelDebug, "key lookup failed",
-			slog.String("origin", origin), slog.String("key_id", keyID), slog.String("error", err.Error()))
-		return nil, err
-	}
-	return key, nil
+	return v.keys.publicKey(ctx, origin, keyID)
 }
