@@ -12,33 +12,96 @@ import (
 )
 
 // fetchFunc fetches server's keys, wantKeyID first among them. It fails
-// (wrapping ErrKeyServerUnreachable) only when no key server answered at
+// (wrapping ErrKeyServerUnreachable) only when no key source answered at
 // all.
 type fetchFunc func(ctx context.Context, server, wantKeyID string) (fetchResult, error)
 
-// fetchWith returns a fetchFunc that asks each fetcher in turn until one
+// keyLookups is what a key source answers: keys by server and key ID.
+type keyLookups = map[gomatrixserverlib.PublicKeyLookupRequest]gomatrixserverlib.PublicKeyLookupResult
+
+// keySource is one place keys are fetched from.
+type keySource struct {
+	// name says which: "direct" (the origin's own key server), "notary",
+	// or a custom fetcher's FetcherName.
+	name  string
+	fetch func(ctx context.Context, server, keyID string) (keyLookups, error)
+}
+
+// directSource fetches a server's keys from the server itself
+// (/_matrix/key/v2/server), checking the document is the server's and
+// signed by each of its keys.
+func directSource(client *keyClient) keySource {
+	return keySource{name: "direct", fetch: func(ctx context.Context, server, _ string) (keyLookups, error) {
+		keys, err := client.GetServerKeys(ctx, spec.ServerName(server))
+		if err != nil {
+			return nil, err
+		}
+		// The epoch as "now": validity is judged by fetchFrom, not here.
+		checks, _ := gomatrixserverlib.CheckKeys(spec.ServerName(server), time.Unix(0, 0), keys)
+		if !checks.AllChecksOK {
+			return nil, fmt.Errorf("key document of %s is not its own or not self-signed by each key", server)
+		}
+		return lookupResults(keys), nil
+	}}
+}
+
+// lookupResults lists a checked key document's keys: current ones valid
+// until its valid_until_ts, old ones with their expired_ts.
+func lookupResults(keys gomatrixserverlib.ServerKeys) keyLookups {
+	results := keyLookups{}
+	for id, key := range keys.VerifyKeys {
+		results[gomatrixserverlib.PublicKeyLookupRequest{ServerName: keys.ServerName, KeyID: id}] = gomatrixserverlib.PublicKeyLookupResult{
+			VerifyKey: key, ValidUntilTS: keys.ValidUntilTS, ExpiredTS: gomatrixserverlib.PublicKeyNotExpired,
+		}
+	}
+	// A key listed in both is taken as retired.
+	for id, key := range keys.OldVerifyKeys {
+		results[gomatrixserverlib.PublicKeyLookupRequest{ServerName: keys.ServerName, KeyID: id}] = gomatrixserverlib.PublicKeyLookupResult{
+			VerifyKey: key.VerifyKey, ValidUntilTS: gomatrixserverlib.PublicKeyNotValid, ExpiredTS: key.ExpiredTS,
+		}
+	}
+	return results
+}
+
+// notarySource asks a notary (/_matrix/key/v2/query) through
+// gomatrixserverlib's PerspectiveKeyFetcher, which checks the answer is
+// signed by the notary and each document by its server.
+func notarySource(fetcher *gomatrixserverlib.PerspectiveKeyFetcher, now func() time.Time) keySource {
+	return fetcherSource("notary", fetcher, now)
+}
+
+// fetcherSource asks a gomatrixserverlib.KeyFetcher.
+func fetcherSource(name string, fetcher gomatrixserverlib.KeyFetcher, now func() time.Time) keySource {
+	return keySource{name: name, fetch: func(ctx context.Context, server, keyID string) (keyLookups, error) {
+		return fetcher.FetchKeys(ctx, map[gomatrixserverlib.PublicKeyLookupRequest]spec.Timestamp{
+			{ServerName: spec.ServerName(server), KeyID: gomatrixserverlib.KeyID(keyID)}: spec.AsTimestamp(now()),
+		})
+	}}
+}
+
+// fetchFrom returns a fetchFunc that asks each source in turn until one
 // gives a current, unexpired wantKeyID, merging what they say. Keys listed
 // only in old_verify_keys are never usable: they remain valid for old event
-// signatures, not for authenticating new requests.
-func fetchWith(fetchers []gomatrixserverlib.KeyFetcher, now func() time.Time) fetchFunc {
+// signatures, not for authenticating new requests. done, if not nil, is
+// told of each source asked.
+func fetchFrom(sources []keySource, now func() time.Time, done func(server, source string, took time.Duration, err error)) fetchFunc {
 	return func(ctx context.Context, server, wantKeyID string) (fetchResult, error) {
 		result := fetchResult{keys: map[string]fetchedKey{}, expired: map[string]bool{}, old: map[string]bool{}}
-		request := gomatrixserverlib.PublicKeyLookupRequest{
-			ServerName: spec.ServerName(server),
-			KeyID:      gomatrixserverlib.KeyID(wantKeyID),
-		}
+		want := gomatrixserverlib.PublicKeyLookupRequest{ServerName: spec.ServerName(server), KeyID: gomatrixserverlib.KeyID(wantKeyID)}
 		var failures []error
 		answered := false
-		for _, fetcher := range fetchers {
-			found, err := fetcher.FetchKeys(ctx, map[gomatrixserverlib.PublicKeyLookupRequest]spec.Timestamp{
-				request: spec.AsTimestamp(now()),
-			})
+		for _, source := range sources {
+			start := time.Now()
+			found, err := source.fetch(ctx, server, wantKeyID)
+			if done != nil {
+				done(server, source.name, time.Since(start), err)
+			}
 			if err != nil {
-				failures = append(failures, fmt.Errorf("%s: %w", fetcher.FetcherName(), err))
+				failures = append(failures, fmt.Errorf("%s: %w", source.name, err))
 				continue
 			}
 			for r, k := range found {
-				if r.ServerName != request.ServerName {
+				if r.ServerName != want.ServerName {
 					continue
 				}
 				answered = true
@@ -46,7 +109,7 @@ func fetchWith(fetchers []gomatrixserverlib.KeyFetcher, now func() time.Time) fe
 				_, known := result.keys[id]
 				switch {
 				case known:
-				case len(result.keys)+len(result.expired)+len(result.old) >= maxKeysPerServer && r != request:
+				case len(result.keys)+len(result.expired)+len(result.old) >= maxKeysPerServer && r != want:
 				case k.ExpiredTS != gomatrixserverlib.PublicKeyNotExpired:
 					result.old[id] = true
 				case len(k.Key) != ed25519.PublicKeySize:
@@ -59,7 +122,7 @@ func fetchWith(fetchers []gomatrixserverlib.KeyFetcher, now func() time.Time) fe
 				}
 			}
 			if _, ok := result.keys[wantKeyID]; ok {
-				break // a later fetcher (a notary) is only asked when needed
+				break // a later source (a notary) is only asked when needed
 			}
 		}
 		switch {

@@ -3,15 +3,16 @@ package sign
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
@@ -36,19 +37,6 @@ const (
 	DefaultFailureCacheTTL  = 30 * time.Second
 	DefaultMaxCachedServers = 10000
 )
-
-// DefaultDenyNetworks are the address ranges keys are never fetched from
-// unless VerifierConfig.DenyNetworks says otherwise: loopback, private,
-// link-local, multicast and documentation ranges, as in Synapse's default
-// ip_range_blacklist. Without it any peer could make us send requests into
-// our own network by naming an internal address as its origin.
-var DefaultDenyNetworks = []string{
-	"0.0.0.0/8", "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-	"100.64.0.0/10", "192.0.0.0/24", "169.254.0.0/16", "192.88.99.0/24",
-	"198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
-	"224.0.0.0/4", "::/128", "::1/128", "fe80::/10", "fc00::/7", "2001:db8::/32",
-	"ff00::/8", "fec0::/10",
-}
 
 // Notary is a trusted key server queried through /_matrix/key/v2/query
 // when an origin's own key server does not give us its key.
@@ -82,23 +70,29 @@ type VerifierConfig struct {
 	// first because its own answer is authoritative).
 	Notaries []Notary
 
-	// KeyFetchers, when non-empty, replace the built-in fetchers (direct,
-	// then Notaries) entirely.
+	// KeyFetchers, when non-empty, replace the built-in key sources (the
+	// origin's key server, then Notaries) entirely: for a homeserver that
+	// has a key ring of its own. They make their own connections, so
+	// DenyNetworks, Transport and Resolve do not apply to them.
 	KeyFetchers []gomatrixserverlib.KeyFetcher
 
-	// Transport, when set, carries key requests in place of fclient's
-	// server discovery (well-known, SRV, port 8448). Requests reach it with
-	// URLs "matrix://<server name>/_matrix/key/…"; resolving the name is
-	// its job. DenyNetworks does not apply to it.
+	// Transport, when set, carries key requests in place of the built-in
+	// server discovery (.well-known, SRV, port 8448) and dialer. Requests
+	// reach it with URLs "matrix://<server name>/_matrix/key/…"; resolving
+	// the name, and refusing internal addresses, is its job: DenyNetworks
+	// does not apply to it.
 	Transport http.RoundTripper
 
 	// Resolve maps server names to base URLs ("http://127.0.0.1:8448")
 	// that key requests for that server go to directly, bypassing
-	// discovery and DenyNetworks. For tests and tools.
+	// discovery and, by design, DenyNetworks. For tests and tools.
 	Resolve map[string]string
 
-	// DenyNetworks are CIDR ranges key servers are never fetched from. Nil
-	// means DefaultDenyNetworks; an empty non-nil slice allows all.
+	// DenyNetworks are CIDR ranges ("10.0.0.0/8") no key request ever
+	// connects to: not the .well-known lookup nor any of its redirects,
+	// not an SRV target, not the key server, not a notary. Every address
+	// is checked when it is dialled, after every resolution. Nil means
+	// DefaultDenyNetworks; an empty non-nil slice allows all.
 	DenyNetworks []string
 
 	// KeyFetchTimeout bounds one key fetch, including discovery. Default
@@ -112,8 +106,9 @@ type VerifierConfig struct {
 	// request. Default DefaultFailureCacheTTL.
 	FailureCacheTTL time.Duration
 
-	// MaxCachedServers bounds the key cache: how many servers' keys (or
-	// remembered failures) it holds. Default DefaultMaxCachedServers.
+	// MaxCachedServers bounds each of the verifier's caches: how many
+	// servers' keys it holds, how many fetch failures it remembers, and
+	// how many .well-known answers. Default DefaultMaxCachedServers.
 	MaxCachedServers int
 
 	// Logger receives one line per rejected request and per key fetch
@@ -132,8 +127,23 @@ type Verifier struct {
 	logger      *slog.Logger
 }
 
+// network is how the verifier reaches key servers: the resolver, the TLS
+// roots and the spec's ports. Tests replace them.
+type network struct {
+	resolver      resolver
+	tlsConfig     *tls.Config // nil: the system's roots
+	wellKnownPort int
+	matrixPort    int
+}
+
+var internet = network{resolver: net.DefaultResolver, wellKnownPort: 443, matrixPort: defaultMatrixPort}
+
 // NewVerifier checks cfg and builds a Verifier.
 func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
+	return newVerifier(cfg, internet)
+}
+
+func newVerifier(cfg VerifierConfig, nw network) (*Verifier, error) {
 	if len(cfg.ServerNames) == 0 {
 		return nil, errors.New("sign: VerifierConfig.ServerNames is empty")
 	}
@@ -182,81 +192,90 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		flights: map[string]*flight{},
 	}
 	if !cfg.DisableKeyFetching {
-		fetchers := cfg.KeyFetchers
-		if len(fetchers) == 0 {
-			var err error
-			if fetchers, err = defaultFetchers(cfg, timeout); err != nil {
-				return nil, err
-			}
+		sources, err := keySources(cfg, nw, maxServers, now)
+		if err != nil {
+			return nil, fmt.Errorf("sign: %w", err)
 		}
-		keys.fetch = fetchWith(fetchers, now)
+		keys.fetch = fetchFrom(sources, now, nil)
 	}
-	v := &Verifier{
+	return &Verifier{
 		serverNames: slices.Clone(cfg.ServerNames),
 		keys:        keys,
 		logger:      logger,
-	}
-	return v, nil
+	}, nil
 }
 
-// defaultFetchers builds the direct fetcher (the origin's own
-// /_matrix/key/v2/server, self-signature checked by gomatrixserverlib)
-// followed by one perspective fetcher per notary.
-func defaultFetchers(cfg VerifierConfig, timeout time.Duration) ([]gomatrixserverlib.KeyFetcher, error) {
-	overrides, err := parseOverrides(cfg.Resolve)
-	if err != nil {
-		return nil, fmt.Errorf("sign: %w", err)
-	}
-	client := &keyClient{overrides: overrides}
-	if cfg.Transport != nil {
-		client.discovery = fclient.NewClient(fclient.WithTransport(cfg.Transport), fclient.WithTimeout(timeout))
-	} else {
-		deny := cfg.DenyNetworks
-		if deny == nil {
-			deny = DefaultDenyNetworks
+// keySources builds the sources keys are fetched from: cfg.KeyFetchers, or
+// the origin's own key server followed by the notaries, all through one
+// keyClient.
+func keySources(cfg VerifierConfig, nw network, maxServers int, now func() time.Time) ([]keySource, error) {
+	if len(cfg.KeyFetchers) > 0 {
+		sources := make([]keySource, len(cfg.KeyFetchers))
+		for i, fetcher := range cfg.KeyFetchers {
+			sources[i] = fetcherSource(fetcher.FetcherName(), fetcher, now)
 		}
-		options := []fclient.ClientOption{fclient.WithWellKnownSRVLookups(true), fclient.WithTimeout(timeout)}
-		if len(deny) > 0 {
-			// fclient allows only what the allow list names, so allow
-			// everything and let the deny list carve out.
-			options = append(options, fclient.WithAllowDenyNetworks([]string{"0.0.0.0/0", "::/0"}, deny))
-		}
-		client.discovery = fclient.NewClient(options...)
-	}
-	if len(overrides) > 0 {
-		var plain http.RoundTripper = http.DefaultTransport
-		if t, ok := plain.(*http.Transport); ok {
-			plain = t.Clone() // our own connection pool
-		}
-		client.overridden = fclient.NewClient(
-			fclient.WithTransport(&overrideTransport{overrides: overrides, next: plain}),
-			fclient.WithTimeout(timeout),
-		)
+		return sources, nil
 	}
 
-	fetchers := []gomatrixserverlib.KeyFetcher{&gomatrixserverlib.DirectKeyFetcher{
-		Client: client,
-		// Our own keys are fetched like anyone's (or pinned in StaticKeys).
-		IsLocalServerName: func(spec.ServerName) bool { return false },
-	}}
+	client, err := newKeyClient(cfg, nw, maxServers, now)
+	if err != nil {
+		return nil, err
+	}
+	sources := []keySource{directSource(client)}
 	for _, notary := range cfg.Notaries {
 		if notary.ServerName == "" || len(notary.Keys) == 0 {
-			return nil, fmt.Errorf("sign: notary %q needs a server name and at least one key", notary.ServerName)
+			return nil, fmt.Errorf("notary %q needs a server name and at least one key", notary.ServerName)
 		}
 		keys := map[gomatrixserverlib.KeyID]ed25519.PublicKey{}
 		for id, key := range notary.Keys {
 			if len(key) != ed25519.PublicKeySize {
-				return nil, fmt.Errorf("sign: notary %q key %q is %d bytes", notary.ServerName, id, len(key))
+				return nil, fmt.Errorf("notary %q key %q is %d bytes", notary.ServerName, id, len(key))
 			}
 			keys[gomatrixserverlib.KeyID(id)] = key
 		}
-		fetchers = append(fetchers, &gomatrixserverlib.PerspectiveKeyFetcher{
+		sources = append(sources, notarySource(&gomatrixserverlib.PerspectiveKeyFetcher{
 			PerspectiveServerName: spec.ServerName(notary.ServerName),
 			PerspectiveServerKeys: keys,
 			Client:                client,
-		})
+		}, now))
 	}
-	return fetchers, nil
+	return sources, nil
+}
+
+// newKeyClient builds the client key requests go through: Resolve's
+// overrides, cfg.Transport, or discovery over the guarded dialer.
+func newKeyClient(cfg VerifierConfig, nw network, maxServers int, now func() time.Time) (*keyClient, error) {
+	overrides, err := parseOverrides(cfg.Resolve)
+	if err != nil {
+		return nil, err
+	}
+	client := &keyClient{overrides: overrides, custom: cfg.Transport, tlsConfig: nw.tlsConfig}
+	if len(overrides) > 0 {
+		// Resolve is for tests and tools: a plain transport, no deny list.
+		plain := http.DefaultTransport.(*http.Transport).Clone()
+		plain.Proxy = nil
+		client.overridden = plain
+	}
+	if cfg.Transport != nil {
+		return client, nil
+	}
+	denyNetworks := cfg.DenyNetworks
+	if denyNetworks == nil {
+		denyNetworks = DefaultDenyNetworks
+	}
+	deny, err := parseDenyNetworks(denyNetworks)
+	if err != nil {
+		return nil, err
+	}
+	client.dialer = newDialer(deny, nw.resolver)
+	wellKnownTLS := &tls.Config{MinVersion: tls.VersionTLS12}
+	if nw.tlsConfig != nil {
+		wellKnownTLS = nw.tlsConfig.Clone()
+	}
+	wellKnown := newWellKnownCache(client.dialer.transport(wellKnownTLS), maxServers, now)
+	wellKnown.port = nw.wellKnownPort
+	client.discovery = &discovery{resolver: nw.resolver, wellKnown: wellKnown, matrixPort: nw.matrixPort}
+	return client, nil
 }
 
 // publicKey finds origin's key: pinned, cached, or fetched.
