@@ -82,9 +82,9 @@ func fetcherSource(name string, fetcher gomatrixserverlib.KeyFetcher, now func()
 // fetchFrom returns a fetchFunc that asks each source in turn until one
 // gives a current, unexpired wantKeyID, merging what they say. Keys listed
 // only in old_verify_keys are never usable: they remain valid for old event
-// signatures, not for authenticating new requests. done, if not nil, is
-// told of each source asked.
-func fetchFrom(sources []keySource, now func() time.Time, done func(server, source string, took time.Duration, err error)) fetchFunc {
+// signatures, not for authenticating new requests. trace is told of each
+// source asked.
+func fetchFrom(sources []keySource, now func() time.Time, trace *VerifierTrace) fetchFunc {
 	return func(ctx context.Context, server, wantKeyID string) (fetchResult, error) {
 		result := fetchResult{keys: map[string]fetchedKey{}, expired: map[string]bool{}, old: map[string]bool{}}
 		want := gomatrixserverlib.PublicKeyLookupRequest{ServerName: spec.ServerName(server), KeyID: gomatrixserverlib.KeyID(wantKeyID)}
@@ -93,9 +93,7 @@ func fetchFrom(sources []keySource, now func() time.Time, done func(server, sour
 		for _, source := range sources {
 			start := time.Now()
 			found, err := source.fetch(ctx, server, wantKeyID)
-			if done != nil {
-				done(server, source.name, time.Since(start), err)
-			}
+			trace.keyFetch(server, source.name, start, err)
 			if err != nil {
 				failures = append(failures, fmt.Errorf("%s: %w", source.name, err))
 				continue

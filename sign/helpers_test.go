@@ -100,6 +100,8 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadRequest, matrixerr.BadJSON
 	case errors.Is(err, ErrBodyRead):
 		return http.StatusBadRequest, matrixerr.Unknown
+	case errors.Is(err, ErrTooManyPendingKeyFetches):
+		return http.StatusTooManyRequests, matrixerr.LimitExceeded
 	default:
 		return http.StatusUnauthorized, matrixerr.Unauthorized
 	}

@@ -170,7 +170,7 @@ func TestConcurrentRequestsShareOneFetch(t *testing.T) {
 		<-release
 		document.ServeHTTP(w, r)
 	}))
-	v := fetchingVerifier(t, ks, clock)
+	v := fetchingVerifier(t, ks, clock, func(c *VerifierConfig) { c.MaxPendingPerOrigin = requests })
 
 	codes := make(chan int, requests)
 	var wg sync.WaitGroup
@@ -181,7 +181,7 @@ func TestConcurrentRequestsShareOneFetch(t *testing.T) {
 		})
 	}
 	// Hold the key server until every request is waiting on the one fetch.
-	for v.keys.waiting(remoteName) < requests-1 {
+	for forServer, _ := v.keys.waiting(remoteName); forServer < requests; forServer, _ = v.keys.waiting(remoteName) {
 		time.Sleep(time.Millisecond)
 	}
 	close(release)
@@ -306,12 +306,14 @@ func TestVaryingKeyIDsCannotForceFetches(t *testing.T) {
 // newTestKeyring is a keyring fetching with fetch, on clock.
 func newTestKeyring(clock *fakeClock, maxServers int, fetch fetchFunc) *keyring {
 	return &keyring{
-		fetch:   fetch,
-		timeout: time.Minute,
-		now:     clock.Now,
-		logger:  slog.New(slog.DiscardHandler),
-		cache:   newKeyCache(maxServers, time.Second),
-		flights: map[string]*flight{},
+		fetch:        fetch,
+		timeout:      time.Minute,
+		now:          clock.Now,
+		logger:       slog.New(slog.DiscardHandler),
+		maxPerOrigin: DefaultMaxPendingPerOrigin,
+		maxPending:   DefaultMaxPendingKeyFetches,
+		cache:        newKeyCache(maxServers, time.Second),
+		flights:      map[string]*flight{},
 	}
 }
 

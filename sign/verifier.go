@@ -26,6 +26,12 @@ var (
 	ErrBadSignature           = errors.New("bad X-Matrix signature")
 	ErrKeyServerUnreachable   = errors.New("could not fetch the origin's signing keys")
 
+	// ErrTooManyPendingKeyFetches: the request needs a fetch of its
+	// origin's keys, and VerifierConfig.MaxPendingPerOrigin or
+	// MaxPendingKeyFetches requests already wait for one. 429
+	// M_LIMIT_EXCEEDED: the peer may retry.
+	ErrTooManyPendingKeyFetches = errors.New("too many requests are waiting for key fetches")
+
 	ErrNotJSON  = errors.New("request body is not JSON")          // 400 M_NOT_JSON
 	ErrBadJSON  = errors.New("request body is not a JSON object") // 400 M_BAD_JSON
 	ErrBodyRead = errors.New("could not read request body")       // 400 M_UNKNOWN; 413 M_TOO_LARGE if it wraps *http.MaxBytesError
@@ -33,9 +39,11 @@ var (
 
 // Defaults for VerifierConfig's zero values.
 const (
-	DefaultKeyFetchTimeout  = 10 * time.Second
-	DefaultFailureCacheTTL  = 30 * time.Second
-	DefaultMaxCachedServers = 10000
+	DefaultKeyFetchTimeout      = 10 * time.Second
+	DefaultFailureCacheTTL      = 30 * time.Second
+	DefaultMaxCachedServers     = 10000
+	DefaultMaxPendingPerOrigin  = 16
+	DefaultMaxPendingKeyFetches = 256
 )
 
 // Notary is a trusted key server queried through /_matrix/key/v2/query
@@ -111,9 +119,26 @@ type VerifierConfig struct {
 	// how many .well-known answers. Default DefaultMaxCachedServers.
 	MaxCachedServers int
 
+	// MaxPendingPerOrigin bounds the requests claiming one origin that
+	// wait for a fetch of its keys (they share the fetch); beyond it a
+	// request fails with ErrTooManyPendingKeyFetches. Requests whose key
+	// is pinned or cached never wait, and never count. Default
+	// DefaultMaxPendingPerOrigin.
+	MaxPendingPerOrigin int
+
+	// MaxPendingKeyFetches bounds the requests waiting for key fetches,
+	// all origins together, and so the fetches running: a fetch nobody
+	// waits for any more is cancelled. Beyond it:
+	// ErrTooManyPendingKeyFetches. Default DefaultMaxPendingKeyFetches.
+	MaxPendingKeyFetches int
+
 	// Logger receives one line per rejected request and per key fetch
 	// failure. Nil logs nothing.
 	Logger *slog.Logger
+
+	// Trace, when set, is told of key lookups and of the pending-fetch
+	// limit's decisions.
+	Trace *VerifierTrace
 
 	// Now is the clock for key validity. Default time.Now.
 	Now func() time.Time
@@ -182,21 +207,32 @@ func newVerifier(cfg VerifierConfig, nw network) (*Verifier, error) {
 	if maxServers <= 0 {
 		maxServers = DefaultMaxCachedServers
 	}
+	maxPerOrigin := cfg.MaxPendingPerOrigin
+	if maxPerOrigin <= 0 {
+		maxPerOrigin = DefaultMaxPendingPerOrigin
+	}
+	maxPending := cfg.MaxPendingKeyFetches
+	if maxPending <= 0 {
+		maxPending = DefaultMaxPendingKeyFetches
+	}
 
 	keys := &keyring{
-		static:  static,
-		timeout: timeout,
-		now:     now,
-		logger:  logger,
-		cache:   newKeyCache(maxServers, failureTTL),
-		flights: map[string]*flight{},
+		static:       static,
+		timeout:      timeout,
+		now:          now,
+		logger:       logger,
+		trace:        cfg.Trace,
+		maxPerOrigin: maxPerOrigin,
+		maxPending:   maxPending,
+		cache:        newKeyCache(maxServers, failureTTL),
+		flights:      map[string]*flight{},
 	}
 	if !cfg.DisableKeyFetching {
 		sources, err := keySources(cfg, nw, maxServers, now)
 		if err != nil {
 			return nil, fmt.Errorf("sign: %w", err)
 		}
-		keys.fetch = fetchFrom(sources, now, nil)
+		keys.fetch = fetchFrom(sources, now, cfg.Trace)
 	}
 	return &Verifier{
 		serverNames: slices.Clone(cfg.ServerNames),
