@@ -132,8 +132,11 @@ type VerifierConfig struct {
 	// ErrTooManyPendingKeyFetches. Default DefaultMaxPendingKeyFetches.
 	MaxPendingKeyFetches int
 
-	// Logger receives one line per rejected request and per key fetch
-	// failure. Nil logs nothing.
+	// Logger receives one line per key fetch that failed (Info: server,
+	// key_id, error), however many requests waited for it, and one per
+	// rejected request (Debug: method, uri, origin, key_id, error).
+	// Signatures and bodies are never logged. Default slog.Default(), as
+	// for the fedhistory handler.
 	Logger *slog.Logger
 
 	// Trace, when set, is told of key lookups and of the pending-fetch
@@ -189,7 +192,7 @@ func newVerifier(cfg VerifierConfig, nw network) (*Verifier, error) {
 	}
 	logger := cfg.Logger
 	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+		logger = slog.Default()
 	}
 	now := cfg.Now
 	if now == nil {
