@@ -1,15 +1,18 @@
 // Package fedotel traces what a fedhistory handler does with OpenTelemetry:
 // one span per request, continuing the trace of the server that asked, and
-// under it a span per stage and per store call. Wiring it is two lines:
+// under it a span per stage and per store call; and a span per request
+// the verifier makes to a key server. Wiring it:
 //
 //	tracer := fedotel.New(fedotel.Options{}) // the global TracerProvider and propagator
 //	cfg.Trace = tracer.Trace()               // cfg is the fedhistory.Config
+//	verifierCfg.Trace = tracer.SignTrace()   // and the sign.VerifierConfig
 //
 // with, once, otel.SetTracerProvider(yours) and
 // otel.SetTextMapPropagator(propagation.TraceContext{}): OpenTelemetry's
 // global propagator reads no headers until one is set. Alongside package
 // prom's metrics: cfg.Trace = fedhistory.JoinTraces(metrics.Trace(),
-// tracer.Trace()).
+// tracer.Trace()), and a sign.VerifierTrace whose KeyFetch calls both
+// adapters' (as fedhistory serve does).
 //
 // Its import path is github.com/fedhistory/fedhistory/otel; it is named
 // fedotel so that it does not shadow go.opentelemetry.io/otel, which a
@@ -41,6 +44,13 @@
 // (OpenTelemetry's HTTP conventions). A load limit queueing or rejecting
 // the request is an event, fedhistory.limit, on the request's span.
 //
+// The verifier's requests to key servers are spans named keys.fetch, of
+// kind client, with matrix.key.server (the server whose keys) and
+// matrix.key.source ("direct", "notary", or a KeyFetcher's name). Each is
+// the root of a trace of its own: one fetch serves every request that
+// waits for those keys, and the verifier reports it without a context. A
+// key found pinned or cached makes no span.
+//
 // No span carries what a peer chose beyond its server name: not the room or
 // event IDs it asked for, not error messages (which may quote them), and
 // never event content or signatures. The handler's log lines, which
@@ -53,6 +63,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -86,6 +97,7 @@ type Tracer struct {
 	tracer     trace.Tracer
 	propagator propagation.TextMapPropagator
 	trace      *fedhistory.Trace
+	signTrace  *sign.VerifierTrace
 }
 
 // New returns a Tracer.
@@ -107,6 +119,7 @@ func New(opts Options) *Tracer {
 		StoreCall:    t.storeCall,
 		Limit:        t.limit,
 	}
+	t.signTrace = &sign.VerifierTrace{KeyFetch: t.keyFetch}
 	return t
 }
 
@@ -114,28 +127,51 @@ func New(opts Options) *Tracer {
 // fedhistory.Config.Trace. Every call returns the same Trace.
 func (t *Tracer) Trace() *fedhistory.Trace { return t.trace }
 
+// SignTrace returns the callbacks that make a span of each request the
+// verifier makes to a key server, for sign.VerifierConfig.Trace (see the
+// package documentation). Every call returns the same VerifierTrace.
+func (t *Tracer) SignTrace() *sign.VerifierTrace { return t.signTrace }
+
+// keyFetch makes the span of a request to a key server, which the verifier
+// reports once it is over: the span starts duration before now. A key
+// found pinned or cached, in memory, gets no span.
+func (t *Tracer) keyFetch(server, source string, duration time.Duration, err error) {
+	if source == "pinned" || source == "cache" {
+		return
+	}
+	end := time.Now()
+	_, span := t.tracer.Start(context.Background(), "keys.fetch",
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(end.Add(-duration)),
+		trace.WithAttributes(keyKeyServer.String(server), keyKeySource.String(source)))
+	if err != nil {
+		kind := errorType(err)
+		span.SetAttributes(keyErrorType.String(kind))
+		span.SetStatus(codes.Error, kind)
+	}
+	span.End(trace.WithTimestamp(end))
+}
+
 // Attribute keys of the spans.
 const (
-	keyMethod     = attribute.Key("http.request.method")
-	keyRoute      = attribute.Key("http.route")
-	keyStatus     = attribute.Key("http.response.status_code")
-	keyErrorType  = attribute.Key("error.type")
-	keyEndpoint   = attribute.Key("fedhistory.endpoint")
-	keyErrCode    = attribute.Key("matrix.errcode")
-	keyOrigin     = attribute.Key("matrix.origin")
-	keyWhole      = attribute.Key("fedhistory.events.whole")
-	keyRedacted   = attribute.Key("fedhistory.events.redacted")
-	keyWithheld   = attribute.Key("fedhistory.events.withheld")
-	keyVisits     = attribute.Key("fedhistory.walk.visits")
-	keyExhausted  = attribute.Key("fedhistory.walk.exhausted")
-	keyAborted    = attribute.Key("fedhistory.aborted")
-	keyLimit      = attribute.Key("fedhistory.limit")
-	keyDecision   = attribute.Key("fedhistory.limit.decision")
-	keyReason     = attribute.Key("fedhistory.limit.reason")
-	keyStoreCall  = attribute.Key("fedhistory.store.method")
-	keyKeyServer  = attribute.Key("matrix.key.server")
-	keyKeySource  = attribute.Key("matrix.key.source")
-	keyKeyPending = attribute.Key("matrix.key.pending")
+	keyMethod    = attribute.Key("http.request.method")
+	keyRoute     = attribute.Key("http.route")
+	keyStatus    = attribute.Key("http.response.status_code")
+	keyErrorType = attribute.Key("error.type")
+	keyEndpoint  = attribute.Key("fedhistory.endpoint")
+	keyErrCode   = attribute.Key("matrix.errcode")
+	keyOrigin    = attribute.Key("matrix.origin")
+	keyWhole     = attribute.Key("fedhistory.events.whole")
+	keyRedacted  = attribute.Key("fedhistory.events.redacted")
+	keyWithheld  = attribute.Key("fedhistory.events.withheld")
+	keyVisits    = attribute.Key("fedhistory.walk.visits")
+	keyExhausted = attribute.Key("fedhistory.walk.exhausted")
+	keyAborted   = attribute.Key("fedhistory.aborted")
+	keyLimit     = attribute.Key("fedhistory.limit")
+	keyDecision  = attribute.Key("fedhistory.limit.decision")
+	keyReason    = attribute.Key("fedhistory.limit.reason")
+	keyStoreCall = attribute.Key("fedhistory.store.method")
+	keyKeyServer = attribute.Key("matrix.key.server")
+	keyKeySource = attribute.Key("matrix.key.source")
 )
 
 // routes are the endpoints' routes, for span names (Handler.Endpoints).

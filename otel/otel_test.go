@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/codes"
@@ -247,4 +248,32 @@ func TestLogHandlerAddsTheTraceIDs(t *testing.T) {
 	require.Contains(t, lines[0], "trace_id="+span.SpanContext().TraceID().String())
 	require.Contains(t, lines[0], "span_id="+span.SpanContext().SpanID().String())
 	require.NotContains(t, lines[1], "trace_id")
+}
+
+func TestKeyFetchSpans(t *testing.T) {
+	rec := newRecorded(t)
+	w := obstest.NewWorld(t, rec.tracer.Trace())
+	before := time.Now()
+	w.SignedOutcomes(t, rec.tracer.SignTrace())
+
+	var fetches []tracetest.SpanStub
+	for _, s := range rec.exporter.GetSpans() {
+		if s.Name == "keys.fetch" {
+			fetches = append(fetches, s)
+		}
+	}
+	// Member's key fetched once (then cached: no span), and one failed
+	// fetch from the unreachable server.
+	require.Len(t, fetches, 2)
+	servers := map[string]codes.Code{}
+	for _, s := range fetches {
+		a := attrs(s)
+		require.Equal(t, "direct", a["matrix.key.source"])
+		servers[a["matrix.key.server"].(string)] = s.Status.Code
+		require.False(t, s.Parent.IsValid(), "a fetch is a trace of its own")
+		require.Equal(t, trace.SpanKindClient, s.SpanKind)
+		require.False(t, s.StartTime.Before(before), "started when the fetch did, not before")
+		require.False(t, s.EndTime.Before(s.StartTime))
+	}
+	require.Equal(t, map[string]codes.Code{obstest.Member: codes.Unset, obstest.Unreachable: codes.Error}, servers)
 }

@@ -2,13 +2,11 @@ package prom_test
 
 import (
 	"encoding/json"
-	"errors"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -82,9 +80,9 @@ func TestDashboardQueriesTheRegisteredMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	metrics, err := prom.New(reg, prom.Options{})
 	require.NoError(t, err)
-	obstest.NewWorld(t, metrics.Trace()).EachOutcome(t)
-	metrics.KeyFetch("direct", 30*time.Millisecond, nil)
-	metrics.KeyFetch("notary", 2*time.Second, errors.New("unreachable"))
+	w := obstest.NewWorld(t, metrics.Trace())
+	w.EachOutcome(t)
+	w.SignedOutcomes(t, metrics.SignTrace())
 	families, err := reg.Gather()
 	require.NoError(t, err)
 	byName := map[string]*dto.MetricFamily{}

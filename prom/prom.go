@@ -1,8 +1,9 @@
-// Package prom exports what a fedhistory handler does as Prometheus metrics,
-// on github.com/prometheus/client_golang. Wiring it is two lines:
+// Package prom exports what a fedhistory handler and its sign.Verifier do as
+// Prometheus metrics, on github.com/prometheus/client_golang. Wiring it:
 //
 //	metrics, err := prom.New(prometheus.DefaultRegisterer, prom.Options{})
-//	cfg.Trace = metrics.Trace() // cfg is the fedhistory.Config
+//	cfg.Trace = metrics.Trace()            // cfg is the fedhistory.Config
+//	verifierCfg.Trace = metrics.SignTrace() // and the sign.VerifierConfig
 //
 // and /metrics served by promhttp.Handler() (or promhttp.HandlerFor the
 // registry given to New). Both fedhistory.Trace and this package are
@@ -26,12 +27,15 @@
 //	                                                               was cancelled)
 //	fedhistory_walk_visits                               histogram event IDs one DAG walk fetched
 //	fedhistory_walk_budget_exhausted_total{endpoint}     counter   walks that ran out of their visit budget
-//	fedhistory_limiter_total{limit,decision,reason}      counter   load limit decisions: limit="origin" or
-//	                                                               "in_flight", decision="admitted", "queued"
-//	                                                               or "rejected", reason="" or why rejected
+//	fedhistory_limiter_total{limit,decision,reason}      counter   load limit decisions: limit="origin",
+//	                                                               "in_flight" or "key_fetch" (the verifier's
+//	                                                               requests waiting for key fetches),
+//	                                                               decision="admitted", "queued" or
+//	                                                               "rejected", reason="" or why rejected
 //	fedhistory_key_fetches_total{source,result}          counter   lookups of origins' signing keys by the
 //	                                                               verifier: source="cache", "pinned",
-//	                                                               "direct" or "notary", result="ok" or "error"
+//	                                                               "direct", "notary" (or a KeyFetcher's
+//	                                                               name), result="ok" or "error"
 //	fedhistory_key_fetch_duration_seconds{source}        histogram their time
 //
 // What each answers: the request rate and error ratio per endpoint
@@ -76,6 +80,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/sign"
 )
 
 // DefaultBuckets are the buckets of every duration histogram: 100 µs to
@@ -134,7 +139,8 @@ type Metrics struct {
 	byDecision cache[fedhistory.LimitDecision, prometheus.Counter]
 	bySource   cache[string, *sourceMetrics]
 
-	trace *fedhistory.Trace
+	trace     *fedhistory.Trace
+	signTrace *sign.VerifierTrace
 }
 
 // endpointMetrics are the children of one endpoint.
@@ -260,13 +266,36 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 		StoreCall:    m.storeCall,
 		Limit:        m.limit,
 	}
+	m.signTrace = &sign.VerifierTrace{
+		KeyFetch: func(_, source string, d time.Duration, err error) { m.keyFetch(source, d, err) },
+		Pending:  func(decision, _ string) { m.byDecision.get(pendingDecision(decision)).Inc() },
+	}
 	return m, nil
+}
+
+// pendingDecision maps a decision of the verifier's limit on requests
+// waiting for key fetches to the limiter metric's labels.
+func pendingDecision(decision string) fedhistory.LimitDecision {
+	d := fedhistory.LimitDecision{Limit: "key_fetch", Decision: decision}
+	switch decision {
+	case "rejected_origin":
+		d.Decision, d.Reason = "rejected", "per_origin"
+	case "rejected_total":
+		d.Decision, d.Reason = "rejected", "total"
+	}
+	return d
 }
 
 // Trace returns the callbacks that feed the metrics, for
 // fedhistory.Config.Trace. Every call returns the same Trace; it may serve
 // any number of handlers, which then share the metrics.
 func (m *Metrics) Trace() *fedhistory.Trace { return m.trace }
+
+// SignTrace returns the callbacks that feed the key fetch metrics and the
+// limiter metric's key_fetch decisions, for sign.VerifierConfig.Trace.
+// Neither the server whose keys are fetched nor the origin a request
+// claims becomes a label.
+func (m *Metrics) SignTrace() *sign.VerifierTrace { return m.signTrace }
 
 func (m *Metrics) requestStart(ctx context.Context, _ *http.Request, _ string) context.Context {
 	m.inFlight.Inc()

@@ -253,3 +253,29 @@ func TestNewRefusesADuplicateRegistration(t *testing.T) {
 		fedhistory.RequestInfo{Endpoint: "backfill", Status: http.StatusOK})
 	require.Equal(t, 1.0, gather(t, reg).value("fedhistory_requests_total", "code=200", "endpoint=backfill", "handler=second"))
 }
+
+func TestSignTraceCountsKeyFetchesAndPendingDecisions(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	metrics, err := prom.New(reg, prom.Options{})
+	require.NoError(t, err)
+	w := obstest.NewWorld(t, metrics.Trace())
+	w.SignedOutcomes(t, metrics.SignTrace())
+	metrics.SignTrace().Pending("rejected_origin", "busy.example")
+	metrics.SignTrace().Pending("rejected_total", "busy.example")
+
+	g := gather(t, reg)
+	require.Equal(t, 1.0, g.value("fedhistory_key_fetches_total", "result=ok", "source=direct"))
+	require.Equal(t, 1.0, g.value("fedhistory_key_fetches_total", "result=ok", "source=cache"))
+	require.Equal(t, 1.0, g.value("fedhistory_key_fetches_total", "result=error", "source=direct"), "the unreachable key server")
+	require.Equal(t, 2.0, g.value("fedhistory_key_fetch_duration_seconds", "source=direct"))
+	require.Equal(t, 2.0, g.value("fedhistory_limiter_total", "decision=admitted", "limit=key_fetch", "reason="))
+	require.Equal(t, 1.0, g.value("fedhistory_limiter_total", "decision=rejected", "limit=key_fetch", "reason=per_origin"))
+	require.Equal(t, 1.0, g.value("fedhistory_limiter_total", "decision=rejected", "limit=key_fetch", "reason=total"))
+	for _, series := range g {
+		for _, m := range series {
+			for _, l := range m.GetLabel() {
+				require.NotContains(t, l.GetValue(), ".example", "a server name in a label")
+			}
+		}
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/fedhistory/fedhistory/internal/faultstore"
 	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
+	"github.com/fedhistory/fedhistory/sign"
 )
 
 // The servers of the world: Member has a user joined to the room; Stranger
@@ -247,4 +248,49 @@ func (s *blockingStore) CurrentState(ctx context.Context, roomID, server string)
 		return nil, err
 	}
 	return s.EventStore.CurrentState(ctx, roomID, server)
+}
+
+// Unreachable is a server whose key server does not answer.
+const Unreachable = "unreachable.example"
+
+// SignedOutcomes serves requests through a sign.Verifier reporting to
+// vtrace, which fetches Member's key from a key server on loopback: one
+// whose key is fetched (source "direct", 200), one whose key is then
+// cached ("cache", 200), and one from a server whose key server refuses
+// connections (401).
+func (w *World) SignedOutcomes(tb testing.TB, vtrace *sign.VerifierTrace) []Outcome {
+	tb.Helper()
+	key, err := sign.GenerateKey(nil)
+	require.NoError(tb, err)
+	keyServer := httptest.NewServer(sign.KeyDocumentHandler(Member, []*sign.SigningKey{key}, 0, nil))
+	defer keyServer.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close() // its port now refuses connections
+	verifier, err := sign.NewVerifier(sign.VerifierConfig{
+		ServerNames: []string{Creator},
+		Resolve:     map[string]string{Member: keyServer.URL, Unreachable: closed.URL},
+		Trace:       vtrace,
+		Logger:      slog.New(slog.DiscardHandler),
+	})
+	require.NoError(tb, err)
+	h := w.NewHandler(tb, w.Store, func(cfg *fedhistory.Config) { cfg.Authenticator = verifier })
+	signed := func(origin string) *http.Request {
+		req := w.BackfillRequest("", 5)
+		require.NoError(tb, key.SignRequest(req, origin, Creator))
+		return req
+	}
+	var outcomes []Outcome
+	for _, c := range []struct {
+		name, origin string
+		want         int
+	}{
+		{"key fetched", Member, http.StatusOK},
+		{"key cached", Member, http.StatusOK},
+		{"key server unreachable", Unreachable, http.StatusUnauthorized},
+	} {
+		rec := Serve(h, signed(c.origin))
+		require.Equal(tb, c.want, rec.Code, "%s: body %s", c.name, rec.Body.Bytes())
+		outcomes = append(outcomes, Outcome{c.name, "backfill", rec.Code})
+	}
+	return outcomes
 }
