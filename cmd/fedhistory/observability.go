@@ -24,6 +24,7 @@ import (
 
 	fedotel "github.com/fedhistory/fedhistory/otel"
 	"github.com/fedhistory/fedhistory/prom"
+	"github.com/fedhistory/fedhistory/sign"
 )
 
 // metricsPath is where --metrics-listen serves the metrics.
@@ -158,4 +159,35 @@ func (t *tracing) shutdown(logger *slog.Logger) {
 	if err := t.provider.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		logger.Warn("exporting the last traces failed", "error", err)
 	}
+}
+
+// joinVerifierTraces returns a VerifierTrace that calls both a's and b's
+// callbacks (either may be nil).
+func joinVerifierTraces(a, b *sign.VerifierTrace) *sign.VerifierTrace {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	joined := &sign.VerifierTrace{}
+	if a.KeyFetch != nil || b.KeyFetch != nil {
+		joined.KeyFetch = func(server, source string, d time.Duration, err error) {
+			for _, f := range []func(string, string, time.Duration, error){a.KeyFetch, b.KeyFetch} {
+				if f != nil {
+					f(server, source, d, err)
+				}
+			}
+		}
+	}
+	if a.Pending != nil || b.Pending != nil {
+		joined.Pending = func(decision, origin string) {
+			for _, f := range []func(string, string){a.Pending, b.Pending} {
+				if f != nil {
+					f(decision, origin)
+				}
+			}
+		}
+	}
+	return joined
 }

@@ -149,6 +149,9 @@ func TestServeMetricsCountEachOutcome(t *testing.T) {
 	require.Positive(t, got[`fedhistory_request_duration_seconds_count{endpoint="backfill"}`])
 	require.Positive(t, got[`fedhistory_events_served_total{endpoint="backfill",form="whole"}`])
 	require.Positive(t, got[`go_goroutines`], "the Go runtime's metrics")
+	// Every signed request's key was pinned (--trust): the verifier's
+	// lookups are counted too.
+	require.GreaterOrEqual(t, got[`fedhistory_key_fetches_total{result="ok",source="pinned"}`], 6.0)
 	_, body := scrape(t, metricsURL)
 	for _, name := range []string{served.RoomID, failing.RoomID, hanging.RoomID, asker, stranger, busy, served.last().ID} {
 		require.NotContains(t, body, name, "a label names a room, an event or a server")
@@ -254,4 +257,24 @@ func TestServeExportsTraces(t *testing.T) {
 	}
 	require.Contains(t, srv.stderr.String(), `msg="exporting traces over OTLP/HTTP" endpoint=`+collectorServer.URL+tracesPath)
 	require.Regexp(t, `msg=request method=GET path=\S+ status=200 .*origin=`+regexp.QuoteMeta(asker)+` trace_id=`+traceID, srv.stderr.String())
+}
+
+func TestJoinVerifierTraces(t *testing.T) {
+	var calls []string
+	record := func(name string) *sign.VerifierTrace {
+		return &sign.VerifierTrace{
+			KeyFetch: func(server, source string, _ time.Duration, _ error) {
+				calls = append(calls, name+" fetch "+server+" "+source)
+			},
+		}
+	}
+	a, b := record("a"), record("b")
+	b.Pending = func(decision, origin string) { calls = append(calls, "b pending "+decision+" "+origin) }
+	require.Same(t, a, joinVerifierTraces(a, nil))
+	require.Same(t, b, joinVerifierTraces(nil, b))
+	joined := joinVerifierTraces(a, b)
+	joined.KeyFetch("hs2.example", "direct", time.Second, nil)
+	joined.Pending("admitted", "hs2.example")
+	require.Equal(t, []string{"a fetch hs2.example direct", "b fetch hs2.example direct", "b pending admitted hs2.example"}, calls)
+	require.Nil(t, joinVerifierTraces(a, &sign.VerifierTrace{}).Pending, "nobody listens")
 }

@@ -118,11 +118,12 @@ trace of a traceparent header, and each request's log line carries its trace_id.
 		return err
 	}
 	var trace *fedhistory.Trace
+	var verifierTrace *sign.VerifierTrace
 	if traces != nil {
 		// Failures logged during a traced request name its trace.
 		logHandler = fedotel.LogHandler(logHandler)
 		defer traces.shutdown(slog.New(logHandler))
-		trace = traces.tracer.Trace()
+		trace, verifierTrace = traces.tracer.Trace(), traces.tracer.SignTrace()
 	}
 	logger := slog.New(logHandler)
 	if traces != nil {
@@ -136,6 +137,7 @@ trace of a traceparent header, and each request's log line carries its trace_id.
 		}
 		metricsRegistry = reg
 		trace = fedhistory.JoinTraces(metrics.Trace(), trace)
+		verifierTrace = joinVerifierTraces(metrics.SignTrace(), verifierTrace)
 	}
 
 	key, err := serverKey(*keyFile, out)
@@ -183,9 +185,10 @@ trace of a traceparent header, and each request's log line carries its trace_id.
 		MaxConcurrentPerOrigin: *maxConcurrent,
 		MaxQueuedPerOrigin:     *maxQueued,
 
-		Logger:      logger,
-		Trace:       trace,
-		LogTraceIDs: traces != nil,
+		Logger:        logger,
+		Trace:         trace,
+		LogTraceIDs:   traces != nil,
+		VerifierTrace: verifierTrace,
 	})
 	if err != nil {
 		return err

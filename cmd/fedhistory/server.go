@@ -57,6 +57,8 @@ type federationServerConfig struct {
 	// the trace ID of its span.
 	Trace       *fedhistory.Trace
 	LogTraceIDs bool
+	// VerifierTrace, when set, is told of the verifier's key fetches.
+	VerifierTrace *sign.VerifierTrace
 }
 
 // newFederationHandler returns the whole HTTP surface of a server: the
@@ -68,6 +70,7 @@ func newFederationHandler(cfg federationServerConfig) (http.Handler, error) {
 		StaticKeys:  cfg.StaticKeys,
 		Resolve:     cfg.Resolve,
 		Logger:      cfg.Logger,
+		Trace:       cfg.VerifierTrace,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("configuring request authentication: %w", err)
