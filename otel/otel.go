@@ -39,9 +39,9 @@
 // and fedhistory.walk.exhausted. A stage or store call that failed has
 // status Error and an error.type from a fixed set ("forbidden",
 // "not_found", "state_unknown", "timeout", "canceled", "unauthenticated",
-// "key_server_unreachable", "_OTHER"); the request's span has them only
-// for a 5xx answer or one cut off, since a 4xx is the client's doing
-// (OpenTelemetry's HTTP conventions). A load limit queueing or rejecting
+// "key_server_unreachable", "key_fetch_limit", "_OTHER"); the request's
+// span has them only for a 5xx answer or one cut off, since a 4xx is the
+// client's doing (OpenTelemetry's HTTP conventions). A load limit queueing or rejecting
 // the request is an event, fedhistory.limit, on the request's span.
 //
 // The verifier's requests to key servers are spans named keys.fetch, of
@@ -307,6 +307,8 @@ func errorType(err error) string {
 		return "state_unknown"
 	case errors.Is(err, sign.ErrKeyServerUnreachable):
 		return "key_server_unreachable"
+	case errors.Is(err, sign.ErrTooManyPendingKeyFetches):
+		return "key_fetch_limit"
 	case errors.Is(err, sign.ErrMissingAuthorization), errors.Is(err, sign.ErrMalformedAuthorization),
 		errors.Is(err, sign.ErrNotXMatrix), errors.Is(err, sign.ErrWrongDestination),
 		errors.Is(err, sign.ErrUnknownKey), errors.Is(err, sign.ErrBadSignature):
