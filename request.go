@@ -178,7 +178,8 @@ func (req *request) authenticate() bool {
 }
 
 // writeAuthError answers a failed authentication: 401 M_UNAUTHORIZED naming
-// the failed check, or what the body's or the limits' failure calls for.
+// the failed check, or what the body's or the limits' failure calls for
+// (429 for the verifier's limit on requests waiting for key fetches).
 func (req *request) writeAuthError(err error) {
 	var tooLarge *http.MaxBytesError
 	switch {
@@ -198,6 +199,9 @@ func (req *request) writeAuthError(err error) {
 		// echoing them would let a peer probe our network through origin
 		// names.
 		req.writeError(http.StatusUnauthorized, matrixerr.Unauthorized, sign.ErrKeyServerUnreachable.Error())
+	case errors.Is(err, sign.ErrTooManyPendingKeyFetches):
+		// Too many requests wait for key fetches: the peer may retry.
+		req.writeRetry(sign.ErrTooManyPendingKeyFetches.Error())
 	default:
 		req.writeError(http.StatusUnauthorized, matrixerr.Unauthorized, err.Error())
 	}

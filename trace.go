@@ -8,9 +8,9 @@ import (
 
 // Trace holds optional callbacks that let an operator see what the handler
 // does: metrics (package fedhistory/prom) and traces (package
-// fedhistory/otel) are built on it, and a homeserver can add its own. Like
-// net/http/httptrace.ClientTrace, every field may be nil, and a nil field
-// costs nothing. Callbacks run on the request's goroutine and must be safe
+// fedhistory/otel) are built on it, and a homeserver can add its own
+// (JoinTraces runs several). Like net/http/httptrace.ClientTrace, every
+// field may be nil, and a nil field costs nothing. Callbacks run on the request's goroutine and must be safe
 // for concurrent use; they must not keep RequestInfo's slices.
 type Trace struct {
 	// RequestStart is called when a request's route is known, before
@@ -100,5 +100,93 @@ func (req *request) stage(name string) func(error) {
 func (req *request) limit(limit, decision, reason string) {
 	if trace := req.h.cfg.Trace; trace != nil && trace.Limit != nil {
 		trace.Limit(req.ctx, LimitDecision{Limit: limit, Decision: decision, Reason: reason})
+	}
+}
+
+// JoinTraces returns a Trace that calls each of traces' callbacks in turn
+// (metrics and tracing, say): in order when a request or a step starts,
+// each given the context the one before returned, and in reverse order
+// when it ends. Nil traces and nil fields are skipped; a field nil in every
+// trace stays nil, and costs nothing.
+func JoinTraces(traces ...*Trace) *Trace {
+	var ts []*Trace
+	for _, t := range traces {
+		if t != nil {
+			ts = append(ts, t)
+		}
+	}
+	switch len(ts) {
+	case 0:
+		return nil
+	case 1:
+		return ts[0]
+	}
+	joined := &Trace{}
+	var starts []func(context.Context, *http.Request, string) context.Context
+	var dones []func(context.Context, RequestInfo)
+	var stages, calls []func(context.Context, string) (context.Context, func(error))
+	var limits []func(context.Context, LimitDecision)
+	for _, t := range ts {
+		if t.RequestStart != nil {
+			starts = append(starts, t.RequestStart)
+		}
+		if t.RequestDone != nil {
+			dones = append(dones, t.RequestDone)
+		}
+		if t.Stage != nil {
+			stages = append(stages, t.Stage)
+		}
+		if t.StoreCall != nil {
+			calls = append(calls, t.StoreCall)
+		}
+		if t.Limit != nil {
+			limits = append(limits, t.Limit)
+		}
+	}
+	if len(starts) > 0 {
+		joined.RequestStart = func(ctx context.Context, r *http.Request, endpoint string) context.Context {
+			for _, f := range starts {
+				ctx = f(ctx, r, endpoint)
+			}
+			return ctx
+		}
+	}
+	if len(dones) > 0 {
+		joined.RequestDone = func(ctx context.Context, info RequestInfo) {
+			for i := len(dones) - 1; i >= 0; i-- {
+				dones[i](ctx, info)
+			}
+		}
+	}
+	joined.Stage = joinSteps(stages)
+	joined.StoreCall = joinSteps(calls)
+	if len(limits) > 0 {
+		joined.Limit = func(ctx context.Context, d LimitDecision) {
+			for _, f := range limits {
+				f(ctx, d)
+			}
+		}
+	}
+	return joined
+}
+
+// joinSteps joins Stage or StoreCall callbacks.
+func joinSteps(fs []func(context.Context, string) (context.Context, func(error))) func(context.Context, string) (context.Context, func(error)) {
+	switch len(fs) {
+	case 0:
+		return nil
+	case 1:
+		return fs[0]
+	}
+	return func(ctx context.Context, name string) (context.Context, func(error)) {
+		ends := make([]func(error), len(fs))
+		for i, f := range fs {
+			ctx, ends[i] = f(ctx, name)
+		}
+		return ctx, func(err error) {
+			for i := len(ends) - 1; i >= 0; i-- {
+				ends[i](err)
+			}
+		}
 	}
 }

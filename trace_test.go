@@ -2,6 +2,7 @@ package fedhistory_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
@@ -126,4 +127,45 @@ func TestTraceSeesEveryStep(t *testing.T) {
 		require.Equal(t, "M_FORBIDDEN", rec.done[0].ErrCode)
 		require.ErrorIs(t, rec.stageErrs["authorise"], fedhistory.ErrForbidden)
 	})
+}
+
+func TestJoinTraces(t *testing.T) {
+	var calls []string
+	type key string
+	mark := func(name string) *fedhistory.Trace {
+		return &fedhistory.Trace{
+			RequestStart: func(ctx context.Context, r *http.Request, endpoint string) context.Context {
+				calls = append(calls, name+" start "+endpoint)
+				return context.WithValue(ctx, key(name), true)
+			},
+			RequestDone: func(ctx context.Context, info fedhistory.RequestInfo) {
+				calls = append(calls, fmt.Sprintf("%s done %d sees a:%v b:%v", name, info.Status, ctx.Value(key("a")), ctx.Value(key("b"))))
+			},
+			Stage: func(ctx context.Context, stage string) (context.Context, func(error)) {
+				calls = append(calls, name+" stage "+stage)
+				return context.WithValue(ctx, key(name+stage), true), func(err error) { calls = append(calls, name+" end "+stage) }
+			},
+		}
+	}
+	require.Nil(t, fedhistory.JoinTraces())
+	require.Nil(t, fedhistory.JoinTraces(nil, nil))
+	only := mark("only")
+	require.Same(t, only, fedhistory.JoinTraces(nil, only))
+
+	limits := 0
+	joined := fedhistory.JoinTraces(mark("a"), nil, mark("b"), &fedhistory.Trace{Limit: func(context.Context, fedhistory.LimitDecision) { limits++ }})
+	require.Nil(t, joined.StoreCall, "nobody listens")
+	ctx := joined.RequestStart(context.Background(), nil, "backfill")
+	stageCtx, end := joined.Stage(ctx, "walk")
+	require.Equal(t, true, stageCtx.Value(key("bwalk")))
+	require.Equal(t, true, stageCtx.Value(key("awalk")), "b's stage got a's context")
+	end(nil)
+	joined.Limit(ctx, fedhistory.LimitDecision{})
+	joined.RequestDone(ctx, fedhistory.RequestInfo{Status: 200})
+	require.Equal(t, []string{
+		"a start backfill", "b start backfill",
+		"a stage walk", "b stage walk", "b end walk", "a end walk",
+		"b done 200 sees a:true b:true", "a done 200 sees a:true b:true",
+	}, calls)
+	require.Equal(t, 1, limits)
 }

@@ -2,13 +2,12 @@
 // signatures (spec: server-server API, "Request Authentication") and signs
 // outgoing ones.
 //
-// On the receiving side, a Verifier's Wrap is middleware: it reads and
-// checks the body, parses every X-Matrix Authorization header, looks up the
-// origin's signing key (pinned, cached, or fetched from the origin's
-// /_matrix/key/v2/server or a notary with gomatrixserverlib's fetchers) and
-// lets the request through only with a valid signature, the origin then
-// available from OriginFromContext. Every failure is answered with a Matrix
-// error and the wrapped handler never runs.
+// On the receiving side, a Verifier's Authenticate checks a request's
+// X-Matrix Authorization headers, reads and checks its body (the caller
+// bounds it), looks up the origin's signing key (pinned, cached, or fetched
+// from the origin's /_matrix/key/v2/server or a notary) and returns the
+// origin's server name when the signature is valid. It is the
+// fedhistory.Authenticator.
 //
 // On the sending side, SigningKey.SignRequest signs a request and
 // KeyDocumentHandler publishes the keys peers need to check it. Keys are

@@ -5,14 +5,18 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/stretchr/testify/require"
 )
 
 func FuzzParseAuthorization(f *testing.F) {
@@ -82,7 +86,6 @@ func FuzzMiddleware(f *testing.F) {
 		ServerNames:        []string{ourName, "alias.example.org"},
 		StaticKeys:         map[string]map[string]ed25519.PublicKey{remoteName: {fuzzKey.ID: fuzzKey.Public()}},
 		DisableKeyFetching: true,
-		MaxBodyBytes:       1 << 10,
 	})
 	if err != nil {
 		f.Fatal(err)
@@ -111,7 +114,7 @@ func FuzzMiddleware(f *testing.F) {
 
 		next := &recordingHandler{}
 		w := httptest.NewRecorder()
-		v.Wrap(next).ServeHTTP(w, r)
+		authHandler(v, next).ServeHTTP(w, r) // bounds the body to testBodyLimit
 
 		authenticated := next.calls.Load() > 0
 		if authenticated != (w.Code/100 == 2) {
@@ -186,4 +189,73 @@ func independentlySigned(method, uri string, headers []string, body []byte) bool
 		}
 	}
 	return false
+}
+
+// FuzzParseServerName feeds server names as peers send them (X-Matrix
+// origins, .well-known m.server values, SRV targets) to the parser.
+func FuzzParseServerName(f *testing.F) {
+	for _, seed := range []string{
+		"matrix.org", "matrix.org:8448", "1.2.3.4:1", "[::1]", "[::ffff:127.0.0.1]:8448", "[fe80::1%eth0]:1",
+		"a.b.", "127.1", "01.2.3.4", "host:0", "host:65536", "host:08448", "[::1]:", ":", "[", "]", "",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		s, err := parseServerName(name)
+		if err == nil {
+			again, err := parseServerName(s.String())
+			require.NoError(t, err, "re-parsing %q", s.String())
+			require.Equal(t, s, again)
+			require.True(t, s.port >= 0 && s.port <= 65535)
+			if s.isIP() {
+				ip, err := netip.ParseAddr(s.host)
+				require.NoError(t, err)
+				require.Equal(t, s.ip, ip)
+				require.Empty(t, ip.Zone())
+			}
+			host, port, err := net.SplitHostPort(s.hostPort(8448))
+			require.NoError(t, err)
+			require.Equal(t, s.host, host)
+			require.NotEqual(t, "0", port)
+			// Whatever we accept, gomatrixserverlib accepts too.
+			_, _, valid := spec.ParseAndValidateServerName(spec.ServerName(name))
+			require.True(t, valid, "%q", name)
+		}
+
+		// The same text as an SRV target.
+		routes, err := srvTargets([]*net.SRV{{Target: name, Port: 8448}}, "hs.example.com")
+		if err == nil {
+			require.Len(t, routes, 1)
+			host, _, err := net.SplitHostPort(routes[0].addr)
+			require.NoError(t, err)
+			require.True(t, validHostname(host), "%q", host)
+		}
+	})
+}
+
+// FuzzWellKnown feeds /.well-known/matrix/server answers, body and caching
+// headers, to their parsers.
+func FuzzWellKnown(f *testing.F) {
+	f.Add([]byte(`{"m.server":"matrix.example.org:443"}`), "max-age=3600", "")
+	f.Add([]byte(`{"m.server":"[::1]","m.server":"a"}`), "no-store, max-age=1", "Thu, 01 Jan 1970 00:00:00 GMT")
+	f.Add([]byte(`{"m.server":null}`), `max-age="60"`, "0")
+	f.Add([]byte(`[]`), "", "Wed, 21 Oct 2037 07:28:00 GMT")
+	f.Fuzz(func(t *testing.T, body []byte, cacheControl, expires string) {
+		s, err := parseWellKnown(body)
+		if err == nil {
+			again, err := parseServerName(s.String())
+			require.NoError(t, err)
+			require.Equal(t, s, again)
+		}
+		header := http.Header{}
+		if cacheControl != "" {
+			header.Set("Cache-Control", cacheControl)
+		}
+		if expires != "" {
+			header.Set("Expires", expires)
+		}
+		ttl := wellKnownTTL(header, time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+		require.GreaterOrEqual(t, ttl, wellKnownMinTTL)
+		require.LessOrEqual(t, ttl, wellKnownMaxTTL)
+	})
 }

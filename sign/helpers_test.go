@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedhistory/fedhistory/internal/matrixerr"
 )
 
 const (
@@ -43,8 +46,8 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-// recordingHandler stands in for the protected handler and records what
-// reached it.
+// recordingHandler stands in for the endpoint behind authentication and
+// records what reached it.
 type recordingHandler struct {
 	calls  atomic.Int32
 	mu     sync.Mutex
@@ -52,15 +55,72 @@ type recordingHandler struct {
 	body   []byte
 }
 
-func (h *recordingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *recordingHandler) serve(w http.ResponseWriter, r *http.Request, origin string) {
 	h.calls.Add(1)
-	origin, _ := OriginFromContext(r.Context())
 	body, _ := io.ReadAll(r.Body)
 	h.mu.Lock()
 	h.origin, h.body = origin, body
 	h.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write([]byte(`{"origin":"ok","origin_server_ts":0,"pdus":[]}`))
+}
+
+// testBodyLimit is the body limit authHandler puts on requests, as the
+// fedhistory handler does with Config.MaxRequestBodyBytes.
+const testBodyLimit = 1 << 10
+
+// authHandler is the fedhistory handler's use of Authenticate, reduced to
+// what these tests need: the body bounded first, Authenticate, the error
+// answered as the handler answers it, and the endpoint (next) run with the
+// same request on success.
+func authHandler(v *Verifier, next *recordingHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = http.MaxBytesReader(w, r.Body, testBodyLimit)
+		}
+		origin, err := v.Authenticate(r)
+		if err != nil {
+			status, errcode := statusOf(err)
+			matrixerr.Write(w, status, errcode, err.Error())
+			return
+		}
+		next.serve(w, r, origin)
+	})
+}
+
+// statusOf is the fedhistory handler's answer to an Authenticate error.
+func statusOf(err error) (int, string) {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return http.StatusRequestEntityTooLarge, matrixerr.TooLarge
+	case errors.Is(err, ErrNotJSON):
+		return http.StatusBadRequest, matrixerr.NotJSON
+	case errors.Is(err, ErrBadJSON):
+		return http.StatusBadRequest, matrixerr.BadJSON
+	case errors.Is(err, ErrBodyRead):
+		return http.StatusBadRequest, matrixerr.Unknown
+	case errors.Is(err, ErrTooManyPendingKeyFetches):
+		return http.StatusTooManyRequests, matrixerr.LimitExceeded
+	default:
+		return http.StatusUnauthorized, matrixerr.Unauthorized
+	}
+}
+
+// authenticated runs r through Authenticate and, when it passes, reads the
+// body the endpoint would read.
+func authenticated(t testing.TB, v *Verifier, r *http.Request) (origin string, body []byte, err error) {
+	t.Helper()
+	origin, err = v.Authenticate(r)
+	if err != nil {
+		require.Empty(t, origin)
+		return "", nil, err
+	}
+	if r.Body != nil {
+		body, err = io.ReadAll(r.Body)
+		require.NoError(t, err)
+	}
+	return origin, body, nil
 }
 
 func newKey(t testing.TB) *SigningKey {
@@ -115,10 +175,11 @@ func manualHeader(t testing.TB, k *SigningKey, method, uri, signedDestination st
 	}
 }
 
-// serve runs r through v.Wrap and returns the response and decoded error.
-func serve(v *Verifier, next http.Handler, r *http.Request) (*httptest.ResponseRecorder, map[string]string) {
+// serve runs r through authHandler and returns the response and decoded
+// error.
+func serve(v *Verifier, next *recordingHandler, r *http.Request) (*httptest.ResponseRecorder, map[string]string) {
 	w := httptest.NewRecorder()
-	v.Wrap(next).ServeHTTP(w, r)
+	authHandler(v, next).ServeHTTP(w, r)
 	var body map[string]string
 	if w.Code != http.StatusOK {
 		_ = json.Unmarshal(w.Body.Bytes(), &body)

@@ -22,11 +22,11 @@ func fclientVerify(r *http.Request, keys gomatrixserverlib.JSONVerifier) (*fclie
 	return fedReq, resp.Code
 }
 
-// protectedServer runs v.Wrap(next) on a real HTTP server, so requests go
-// over the wire exactly as the client library encodes them.
-func protectedServer(t *testing.T, v *Verifier, next http.Handler) *httptest.Server {
+// protectedServer runs authHandler(v, next) on a real HTTP server, so
+// requests go over the wire exactly as the client library encodes them.
+func protectedServer(t *testing.T, v *Verifier, next *recordingHandler) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(v.Wrap(next))
+	srv := httptest.NewServer(authHandler(v, next))
 	t.Cleanup(srv.Close)
 	return srv
 }

@@ -1,15 +1,10 @@
 package sign
 
 import (
-	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
-	"sync"
+	"maps"
 	"time"
-
-	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
 // maxKeyCacheAge caps how long a fetched key is trusted without asking
@@ -19,7 +14,7 @@ import (
 // revoked can still authenticate requests.
 const maxKeyCacheAge = 7 * 24 * time.Hour
 
-// maxKeysPerServer bounds what one server's answer can make us remember.
+// maxKeysPerServer bounds what one server's answers can make us remember.
 const maxKeysPerServer = 16
 
 // fetchedKey is a usable key and the time it stops being valid.
@@ -28,252 +23,151 @@ type fetchedKey struct {
 	validUntil time.Time
 }
 
-// fetchResult is what the fetchers said about one server's keys.
+// fetchResult is what the key servers said about one server's keys.
 type fetchResult struct {
 	keys    map[string]fetchedKey // current keys with valid_until_ts ahead
 	expired map[string]bool       // current keys whose valid_until_ts has passed
 	old     map[string]bool       // keys listed only in old_verify_keys
 }
 
-// fetchFunc fetches server's keys, wantKeyID first among them. It fails
-// (wrapping ErrKeyServerUnreachable) only when no fetcher answered at all.
-type fetchFunc func(ctx context.Context, server, wantKeyID string) (fetchResult, error)
-
-// serverEntry is everything we know about one server's keys.
-type serverEntry struct {
-	result    fetchResult
-	err       error     // the last fetch failed: nothing answered
-	fetchedAt time.Time // when the last fetch finished
+// keyCache remembers servers' keys, and the last fetch of each server.
+//
+// The two are kept apart so that neither can cost the other: usable keys
+// stay until their validity ends (at most maxKeyCacheAge) whatever later
+// fetches of the same server say, unless the server itself moves a key to
+// old_verify_keys; a fetch that fails, or that does not list a key, never
+// discards it. The last fetch's outcome answers for keys that are not
+// usable (unknown, expired, retired, or the server unreachable) during
+// failureTTL, so that a forged request naming key IDs nobody published
+// costs at most one fetch per server per failureTTL. Failures fill only
+// their own cache: a flood of origins whose keys cannot be fetched evicts
+// other failures, never usable keys.
+//
+// It is not safe for concurrent use; the keyring locks.
+type keyCache struct {
+	keys       *lru[string, map[string]fetchedKey] // server → key ID → usable key; never modified once stored
+	recent     *lru[string, *fetchOutcome]         // server → its last fetch, for failureTTL
+	failureTTL time.Duration
 }
 
-// lookup answers from the entry. fresh is false when the answer may be out
-// of date and a fetch should be tried.
-func (e *serverEntry) lookup(server, keyID string, now, recentUntil time.Time) (key ed25519.PublicKey, err error, fresh bool) {
-	if k, ok := e.result.keys[keyID]; ok && now.Before(k.validUntil) {
+// fetchOutcome is what the last fetch of a server said about the keys it
+// did not give us.
+type fetchOutcome struct {
+	err     error           // nothing answered: wraps ErrKeyServerUnreachable
+	expired map[string]bool // listed with a valid_until_ts in the past
+	old     map[string]bool // listed in old_verify_keys only
+}
+
+func newKeyCache(maxServers int, failureTTL time.Duration) *keyCache {
+	return &keyCache{
+		keys:       newLRU[string, map[string]fetchedKey](maxServers),
+		recent:     newLRU[string, *fetchOutcome](maxServers),
+		failureTTL: failureTTL,
+	}
+}
+
+// lookup answers from the cache: server's usable key keyID, or, within
+// failureTTL of the last fetch of server, why there is none. ok is false
+// when the cache cannot answer and the keys must be fetched.
+func (c *keyCache) lookup(server, keyID string, now time.Time) (key ed25519.PublicKey, err error, ok bool) {
+	keys, _ := c.keys.get(server, now)
+	if k, found := keys[keyID]; found && now.Before(k.validUntil) {
 		return k.key, nil, true
 	}
-	// Whatever else we say about this key, we say it from the last fetch;
-	// within FailureCacheTTL of it we do not ask the server again, so a
-	// peer cannot make us fetch once per request by varying key IDs.
-	fresh = now.Before(recentUntil)
-	switch {
-	case e.err != nil:
-		return nil, e.err, fresh
-	case e.result.keys[keyID].key != nil || e.result.expired[keyID]:
-		return nil, fmt.Errorf("%w: key %s of %s has expired (valid_until_ts is in the past)", ErrUnknownKey, keyID, server), fresh
-	case e.result.old[keyID]:
-		return nil, fmt.Errorf("%w: key %s of %s is only listed in old_verify_keys", ErrUnknownKey, keyID, server), fresh
-	default:
-		return nil, fmt.Errorf("%w: %s does not publish key %s", ErrUnknownKey, server, keyID), fresh
+	outcome, fresh := c.recent.get(server, now)
+	if !fresh {
+		return nil, nil, false
 	}
+	key, err = answer(server, keyID, keys, outcome, now)
+	return key, err, true
 }
 
-// fetchCall is one fetch in progress for a server; every request that
-// needs one of that server's keys meanwhile waits for it.
-type fetchCall struct {
-	done    chan struct{}
-	waiters int // guarded by keyCache.mu
-}
+// store merges the outcome of a fetch of server's keys into the cache
+// (err: nothing answered), and returns server's usable keys and the
+// outcome for answer.
+func (c *keyCache) store(server string, result fetchResult, err error, now time.Time) (map[string]fetchedKey, *fetchOutcome) {
+	outcome := &fetchOutcome{err: err, expired: result.expired, old: result.old}
+	c.recent.put(server, outcome, now.Add(c.failureTTL))
 
-// keyCache holds servers' keys until their validity ends, remembers
-// failures for failureTTL, and runs at most one fetch per server at a time.
-type keyCache struct {
-	fetch        fetchFunc
-	now          func() time.Time
-	failureTTL   time.Duration
-	fetchTimeout time.Duration
-	maxServers   int
-
-	mu       sync.Mutex
-	servers  map[string]*serverEntry
-	inflight map[string]*fetchCall
-}
-
-func newKeyCache(fetch fetchFunc, now func() time.Time, failureTTL, fetchTimeout time.Duration, maxServers int) *keyCache {
-	return &keyCache{
-		fetch:        fetch,
-		now:          now,
-		failureTTL:   failureTTL,
-		fetchTimeout: fetchTimeout,
-		maxServers:   maxServers,
-		servers:      map[string]*serverEntry{},
-		inflight:     map[string]*fetchCall{},
-	}
-}
-
-// get returns server's key keyID, fetching the server's keys if the cache
-// cannot answer.
-func (c *keyCache) get(ctx context.Context, server, keyID string) (ed25519.PublicKey, error) {
-	fetched := false
-	for {
-		c.mu.Lock()
-		e, ok := c.servers[server]
-		if ok {
-			key, err, fresh := e.lookup(server, keyID, c.now(), e.fetchedAt.Add(c.failureTTL))
-			// After a fetch made for us, its answer is final.
-			if fresh || fetched {
-				c.mu.Unlock()
-				return key, err
-			}
-		} else if fetched {
-			// Evicted already by a flood of other servers: do not loop.
-			c.mu.Unlock()
-			return nil, fmt.Errorf("%w: keys of %s were evicted from a full cache", ErrKeyServerUnreachable, server)
-		}
-		call, ok := c.inflight[server]
-		if ok {
-			call.waiters++
+	keys, _ := c.keys.get(server, now)
+	if err == nil {
+		keys = mergeKeys(keys, result, now)
+		if len(keys) == 0 {
+			c.keys.remove(server)
 		} else {
-			call = &fetchCall{done: make(chan struct{})}
-			c.inflight[server] = call
-			// The fetch runs apart from this request so that the first
-			// requester hanging up does not fail everyone waiting on it;
-			// it keeps the request's values (loggers) and is bounded by
-			// fetchTimeout.
-			go c.run(context.WithoutCancel(ctx), server, keyID, call)
+			c.keys.put(server, keys, latestValidity(keys))
 		}
-		c.mu.Unlock()
+	}
+	return keys, outcome
+}
 
-		select {
-		case <-call.done:
-			fetched = true
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: gave up waiting for the keys of %s: %w", ErrKeyServerUnreachable, server, ctx.Err())
-		}
+// answer is server's usable key keyID among keys, or why there is none
+// after the fetch whose outcome this is.
+func answer(server, keyID string, keys map[string]fetchedKey, outcome *fetchOutcome, now time.Time) (ed25519.PublicKey, error) {
+	k, cached := keys[keyID]
+	switch {
+	case cached && now.Before(k.validUntil):
+		return k.key, nil
+	case outcome.err != nil:
+		return nil, outcome.err
+	case cached || outcome.expired[keyID]:
+		return nil, fmt.Errorf("%w: key %s of %s has expired (valid_until_ts is in the past)", ErrUnknownKey, keyID, server)
+	case outcome.old[keyID]:
+		return nil, fmt.Errorf("%w: key %s of %s is only listed in old_verify_keys", ErrUnknownKey, keyID, server)
+	default:
+		return nil, fmt.Errorf("%w: %s does not publish key %s", ErrUnknownKey, server, keyID)
 	}
 }
 
-func (c *keyCache) run(ctx context.Context, server, keyID string, call *fetchCall) {
-	ctx, cancel := context.WithTimeout(ctx, c.fetchTimeout)
-	defer cancel()
-
-	var entry serverEntry
-	func() {
-		// A panic in a fetcher must not take the server down with it: it
-		// runs on its own goroutine, where nothing else would recover it.
-		defer func() {
-			if p := recover(); p != nil {
-				entry = serverEntry{err: fmt.Errorf("%w: fetching keys of %s panicked: %v", ErrKeyServerUnreachable, server, p)}
-			}
-		}()
-		entry.result, entry.err = c.fetch(ctx, server, keyID)
-	}()
-
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	now := c.now()
-	entry.fetchedAt = now
-	for id, k := range entry.result.keys {
-		if limit := now.Add(maxKeyCacheAge); k.validUntil.After(limit) {
+// mergeKeys returns the usable keys of a server after an answer: the
+// cached ones still valid, less those the answer lists in
+// old_verify_keys (the owner retired them), plus the answer's current
+// keys, each valid until the later of what we knew and what the answer
+// says (a notary's stale copy cannot shorten a key's life), capped at
+// maxKeyCacheAge from now. Keys the answer does not list, or lists with a
+// valid_until_ts in the past, keep their cached validity (as Synapse keeps
+// keys until their stored valid_until_ts). cached is not modified.
+func mergeKeys(cached map[string]fetchedKey, result fetchResult, now time.Time) map[string]fetchedKey {
+	merged := make(map[string]fetchedKey, len(cached)+len(result.keys))
+	for id, k := range cached {
+		if now.Before(k.validUntil) && !result.old[id] {
+			merged[id] = k
+		}
+	}
+	limit := now.Add(maxKeyCacheAge)
+	for id, k := range result.keys {
+		if k.validUntil.After(limit) {
 			k.validUntil = limit
-			entry.result.keys[id] = k
 		}
+		if known, ok := merged[id]; ok && known.validUntil.After(k.validUntil) {
+			k.validUntil = known.validUntil
+		}
+		merged[id] = k
 	}
-	c.store(server, &entry, now)
-	delete(c.inflight, server)
-	close(call.done)
+	// Over the bound, forget the cached keys the answer did not list,
+	// soonest to expire first.
+	for len(merged) > maxKeysPerServer {
+		victim := ""
+		for id, k := range merged {
+			if _, listed := result.keys[id]; !listed && (victim == "" || k.validUntil.Before(merged[victim].validUntil)) {
+				victim = id
+			}
+		}
+		if victim == "" {
+			break // the answer alone is within the bound (fetchWith)
+		}
+		delete(merged, victim)
+	}
+	return merged
 }
 
-// store adds an entry, making room first if the cache is full: entries
-// that can no longer answer anything go first, then arbitrary ones (Go's
-// map order), so the cache stays bounded however many servers an attacker
-// makes us look up.
-func (c *keyCache) store(server string, entry *serverEntry, now time.Time) {
-	if _, exists := c.servers[server]; !exists && len(c.servers) >= c.maxServers {
-		for s, e := range c.servers {
-			if e.stale(now, c.failureTTL) {
-				delete(c.servers, s)
-			}
-		}
-		for s := range c.servers {
-			if len(c.servers) < c.maxServers {
-				break
-			}
-			delete(c.servers, s)
+// latestValidity is when the last of keys stops being valid.
+func latestValidity(keys map[string]fetchedKey) time.Time {
+	var latest time.Time
+	for k := range maps.Values(keys) {
+		if k.validUntil.After(latest) {
+			latest = k.validUntil
 		}
 	}
-	c.servers[server] = entry
-}
-
-// stale reports whether the entry holds no usable key and is past the
-// window in which it answers without fetching.
-func (e *serverEntry) stale(now time.Time, failureTTL time.Duration) bool {
-	if now.Before(e.fetchedAt.Add(failureTTL)) {
-		return false
-	}
-	for _, k := range e.result.keys {
-		if now.Before(k.validUntil) {
-			return false
-		}
-	}
-	return true
-}
-
-// waiting reports how many requests wait on an in-progress fetch of
-// server's keys besides the one that started it (-1: no fetch running).
-// Tests use it to line requests up.
-func (c *keyCache) waiting(server string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if call, ok := c.inflight[server]; ok {
-		return call.waiters
-	}
-	return -1
-}
-
-// fetchWith returns a fetchFunc that asks each fetcher in turn until one
-// gives a current, unexpired wantKeyID, merging what they say. Keys listed
-// only in old_verify_keys are never usable: they remain valid for old event
-// signatures, not for authenticating new requests.
-func fetchWith(fetchers []gomatrixserverlib.KeyFetcher, now func() time.Time) fetchFunc {
-	return func(ctx context.Context, server, wantKeyID string) (fetchResult, error) {
-		result := fetchResult{keys: map[string]fetchedKey{}, expired: map[string]bool{}, old: map[string]bool{}}
-		request := gomatrixserverlib.PublicKeyLookupRequest{
-			ServerName: spec.ServerName(server),
-			KeyID:      gomatrixserverlib.KeyID(wantKeyID),
-		}
-		var failures []error
-		answered := false
-		for _, fetcher := range fetchers {
-			found, err := fetcher.FetchKeys(ctx, map[gomatrixserverlib.PublicKeyLookupRequest]spec.Timestamp{
-				request: spec.AsTimestamp(now()),
-			})
-			if err != nil {
-				failures = append(failures, fmt.Errorf("%s: %w", fetcher.FetcherName(), err))
-				continue
-			}
-			for r, k := range found {
-				if r.ServerName != request.ServerName {
-					continue
-				}
-				answered = true
-				id := string(r.KeyID)
-				_, known := result.keys[id]
-				switch {
-				case known:
-				case len(result.keys)+len(result.expired)+len(result.old) >= maxKeysPerServer && r != request:
-				case k.ExpiredTS != gomatrixserverlib.PublicKeyNotExpired:
-					result.old[id] = true
-				case len(k.Key) != ed25519.PublicKeySize:
-				case !now().Before(k.ValidUntilTS.Time()):
-					result.expired[id] = true
-				default:
-					result.keys[id] = fetchedKey{key: ed25519.PublicKey(k.Key), validUntil: k.ValidUntilTS.Time()}
-					delete(result.expired, id)
-					delete(result.old, id)
-				}
-			}
-			if _, ok := result.keys[wantKeyID]; ok {
-				break // a later fetcher (a notary) is only asked when needed
-			}
-		}
-		switch {
-		case answered:
-			return result, nil
-		case len(failures) > 0:
-			return result, fmt.Errorf("%w: keys of %s: %w", ErrKeyServerUnreachable, server, errors.Join(failures...))
-		default:
-			return result, fmt.Errorf("%w: no key server answered for %s", ErrKeyServerUnreachable, server)
-		}
-	}
+	return latest
 }

@@ -1,11 +1,14 @@
 package sign
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -167,7 +170,7 @@ func TestConcurrentRequestsShareOneFetch(t *testing.T) {
 		<-release
 		document.ServeHTTP(w, r)
 	}))
-	v := fetchingVerifier(t, ks, clock)
+	v := fetchingVerifier(t, ks, clock, func(c *VerifierConfig) { c.MaxPendingPerOrigin = requests })
 
 	codes := make(chan int, requests)
 	var wg sync.WaitGroup
@@ -178,7 +181,7 @@ func TestConcurrentRequestsShareOneFetch(t *testing.T) {
 		})
 	}
 	// Hold the key server until every request is waiting on the one fetch.
-	for v.keys.waiting(remoteName) < requests-1 {
+	for forServer, _ := v.keys.waiting(remoteName); forServer < requests; forServer, _ = v.keys.waiting(remoteName) {
 		time.Sleep(time.Millisecond)
 	}
 	close(release)
@@ -300,29 +303,44 @@ func TestVaryingKeyIDsCannotForceFetches(t *testing.T) {
 	require.EqualValues(t, 2, ks.hits.Load())
 }
 
+// newTestKeyring is a keyring fetching with fetch, on clock.
+func newTestKeyring(clock *fakeClock, maxServers int, fetch fetchFunc) *keyring {
+	return &keyring{
+		fetch:        fetch,
+		timeout:      time.Minute,
+		now:          clock.Now,
+		logger:       slog.New(slog.DiscardHandler),
+		maxPerOrigin: DefaultMaxPendingPerOrigin,
+		maxPending:   DefaultMaxPendingKeyFetches,
+		cache:        newKeyCache(maxServers, time.Second),
+		flights:      map[string]*flight{},
+	}
+}
+
 func TestKeyCacheStaysBounded(t *testing.T) {
 	clock := newFakeClock()
 	key := make(ed25519.PublicKey, ed25519.PublicKeySize)
 	var fetches atomic.Int32
-	cache := newKeyCache(func(ctx context.Context, server, keyID string) (fetchResult, error) {
+	keys := newTestKeyring(clock, 3, func(ctx context.Context, server, keyID string) (fetchResult, error) {
 		fetches.Add(1)
 		return fetchResult{keys: map[string]fetchedKey{keyID: {key: key, validUntil: clock.Now().Add(time.Hour)}}}, nil
-	}, clock.Now, time.Second, time.Second, 3)
+	})
 	for _, server := range []string{"a", "b", "c", "d", "e"} {
-		got, err := cache.get(t.Context(), server, "ed25519:k")
+		got, err := keys.publicKey(t.Context(), server, "ed25519:k")
 		require.NoError(t, err)
 		require.Equal(t, key, got)
-		require.LessOrEqual(t, len(cache.servers), 3)
+		require.LessOrEqual(t, keys.cache.keys.len(), 3)
+		require.LessOrEqual(t, keys.cache.recent.len(), 3)
 	}
 	require.EqualValues(t, 5, fetches.Load())
 }
 
 func TestKeyCacheSurvivesPanickingFetcher(t *testing.T) {
 	clock := newFakeClock()
-	cache := newKeyCache(func(ctx context.Context, server, keyID string) (fetchResult, error) {
+	keys := newTestKeyring(clock, 10, func(ctx context.Context, server, keyID string) (fetchResult, error) {
 		panic("fetcher bug")
-	}, clock.Now, time.Second, time.Second, 10)
-	_, err := cache.get(t.Context(), "a", "ed25519:k")
+	})
+	_, err := keys.publicKey(t.Context(), "a", "ed25519:k")
 	require.ErrorIs(t, err, ErrKeyServerUnreachable)
 	require.ErrorContains(t, err, "fetcher bug")
 }
@@ -331,13 +349,175 @@ func TestWaiterGivesUpWithItsContext(t *testing.T) {
 	clock := newFakeClock()
 	release := make(chan struct{})
 	defer close(release)
-	cache := newKeyCache(func(ctx context.Context, server, keyID string) (fetchResult, error) {
+	keys := newTestKeyring(clock, 10, func(ctx context.Context, server, keyID string) (fetchResult, error) {
 		<-release
 		return fetchResult{}, errors.New("too late")
-	}, clock.Now, time.Second, time.Minute, 10)
+	})
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	_, err := cache.get(ctx, "a", "ed25519:k")
+	_, err := keys.publicKey(ctx, "a", "ed25519:k")
 	require.ErrorIs(t, err, ErrKeyServerUnreachable)
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+// A forged request naming an unpublished key ID makes us fetch once the
+// failure window is over; when that fetch fails, the keys we hold must
+// still authenticate the origin's genuine requests.
+func TestFailedFetchKeepsValidKeys(t *testing.T) {
+	clock := newFakeClock()
+	k := newKey(t)
+	var down atomic.Bool
+	document := KeyDocumentHandler(remoteName, []*SigningKey{k}, time.Hour, clock.Now)
+	ks := newKeyServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
+		}
+		document.ServeHTTP(w, r)
+	}))
+	v := fetchingVerifier(t, ks, clock, func(c *VerifierConfig) { c.FailureCacheTTL = 10 * time.Second })
+	requireAccepted(t, v, k)
+
+	down.Store(true)
+	clock.Advance(11 * time.Second)
+	forged := &SigningKey{ID: "ed25519:forged", Private: k.Private}
+	requireUnauthorized(t, v, forged, "could not fetch the origin's signing keys")
+	hits := ks.hits.Load()
+
+	requireAccepted(t, v, k)
+	require.Equal(t, hits, ks.hits.Load(), "the cached key answers without a fetch")
+
+	// And after the key server comes back, with the key still cached.
+	down.Store(false)
+	clock.Advance(11 * time.Second)
+	requireUnauthorized(t, v, forged, "does not publish key ed25519:forged")
+	requireAccepted(t, v, k)
+}
+
+// Failures have a cache of their own: a flood of origins whose keys cannot
+// be fetched evicts other failures, never usable keys.
+func TestFailuresNeverEvictUsableKeys(t *testing.T) {
+	clock := newFakeClock()
+	key := make(ed25519.PublicKey, ed25519.PublicKeySize)
+	var goodFetches atomic.Int32
+	keys := newTestKeyring(clock, 3, func(ctx context.Context, server, keyID string) (fetchResult, error) {
+		if server == "good.example.org" {
+			goodFetches.Add(1)
+			return fetchResult{keys: map[string]fetchedKey{keyID: {key: key, validUntil: clock.Now().Add(time.Hour)}}}, nil
+		}
+		return fetchResult{}, fmt.Errorf("%w: no such server", ErrKeyServerUnreachable)
+	})
+	_, err := keys.publicKey(t.Context(), "good.example.org", "ed25519:k")
+	require.NoError(t, err)
+	for i := range 100 {
+		_, err := keys.publicKey(t.Context(), fmt.Sprintf("bad%d.example.org", i), "ed25519:k")
+		require.ErrorIs(t, err, ErrKeyServerUnreachable)
+	}
+	got, err := keys.publicKey(t.Context(), "good.example.org", "ed25519:k")
+	require.NoError(t, err)
+	require.Equal(t, key, got)
+	require.EqualValues(t, 1, goodFetches.Load(), "answered from the cache")
+}
+
+func TestMergeKeys(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	key := func(b byte) ed25519.PublicKey { return bytes.Repeat([]byte{b}, ed25519.PublicKeySize) }
+	at := func(d time.Duration) time.Time { return now.Add(d) }
+	tests := []struct {
+		name   string
+		cached map[string]fetchedKey
+		result fetchResult
+		want   map[string]fetchedKey
+	}{
+		{
+			name:   "new keys are added",
+			result: fetchResult{keys: map[string]fetchedKey{"a": {key(1), at(time.Hour)}}},
+			want:   map[string]fetchedKey{"a": {key(1), at(time.Hour)}},
+		},
+		{
+			name:   "keys the answer does not list are kept",
+			cached: map[string]fetchedKey{"a": {key(1), at(time.Hour)}},
+			result: fetchResult{keys: map[string]fetchedKey{"b": {key(2), at(time.Hour)}}},
+			want:   map[string]fetchedKey{"a": {key(1), at(time.Hour)}, "b": {key(2), at(time.Hour)}},
+		},
+		{
+			name:   "a later validity extends",
+			cached: map[string]fetchedKey{"a": {key(1), at(time.Hour)}},
+			result: fetchResult{keys: map[string]fetchedKey{"a": {key(1), at(2 * time.Hour)}}},
+			want:   map[string]fetchedKey{"a": {key(1), at(2 * time.Hour)}},
+		},
+		{
+			name:   "an earlier validity (a notary's stale copy) does not shorten",
+			cached: map[string]fetchedKey{"a": {key(1), at(2 * time.Hour)}},
+			result: fetchResult{keys: map[string]fetchedKey{"a": {key(1), at(time.Hour)}}},
+			want:   map[string]fetchedKey{"a": {key(1), at(2 * time.Hour)}},
+		},
+		{
+			name:   "listed with a past valid_until_ts: kept until its cached validity",
+			cached: map[string]fetchedKey{"a": {key(1), at(time.Hour)}},
+			result: fetchResult{expired: map[string]bool{"a": true}},
+			want:   map[string]fetchedKey{"a": {key(1), at(time.Hour)}},
+		},
+		{
+			name:   "moved to old_verify_keys: retired by its owner",
+			cached: map[string]fetchedKey{"a": {key(1), at(time.Hour)}, "b": {key(2), at(time.Hour)}},
+			result: fetchResult{old: map[string]bool{"a": true}},
+			want:   map[string]fetchedKey{"b": {key(2), at(time.Hour)}},
+		},
+		{
+			name:   "keys past their validity are dropped",
+			cached: map[string]fetchedKey{"a": {key(1), at(-time.Second)}},
+			result: fetchResult{},
+			want:   map[string]fetchedKey{},
+		},
+		{
+			name:   "validity is capped at maxKeyCacheAge",
+			result: fetchResult{keys: map[string]fetchedKey{"a": {key(1), at(365 * 24 * time.Hour)}}},
+			want:   map[string]fetchedKey{"a": {key(1), at(maxKeyCacheAge)}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.want, mergeKeys(tt.cached, tt.result, now))
+		})
+	}
+
+	t.Run("over the bound, unlisted cached keys go first, soonest to expire first", func(t *testing.T) {
+		cached := map[string]fetchedKey{}
+		for i := range maxKeysPerServer {
+			cached[fmt.Sprintf("old%02d", i)] = fetchedKey{key(1), at(time.Duration(i+1) * time.Minute)}
+		}
+		merged := mergeKeys(cached, fetchResult{keys: map[string]fetchedKey{"new": {key(2), at(time.Minute)}}}, now)
+		require.Len(t, merged, maxKeysPerServer)
+		require.Contains(t, merged, "new")
+		require.NotContains(t, merged, "old00")
+		require.Contains(t, merged, "old01")
+	})
+}
+
+func TestLRU(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := newLRU[string, int](2)
+	c.put("a", 1, now.Add(time.Minute))
+	c.put("b", 2, now.Add(time.Minute))
+	_, ok := c.get("a", now) // a is now the most recently used
+	require.True(t, ok)
+	c.put("c", 3, now.Add(time.Minute))
+	_, ok = c.get("b", now)
+	require.False(t, ok, "the least recently used entry is evicted")
+	v, ok := c.get("a", now)
+	require.True(t, ok)
+	require.Equal(t, 1, v)
+	require.Equal(t, 2, c.len())
+
+	c.put("a", 10, now.Add(2*time.Minute))
+	v, ok = c.get("a", now.Add(90*time.Second))
+	require.True(t, ok, "put replaces the value and the expiry")
+	require.Equal(t, 10, v)
+	_, ok = c.get("c", now.Add(time.Minute))
+	require.False(t, ok, "an entry expires at its time")
+	require.Equal(t, 1, c.len(), "and is removed")
+
+	c.remove("a")
+	require.Zero(t, c.len())
 }

@@ -3,57 +3,54 @@ package sign
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
 // maxKeyResponseBytes caps a key server's answer. A key document is well
-// under a kilobyte; fclient's own client decodes without any limit, so a
-// hostile server could otherwise stream an endless body at us.
+// under a kilobyte; without a cap a hostile server could stream an endless
+// body at us.
 const maxKeyResponseBytes = 512 << 10
 
 var errKeyResponseTooLarge = errors.New("key server response too large")
 
-// keyClient implements gomatrixserverlib.KeyClient (what DirectKeyFetcher
-// and PerspectiveKeyFetcher fetch through) on top of fclient's HTTP client
-// and server discovery, with a cap on response size and a per-server
-// override of where requests go.
+// keyClient makes the verifier's requests to key servers: an origin's
+// /_matrix/key/v2/server and notaries' /_matrix/key/v2/query. It
+// implements gomatrixserverlib.KeyClient, which PerspectiveKeyFetcher
+// fetches through.
+//
+// A server's requests go, in order of precedence, to its base URL in
+// overrides (VerifierConfig.Resolve), through custom
+// (VerifierConfig.Transport), or to the routes discovery finds, over
+// connections made by dialer. No redirect is followed (as Synapse's
+// federation client follows none).
 type keyClient struct {
-	// discovery carries requests for servers not in overrides: fclient's
-	// resolution (well-known, SRV, port 8448), or Config.Transport.
-	discovery *fclient.Client
-	// overridden carries requests for servers in overrides.
-	overridden *fclient.Client
 	overrides  map[string]*url.URL
+	overridden http.RoundTripper // carries requests to overrides
+	custom     http.RoundTripper
+
+	discovery *discovery
+	dialer    *dialer
+	tlsConfig *tls.Config // nil: the system's roots
 }
 
 var _ gomatrixserverlib.KeyClient = (*keyClient)(nil)
 
-func (c *keyClient) clientFor(server spec.ServerName) *fclient.Client {
-	if _, ok := c.overrides[string(server)]; ok {
-		return c.overridden
-	}
-	return c.discovery
-}
-
 // GetServerKeys fetches server's own key document (/_matrix/key/v2/server).
-// Its self-signature is checked by the caller (DirectKeyFetcher).
+// Its self-signature is checked by the caller (directKeys).
 func (c *keyClient) GetServerKeys(ctx context.Context, server spec.ServerName) (gomatrixserverlib.ServerKeys, error) {
 	var keys gomatrixserverlib.ServerKeys
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, matrixURL(server, "/_matrix/key/v2/server"), nil)
-	if err != nil {
-		return keys, fmt.Errorf("key request for %s: %w", server, err)
-	}
-	body, err := c.do(ctx, server, req)
+	body, err := c.do(ctx, string(server), http.MethodGet, "/_matrix/key/v2/server", nil)
 	if err != nil {
 		return keys, err
 	}
@@ -84,12 +81,7 @@ func (c *keyClient) LookupServerKeys(
 	if err != nil {
 		return nil, fmt.Errorf("key query to %s: %w", notary, err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, matrixURL(notary, "/_matrix/key/v2/query"), bytes.NewReader(reqBody))
-	if err != nil {
-		return nil, fmt.Errorf("key query to %s: %w", notary, err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	body, err := c.do(ctx, notary, req)
+	body, err := c.do(ctx, string(notary), http.MethodPost, "/_matrix/key/v2/query", reqBody)
 	if err != nil {
 		return nil, err
 	}
@@ -111,53 +103,98 @@ func (c *keyClient) LookupServerKeys(
 	return results, nil
 }
 
-func (c *keyClient) do(ctx context.Context, server spec.ServerName, req *http.Request) ([]byte, error) {
-	resp, err := c.clientFor(server).DoHTTPRequest(ctx, req)
+// do sends one request to server and returns the body of its 200 answer.
+func (c *keyClient) do(ctx context.Context, server, method, path string, body []byte) ([]byte, error) {
+	if base, ok := c.overrides[server]; ok {
+		target := *base
+		target.Path = strings.TrimSuffix(base.Path, "/") + path
+		return c.send(ctx, c.overridden, method, target.String(), "", body)
+	}
+	if c.custom != nil {
+		target := url.URL{Scheme: "matrix", Host: server, Path: path}
+		return c.send(ctx, c.custom, method, target.String(), "", body)
+	}
+	routes, err := c.discovery.routes(ctx, server)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL, err)
+		return nil, fmt.Errorf("resolving %s: %w", server, err)
+	}
+	var errs []error
+	for _, rt := range routes {
+		answer, err := c.sendRoute(ctx, rt, method, path, body)
+		if err == nil {
+			return answer, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+// sendRoute sends a request along one route. The transport is the route's
+// own, made for this request: it dials the route's address whatever the
+// URL says, and checks the certificate against the route's TLS name, which
+// may be neither the URL's host nor the dialled host (SRV). A pool shared
+// between routes would have to be keyed by all three.
+func (c *keyClient) sendRoute(ctx context.Context, rt route, method, path string, body []byte) ([]byte, error) {
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.tlsConfig != nil {
+		tlsConfig = c.tlsConfig.Clone()
+	}
+	tlsConfig.ServerName = rt.tlsName
+	tr := c.dialer.transport(tlsConfig)
+	tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return c.dialer.DialContext(ctx, network, rt.addr)
+	}
+	defer tr.CloseIdleConnections()
+	target := url.URL{Scheme: "https", Host: rt.host, Path: path}
+	answer, err := c.send(ctx, tr, method, target.String(), rt.host, body)
+	if err != nil {
+		return nil, fmt.Errorf("via %s: %w", rt.addr, err)
+	}
+	return answer, nil
+}
+
+// send makes one request through rt and reads its answer, at most
+// maxKeyResponseBytes of it; any status but 200 is an error.
+func (c *keyClient) send(ctx context.Context, rt http.RoundTripper, method, target, host string, body []byte) ([]byte, error) {
+	var reader io.Reader
+	if body != nil {
+		reader = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, reader)
+	if err != nil {
+		return nil, err
+	}
+	if host != "" {
+		req.Host = host
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	client := &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxKeyResponseBytes+1))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxKeyResponseBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: reading answer: %w", req.Method, req.URL, err)
+		return nil, fmt.Errorf("%s %s: reading answer: %w", method, target, err)
 	}
-	if len(body) > maxKeyResponseBytes {
-		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL, errKeyResponseTooLarge)
+	if len(answer) > maxKeyResponseBytes {
+		return nil, fmt.Errorf("%s %s: %w", method, target, errKeyResponseTooLarge)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s %s: HTTP status %d", req.Method, req.URL, resp.StatusCode)
+		return nil, fmt.Errorf("%s %s: HTTP status %d", method, target, resp.StatusCode)
 	}
-	return body, nil
+	return answer, nil
 }
 
-// matrixURL is the form of URL fclient's transport resolves: the Matrix
-// server name as host, resolved to an address only when sent.
-func matrixURL(server spec.ServerName, path string) string {
-	return (&url.URL{Scheme: "matrix", Host: string(server), Path: path}).String()
-}
-
-// overrideTransport sends requests for matrix://<server>/… to a fixed base
-// URL per server (Config.Resolve), bypassing discovery; used by tests and by
-// tools that point a server name at a loopback address.
-type overrideTransport struct {
-	overrides map[string]*url.URL
-	next      http.RoundTripper
-}
-
-func (t *overrideTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	base, ok := t.overrides[r.URL.Host]
-	if !ok {
-		return nil, fmt.Errorf("no address configured for server %q", r.URL.Host)
-	}
-	out := r.Clone(r.Context())
-	out.URL.Scheme = base.Scheme
-	out.URL.Host = base.Host
-	out.URL.Path = strings.TrimSuffix(base.Path, "/") + r.URL.Path
-	out.URL.RawPath = ""
-	out.Host = base.Host
-	return t.next.RoundTrip(out)
-}
-
+// parseOverrides checks VerifierConfig.Resolve.
 func parseOverrides(resolve map[string]string) (map[string]*url.URL, error) {
 	overrides := make(map[string]*url.URL, len(resolve))
 	for server, base := range resolve {

@@ -1,9 +1,12 @@
 package sign
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib"
 )
 
 // XMatrix holds the parameters of one "Authorization: X-Matrix …" header
@@ -255,4 +258,26 @@ func isTokenChar(c byte) bool {
 		return true
 	}
 	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// signedRequestJSON builds the canonical JSON object the spec has servers
+// sign for a request: method, uri, origin, destination and, for a request
+// with a body, content (the body, which must be JSON).
+func signedRequestJSON(method, uri, origin, destination string, content []byte) ([]byte, error) {
+	object := struct {
+		Method      string          `json:"method"`
+		URI         string          `json:"uri"`
+		Origin      string          `json:"origin"`
+		Destination string          `json:"destination"`
+		Content     json.RawMessage `json:"content,omitempty"`
+	}{method, uri, origin, destination, content}
+	raw, err := json.Marshal(object)
+	if err != nil {
+		return nil, fmt.Errorf("encoding request for signing: %w", err)
+	}
+	canonical, err := gomatrixserverlib.CanonicalJSON(raw)
+	if err != nil {
+		return nil, fmt.Errorf("canonicalising request for signing: %w", err)
+	}
+	return canonical, nil
 }

@@ -24,9 +24,6 @@ const demoServerName = "hs1.example"
 // reach from after hs2's join back into the shared history.
 const demoBackfillLimit = 40
 
-// progressDelay is how long a task runs before it shows progress.
-const progressDelay = time.Second
-
 func runDemo(ctx context.Context, out streams, args []string) error {
 	fs := newFlagSet("demo")
 	version := fs.String("room-version", roomgen.DefaultVersion, "`VERSION` the room version of the demo room")
@@ -332,36 +329,4 @@ func shortID(id string) string {
 		return id[:9]
 	}
 	return id
-}
-
-// progress prints "label: done/total events" lines on w, at most once a
-// second and only once the task has run for delay, so that quick tasks stay
-// silent.
-type progress struct {
-	w           io.Writer
-	label       string
-	start, last time.Time
-	delay       time.Duration
-	shown       bool
-}
-
-func newProgress(w io.Writer, label string, delay time.Duration) *progress {
-	now := time.Now()
-	return &progress{w: w, label: label, start: now, delay: delay}
-}
-
-func (p *progress) update(done, total int) {
-	now := time.Now()
-	if now.Sub(p.start) < p.delay || (p.shown && now.Sub(p.last) < time.Second) {
-		return
-	}
-	fmt.Fprintf(p.w, "%s: %d/%d events\n", p.label, done, total)
-	p.shown, p.last = true, now
-}
-
-// done prints the final count if progress was shown at all.
-func (p *progress) done() {
-	if p.shown {
-		fmt.Fprintf(p.w, "%s: done\n", p.label)
-	}
 }

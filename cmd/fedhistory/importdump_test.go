@@ -20,6 +20,8 @@ func TestImportThenServeFromSQLite(t *testing.T) {
 
 	res := mustRun(t, dir, "import", "--db", dsn, "--room", forked.Path, "--room", linear.Path)
 	require.Contains(t, res.stderr, "imported 70 events of 2 rooms")
+	// Not on a terminal: no live progress, one summary line.
+	require.Regexp(t, `^fedhistory import: imported 70 events of 2 rooms and 0 erased users in \S+ \(\d+ events/s\)\n$`, res.stderr)
 
 	t.Run("importing the same events again imports nothing", func(t *testing.T) {
 		again := runCommand(t, dir, "import", "--db", dsn, "--room", linear.Path)

@@ -11,9 +11,12 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/roomdump"
 	"github.com/fedhistory/fedhistory/memstore"
+	fedotel "github.com/fedhistory/fedhistory/otel"
 	"github.com/fedhistory/fedhistory/sign"
 	"github.com/fedhistory/fedhistory/sqlstore"
 )
@@ -33,7 +36,11 @@ func runServe(ctx context.Context, out streams, args []string) error {
 	maxBackfill := fs.Int("max-backfill", 0, "`N` the cap on backfill's limit (default: fedhistory's, 100)")
 	maxMissing := fs.Int("max-missing", 0, "`N` the cap on get_missing_events' limit (default: fedhistory's, 20)")
 	drainTimeout := fs.Duration("drain-timeout", defaultDrainTimeout, "`DURATION` how long requests in flight may run on after SIGINT or SIGTERM; those still running then are cancelled and answered 503")
+	maxConcurrent := fs.Int("max-concurrent-per-origin", 0, "`N` how many requests of one origin are served at once (default: fedhistory's, 3)")
+	maxQueued := fs.Int("max-queued-per-origin", 0, "`N` how many more requests of one origin may wait for a turn; beyond them the origin gets 429 (default: fedhistory's, 50)")
 	debugAddr := fs.String("debug-addr", "", "`HOST:PORT` a second address, serving net/http/pprof and expvar (goroutines, requests_in_flight, memstats); keep it on loopback (default: off)")
+	metricsAddr := fs.String("metrics-listen", "", "`HOST:PORT` an address serving Prometheus metrics at /metrics, for a Prometheus to scrape; not for other servers (default: off)")
+	otlpEndpoint := fs.String("otlp-endpoint", "", "`URL` an OpenTelemetry collector to export traces to over OTLP/HTTP, such as http://127.0.0.1:4318 (traces go to /v1/traces under an address without a path); OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT turn the export on too, and the other OTEL_EXPORTER_OTLP_* variables apply (default: off)")
 	if err := parseFlags(fs, args, out.stdout, "[--listen HOST:PORT] [--server-name NAME] [--signing-key FILE] [--room FILE]… [OPTIONS]", `
 Serves GET /_matrix/federation/v1/backfill, POST /_matrix/federation/v1/get_missing_events
 (behind X-Matrix authentication) and our key document, /_matrix/key/v2/server.
@@ -48,7 +55,11 @@ second signal stops it at once, with status 1, as does a request still
 running 5 s after it was cancelled.
 
 The rooms come from --room dumps (held in memory), from a --db database, or,
-with neither, from the generated demo room.`); err != nil {
+with neither, from the generated demo room.
+
+With --metrics-listen, prints "fedhistory: metrics on http://HOST:PORT/metrics"
+once serving. With --otlp-endpoint, each request is a trace span, continuing the
+trace of a traceparent header, and each request's log line carries its trace_id.`); err != nil {
 		return err
 	}
 	// Everything the command line alone can tell is checked before anything
@@ -64,6 +75,18 @@ with neither, from the generated demo room.`); err != nil {
 			return err
 		}
 	}
+	if *metricsAddr != "" {
+		if err := checkListenAddr("--metrics-listen", *metricsAddr); err != nil {
+			return err
+		}
+	}
+	if *otlpEndpoint != "" {
+		endpoint, err := checkOTLPEndpoint(*otlpEndpoint)
+		if err != nil {
+			return err
+		}
+		*otlpEndpoint = endpoint
+	}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return usageErrorf("--tls-cert and --tls-key go together")
 	}
@@ -76,6 +99,9 @@ with neither, from the generated demo room.`); err != nil {
 	if *maxBackfill < 0 || *maxMissing < 0 {
 		return usageErrorf("--max-backfill and --max-missing may not be negative")
 	}
+	if *maxConcurrent < 0 || *maxQueued < 0 {
+		return usageErrorf("--max-concurrent-per-origin and --max-queued-per-origin may not be negative")
+	}
 	staticKeys, err := parseTrust(trust)
 	if err != nil {
 		return err
@@ -84,7 +110,35 @@ with neither, from the generated demo room.`); err != nil {
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewTextHandler(out.stderr, nil))
+	// One logger for everything serve runs: the request log, the handler
+	// and the verifier (see newFederationHandler).
+	logHandler := slog.Handler(slog.NewTextHandler(out.stderr, nil))
+	traces, err := startTracing(ctx, *otlpEndpoint)
+	if err != nil {
+		return err
+	}
+	var trace *fedhistory.Trace
+	var verifierTrace *sign.VerifierTrace
+	if traces != nil {
+		// Failures logged during a traced request name its trace.
+		logHandler = fedotel.LogHandler(logHandler)
+		defer traces.shutdown(slog.New(logHandler))
+		trace, verifierTrace = traces.tracer.Trace(), traces.tracer.SignTrace()
+	}
+	logger := slog.New(logHandler)
+	if traces != nil {
+		logger.Info("exporting traces over OTLP/HTTP", "endpoint", traces.target)
+	}
+	var metricsRegistry *prometheus.Registry
+	if *metricsAddr != "" {
+		reg, metrics, err := newMetrics()
+		if err != nil {
+			return err
+		}
+		metricsRegistry = reg
+		trace = fedhistory.JoinTraces(metrics.Trace(), trace)
+		verifierTrace = joinVerifierTraces(metrics.SignTrace(), verifierTrace)
+	}
 
 	key, err := serverKey(*keyFile, out)
 	if err != nil {
@@ -115,7 +169,7 @@ with neither, from the generated demo room.`); err != nil {
 		}
 		store = mem
 	}
-	if store, err = withTestStoreLatency(store, out.stderr); err != nil {
+	if store, err = withTestStoreFaults(store, out.stderr); err != nil {
 		return err
 	}
 
@@ -127,7 +181,14 @@ with neither, from the generated demo room.`); err != nil {
 		Resolve:     resolveURLs,
 		MaxBackfill: *maxBackfill,
 		MaxMissing:  *maxMissing,
-		Logger:      logger,
+
+		MaxConcurrentPerOrigin: *maxConcurrent,
+		MaxQueuedPerOrigin:     *maxQueued,
+
+		Logger:        logger,
+		Trace:         trace,
+		LogTraceIDs:   traces != nil,
+		VerifierTrace: verifierTrace,
 	})
 	if err != nil {
 		return err
@@ -152,6 +213,13 @@ with neither, from the generated demo room.`); err != nil {
 		}
 		defer debug.Close()
 	}
+	var metricsServer *loopbackServer
+	if metricsRegistry != nil {
+		if metricsServer, err = startMetricsServer(*metricsAddr, metricsRegistry, logger); err != nil {
+			return err
+		}
+		defer metricsServer.Close()
+	}
 	served := make(chan error, 1)
 	go func() {
 		if scheme == "https" {
@@ -163,6 +231,9 @@ with neither, from the generated demo room.`); err != nil {
 	fmt.Fprintf(out.stdout, "fedhistory: serving %s on %s://%s\n", name, scheme, listener.Addr())
 	if debug != nil {
 		fmt.Fprintf(out.stdout, "fedhistory: debug server on %s\n", debug.URL)
+	}
+	if metricsServer != nil {
+		fmt.Fprintf(out.stdout, "fedhistory: metrics on %s%s\n", metricsServer.URL, metricsPath)
 	}
 
 	select {

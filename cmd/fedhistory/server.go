@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	oteltrace "go.opentelemetry.io/otel/trace"
+
 	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/sign"
 )
@@ -47,7 +49,16 @@ type federationServerConfig struct {
 	Resolve    map[string]string
 	MaxBackfill,
 	MaxMissing int
+	MaxConcurrentPerOrigin,
+	MaxQueuedPerOrigin int
 	Logger *slog.Logger
+	// Trace, when set, feeds metrics and spans (serve --metrics-listen,
+	// --otlp-endpoint). With LogTraceIDs, each request's log line carries
+	// the trace ID of its span.
+	Trace       *fedhistory.Trace
+	LogTraceIDs bool
+	// VerifierTrace, when set, is told of the verifier's key fetches.
+	VerifierTrace *sign.VerifierTrace
 }
 
 // newFederationHandler returns the whole HTTP surface of a server: the
@@ -59,17 +70,27 @@ func newFederationHandler(cfg federationServerConfig) (http.Handler, error) {
 		StaticKeys:  cfg.StaticKeys,
 		Resolve:     cfg.Resolve,
 		Logger:      cfg.Logger,
+		Trace:       cfg.VerifierTrace,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("configuring request authentication: %w", err)
 	}
+	trace := cfg.Trace
+	if cfg.LogTraceIDs {
+		trace = fedhistory.JoinTraces(trace, &fedhistory.Trace{RequestStart: recordTraceID})
+	}
+	// One logger for the verifier and the handler: a request's failure,
+	// whichever of them saw it, is one line of the same log.
 	history, err := fedhistory.New(fedhistory.Config{
-		ServerName:       cfg.ServerName,
-		Store:            cfg.Store,
-		Authenticator:    originRecorder{inner: verifier},
-		MaxBackfillLimit: cfg.MaxBackfill,
-		MaxMissingEvents: cfg.MaxMissing,
-		Logger:           cfg.Logger,
+		ServerName:             cfg.ServerName,
+		Store:                  cfg.Store,
+		Authenticator:          originRecorder{inner: verifier},
+		MaxBackfillLimit:       cfg.MaxBackfill,
+		MaxMissingEvents:       cfg.MaxMissing,
+		MaxConcurrentPerOrigin: cfg.MaxConcurrentPerOrigin,
+		MaxQueuedPerOrigin:     cfg.MaxQueuedPerOrigin,
+		Logger:                 cfg.Logger,
+		Trace:                  trace,
 	})
 	if err != nil {
 		return nil, err
@@ -81,9 +102,10 @@ func newFederationHandler(cfg federationServerConfig) (http.Handler, error) {
 }
 
 // originSlot carries, up the handler chain, the origin that the
-// Authenticator vouched for: the request log line sits outside the
-// Authenticator, and contexts only flow downwards.
-type originSlot struct{ origin string }
+// Authenticator vouched for and the trace ID of the request's span: the
+// request log line sits outside the handler, and contexts only flow
+// downwards.
+type originSlot struct{ origin, traceID string }
 
 type originSlotKey struct{}
 
@@ -99,6 +121,17 @@ func (a originRecorder) Authenticate(r *http.Request) (string, error) {
 		}
 	}
 	return origin, err
+}
+
+// recordTraceID is a Trace.RequestStart, run after the tracer's, that notes
+// the trace ID of the request's span in its originSlot.
+func recordTraceID(ctx context.Context, _ *http.Request, _ string) context.Context {
+	if sc := oteltrace.SpanContextFromContext(ctx); sc.IsValid() {
+		if slot, ok := ctx.Value(originSlotKey{}).(*originSlot); ok {
+			slot.traceID = sc.TraceID().String()
+		}
+	}
+	return ctx
 }
 
 // statusRecorder remembers the status a handler wrote.
@@ -124,7 +157,8 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // logRequests logs one line per request: method, path, status, duration,
-// and the origin when the request was authenticated.
+// the origin when the request was authenticated, and the trace ID when it
+// was traced.
 func logRequests(logger *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requestsInFlight.Add(1)
@@ -144,6 +178,9 @@ func logRequests(logger *slog.Logger, next http.Handler) http.Handler {
 		}
 		if slot.origin != "" {
 			attrs = append(attrs, slog.String("origin", slot.origin))
+		}
+		if slot.traceID != "" {
+			attrs = append(attrs, slog.String("trace_id", slot.traceID))
 		}
 		logger.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	})

@@ -3,9 +3,12 @@ package sign
 import (
 	"bytes"
 	"crypto/ed25519"
+	"encoding/base64"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -29,7 +32,7 @@ func TestNewVerifierRequiresServerNames(t *testing.T) {
 	require.ErrorContains(t, err, "is 2 bytes")
 }
 
-func TestVerifyAcceptsSignedRequests(t *testing.T) {
+func TestAuthenticateAcceptsSignedRequests(t *testing.T) {
 	k := newKey(t)
 	other := newKey(t)
 	tests := []struct {
@@ -135,9 +138,13 @@ func TestVerifyAcceptsSignedRequests(t *testing.T) {
 	}
 }
 
-func TestVerifyRejects(t *testing.T) {
+func TestAuthenticateRejects(t *testing.T) {
 	k := newKey(t)
 	stranger := newKey(t)
+	// A well-formed header whose signature is not the request's.
+	unverifiedHeader := XMatrix{Origin: remoteName, Destination: ourName, KeyID: k.ID,
+		Signature: base64.RawStdEncoding.EncodeToString(make([]byte, ed25519.SignatureSize))}.String()
+	bigBody := []byte(`{"pad":"` + strings.Repeat("x", testBodyLimit) + `"}`)
 	withHeader := func(method, uri string, body []byte, header string) *http.Request {
 		r := newRequest(method, uri, body)
 		r.Header.Set("Authorization", header)
@@ -150,32 +157,33 @@ func TestVerifyRejects(t *testing.T) {
 		status  int
 		errcode string
 		message string
+		err     error // what Authenticate's error wraps (errors.Is)
 	}{
 		{
 			name:    "no Authorization header",
 			request: func(t *testing.T) *http.Request { return newRequest(http.MethodGet, backfillURI, nil) },
-			status:  401, errcode: matrixerr.Unauthorized, message: "missing X-Matrix Authorization header",
+			status:  401, errcode: matrixerr.Unauthorized, message: "missing X-Matrix Authorization header", err: ErrMissingAuthorization,
 		},
 		{
 			name: "only another scheme",
 			request: func(t *testing.T) *http.Request {
 				return withHeader(http.MethodGet, backfillURI, nil, "Bearer abc")
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "missing X-Matrix Authorization header",
+			status: 401, errcode: matrixerr.Unauthorized, message: "missing X-Matrix Authorization header", err: ErrMissingAuthorization,
 		},
 		{
 			name: "malformed header",
 			request: func(t *testing.T) *http.Request {
 				return withHeader(http.MethodGet, backfillURI, nil, `X-Matrix origin="remote.example.org,key=ed25519:k`)
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "malformed X-Matrix Authorization header",
+			status: 401, errcode: matrixerr.Unauthorized, message: "malformed X-Matrix Authorization header", err: ErrMalformedAuthorization,
 		},
 		{
 			name: "origin is not a server name",
 			request: func(t *testing.T) *http.Request {
 				return withHeader(http.MethodGet, backfillURI, nil, `X-Matrix origin="bad name!",key="ed25519:k",sig="s"`)
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "not a valid server name",
+			status: 401, errcode: matrixerr.Unauthorized, message: "not a valid server name", err: ErrMalformedAuthorization,
 		},
 		{
 			name: "too many X-Matrix headers",
@@ -186,7 +194,7 @@ func TestVerifyRejects(t *testing.T) {
 				}
 				return r
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "more than 8 X-Matrix headers",
+			status: 401, errcode: matrixerr.Unauthorized, message: "more than 8 X-Matrix headers", err: ErrMalformedAuthorization,
 		},
 		{
 			name: "destination is another server",
@@ -195,7 +203,7 @@ func TestVerifyRejects(t *testing.T) {
 				require.NoError(t, k.SignRequest(r, remoteName, "elsewhere.example.org"))
 				return r
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: `destination is not this server: "elsewhere.example.org"`,
+			status: 401, errcode: matrixerr.Unauthorized, message: `destination is not this server: "elsewhere.example.org"`, err: ErrWrongDestination,
 		},
 		{
 			name: "unknown key ID",
@@ -203,7 +211,7 @@ func TestVerifyRejects(t *testing.T) {
 				other := &SigningKey{ID: "ed25519:other", Private: k.Private}
 				return signedRequest(t, other, http.MethodGet, backfillURI, nil)
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "unknown signing key: remote.example.org has no pinned key ed25519:other",
+			status: 401, errcode: matrixerr.Unauthorized, message: "unknown signing key: remote.example.org has no pinned key ed25519:other", err: ErrUnknownKey,
 		},
 		{
 			name: "unsupported key algorithm",
@@ -212,7 +220,7 @@ func TestVerifyRejects(t *testing.T) {
 				x.KeyID = "curve25519:k"
 				return withHeader(http.MethodGet, backfillURI, nil, x.String())
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "only ed25519 keys are supported",
+			status: 401, errcode: matrixerr.Unauthorized, message: "only ed25519 keys are supported", err: ErrUnknownKey,
 		},
 		{
 			name: "signature by another key",
@@ -220,14 +228,14 @@ func TestVerifyRejects(t *testing.T) {
 				impostor := &SigningKey{ID: k.ID, Private: stranger.Private}
 				return signedRequest(t, impostor, http.MethodGet, backfillURI, nil)
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature",
+			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature", err: ErrBadSignature,
 		},
 		{
 			name: "signature is not base64",
 			request: func(t *testing.T) *http.Request {
 				return withHeader(http.MethodGet, backfillURI, nil, `X-Matrix origin="remote.example.org",key="`+k.ID+`",sig="!!!"`)
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "signature is not 64 bytes of base64",
+			status: 401, errcode: matrixerr.Unauthorized, message: "signature is not 64 bytes of base64", err: ErrBadSignature,
 		},
 		{
 			name: "signed for another URI",
@@ -237,7 +245,7 @@ func TestVerifyRejects(t *testing.T) {
 				out.Header = r.Header
 				return out
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature",
+			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature", err: ErrBadSignature,
 		},
 		{
 			name: "signed for the decoded path, sent encoded",
@@ -246,7 +254,7 @@ func TestVerifyRejects(t *testing.T) {
 				x := manualHeader(t, k, http.MethodGet, decoded, ourName, nil)
 				return withHeader(http.MethodGet, backfillURI, nil, x.String())
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature",
+			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature", err: ErrBadSignature,
 		},
 		{
 			name: "signed for another method",
@@ -255,7 +263,7 @@ func TestVerifyRejects(t *testing.T) {
 				r.Method = http.MethodPost
 				return r
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature",
+			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature", err: ErrBadSignature,
 		},
 		{
 			name: "body changed after signing",
@@ -265,7 +273,7 @@ func TestVerifyRejects(t *testing.T) {
 				out.Header = r.Header
 				return out
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature",
+			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature", err: ErrBadSignature,
 		},
 		{
 			name: "body dropped after signing",
@@ -275,7 +283,7 @@ func TestVerifyRejects(t *testing.T) {
 				out.Header = r.Header
 				return out
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature",
+			status: 401, errcode: matrixerr.Unauthorized, message: "bad X-Matrix signature", err: ErrBadSignature,
 		},
 		{
 			name: "no key source for an unpinned origin",
@@ -284,7 +292,7 @@ func TestVerifyRejects(t *testing.T) {
 				x.Origin = "unpinned.example.org"
 				return withHeader(http.MethodGet, backfillURI, nil, x.String())
 			},
-			status: 401, errcode: matrixerr.Unauthorized, message: "could not fetch the origin's signing keys",
+			status: 401, errcode: matrixerr.Unauthorized, message: "could not fetch the origin's signing keys", err: ErrKeyServerUnreachable,
 		},
 		{
 			name: "key server unreachable",
@@ -296,48 +304,53 @@ func TestVerifyRejects(t *testing.T) {
 				c.Resolve = map[string]string{remoteName: dead.URL}
 			},
 			request: func(t *testing.T) *http.Request { return signedRequest(t, k, http.MethodGet, backfillURI, nil) },
-			status:  401, errcode: matrixerr.Unauthorized, message: "could not fetch the origin's signing keys",
+			status:  401, errcode: matrixerr.Unauthorized, message: "could not fetch the origin's signing keys", err: ErrKeyServerUnreachable,
 		},
 		{
-			name: "body larger than MaxBodyBytes",
-			config: func(c *VerifierConfig) {
-				c.MaxBodyBytes = 16
-			},
+			name: "body larger than the caller's limit",
 			request: func(t *testing.T) *http.Request {
-				return signedRequest(t, k, http.MethodPost, missingURI, []byte(missingBody))
+				return signedRequest(t, k, http.MethodPost, missingURI, bigBody)
 			},
-			status: 413, errcode: matrixerr.TooLarge, message: "request body too large",
+			status: 413, errcode: matrixerr.TooLarge, message: "request body too large", err: ErrBodyRead,
 		},
 		{
-			name:   "body larger than MaxBodyBytes without Content-Length",
-			config: func(c *VerifierConfig) { c.MaxBodyBytes = 16 },
+			name: "body larger than the caller's limit without Content-Length",
 			request: func(t *testing.T) *http.Request {
-				r := signedRequest(t, k, http.MethodPost, missingURI, []byte(missingBody))
+				r := signedRequest(t, k, http.MethodPost, missingURI, bigBody)
 				r.ContentLength = -1
 				return r
 			},
-			status: 413, errcode: matrixerr.TooLarge, message: "request body too large",
+			status: 413, errcode: matrixerr.TooLarge, message: "request body too large", err: ErrBodyRead,
 		},
 		{
-			name: "body is not JSON, even unsigned",
+			// The headers are checked first: an unsigned request is
+			// refused before its body is read.
+			name: "body is not JSON, unsigned",
 			request: func(t *testing.T) *http.Request {
 				return newRequest(http.MethodPost, missingURI, []byte(`{"limit":`))
 			},
-			status: 400, errcode: matrixerr.NotJSON, message: "not JSON",
+			status: 401, errcode: matrixerr.Unauthorized, message: "missing X-Matrix Authorization header", err: ErrMissingAuthorization,
+		},
+		{
+			name: "body is not JSON, even with a bad signature",
+			request: func(t *testing.T) *http.Request {
+				return withHeader(http.MethodPost, missingURI, []byte(`{"limit":`), unverifiedHeader)
+			},
+			status: 400, errcode: matrixerr.NotJSON, message: "not JSON", err: ErrNotJSON,
 		},
 		{
 			name: "body is not UTF-8",
 			request: func(t *testing.T) *http.Request {
-				return newRequest(http.MethodPost, missingURI, []byte("{\"a\":\"\xff\"}"))
+				return withHeader(http.MethodPost, missingURI, []byte("{\"a\":\"\xff\"}"), unverifiedHeader)
 			},
-			status: 400, errcode: matrixerr.NotJSON, message: "not JSON",
+			status: 400, errcode: matrixerr.NotJSON, message: "not JSON", err: ErrNotJSON,
 		},
 		{
 			name: "body is JSON but not an object",
 			request: func(t *testing.T) *http.Request {
-				return withHeader(http.MethodPost, missingURI, []byte(` [1,2]`), `X-Matrix origin="remote.example.org",key="ed25519:k",sig="s"`)
+				return withHeader(http.MethodPost, missingURI, []byte(` [1,2]`), unverifiedHeader)
 			},
-			status: 400, errcode: matrixerr.BadJSON, message: "not a JSON object",
+			status: 400, errcode: matrixerr.BadJSON, message: "not a JSON object", err: ErrBadJSON,
 		},
 	}
 
@@ -357,39 +370,144 @@ func TestVerifyRejects(t *testing.T) {
 			w, body := serve(v, next, tt.request(t))
 			requireRejected(t, w, body, tt.status, tt.errcode, tt.message)
 			require.Zero(t, next.calls.Load(), "the protected handler must not run")
+
+			r := tt.request(t)
+			if r.Body != nil {
+				r.Body = http.MaxBytesReader(httptest.NewRecorder(), r.Body, testBodyLimit)
+			}
+			origin, err := v.Authenticate(r)
+			require.ErrorIs(t, err, tt.err)
+			require.ErrorContains(t, err, tt.message)
+			require.Empty(t, origin)
 		})
 	}
 }
 
-func TestVerifyReturnsOriginAndKeepsBody(t *testing.T) {
+func TestAuthenticateReturnsOriginAndKeepsBody(t *testing.T) {
 	k := newKey(t)
 	v := staticVerifier(t, k)
 	r := signedRequest(t, k, http.MethodPost, missingURI, []byte(missingBody))
-	origin, err := v.Verify(r)
+	r.Body = http.MaxBytesReader(httptest.NewRecorder(), r.Body, testBodyLimit)
+	origin, err := v.Authenticate(r)
 	require.NoError(t, err)
 	require.Equal(t, remoteName, origin)
 	var buf bytes.Buffer
 	_, err = buf.ReadFrom(r.Body)
 	require.NoError(t, err)
 	require.Equal(t, missingBody, buf.String())
+	require.EqualValues(t, len(missingBody), r.ContentLength)
+	again, err := r.GetBody()
+	require.NoError(t, err)
+	buf.Reset()
+	_, err = buf.ReadFrom(again)
+	require.NoError(t, err)
+	require.Equal(t, missingBody, buf.String(), "GetBody gives the same bytes")
 
-	_, err = v.Verify(newRequest(http.MethodGet, backfillURI, nil))
+	// An empty body is no content, and stays empty.
+	r = signedRequest(t, k, http.MethodPost, missingURI, []byte{})
+	origin, err = v.Authenticate(r)
+	require.NoError(t, err)
+	require.Equal(t, remoteName, origin)
+	require.Equal(t, http.NoBody, r.Body)
+	require.Zero(t, r.ContentLength)
+
+	origin, err = v.Authenticate(newRequest(http.MethodGet, backfillURI, nil))
 	require.ErrorIs(t, err, ErrMissingAuthorization)
+	require.Empty(t, origin)
 }
 
-func TestVerifyUsesRequestURIAsSent(t *testing.T) {
+func TestAuthenticateUsesRequestURIAsSent(t *testing.T) {
 	k := newKey(t)
 	v := staticVerifier(t, k)
 	r := signedRequest(t, k, http.MethodGet, backfillURI, nil)
 	// A router that strips a prefix or re-encodes r.URL must not matter.
 	r.URL.Path = "/backfill/!room:example.org"
 	r.URL.RawPath = ""
-	_, err := v.Verify(r)
+	_, err := v.Authenticate(r)
 	require.NoError(t, err)
 
 	// Without RequestURI (a request built in-process) the URL is used.
 	r = signedRequest(t, k, http.MethodGet, backfillURI, nil)
 	r.RequestURI = ""
-	_, err = v.Verify(r)
+	_, err = v.Authenticate(r)
 	require.NoError(t, err)
+}
+
+// untouchableBody fails the test if anything reads it.
+type untouchableBody struct{ t *testing.T }
+
+func (b untouchableBody) Read([]byte) (int, error) {
+	b.t.Error("the body was read")
+	return 0, io.ErrUnexpectedEOF
+}
+
+func (untouchableBody) Close() error { return nil }
+
+func TestAuthenticateChecksHeadersBeforeReadingTheBody(t *testing.T) {
+	k := newKey(t)
+	v := staticVerifier(t, k)
+	good := signedRequest(t, k, http.MethodPost, missingURI, []byte(missingBody)).Header.Get("Authorization")
+	x, err := ParseAuthorization(good)
+	require.NoError(t, err)
+	with := func(change func(x *XMatrix)) string {
+		changed := x
+		change(&changed)
+		return changed.String()
+	}
+	for _, tt := range []struct {
+		name    string
+		headers []string
+		err     error
+	}{
+		{"no Authorization header", nil, ErrMissingAuthorization},
+		{"only another scheme", []string{"Bearer abc"}, ErrMissingAuthorization},
+		{"malformed", []string{`X-Matrix origin="a`}, ErrMalformedAuthorization},
+		{"too many", slices.Repeat([]string{good}, maxXMatrixHeaders+1), ErrMalformedAuthorization},
+		{"origin not a server name", []string{with(func(x *XMatrix) { x.Origin = "bad name" })}, ErrMalformedAuthorization},
+		{"origin with port 0", []string{with(func(x *XMatrix) { x.Origin = remoteName + ":0" })}, ErrMalformedAuthorization},
+		{"another destination", []string{with(func(x *XMatrix) { x.Destination = "elsewhere.example.org" })}, ErrWrongDestination},
+		{"not ed25519", []string{with(func(x *XMatrix) { x.KeyID = "curve25519:k" })}, ErrUnknownKey},
+		{"signature not base64", []string{with(func(x *XMatrix) { x.Signature = "!!" })}, ErrBadSignature},
+		{"signature too short", []string{with(func(x *XMatrix) { x.Signature = "AAAA" })}, ErrBadSignature},
+		{"two bad headers: the first one's error", []string{
+			with(func(x *XMatrix) { x.Destination = "elsewhere.example.org" }),
+			with(func(x *XMatrix) { x.Signature = "!!" }),
+		}, ErrWrongDestination},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRequest(http.MethodPost, missingURI, nil)
+			r.Body = untouchableBody{t}
+			r.ContentLength = int64(len(missingBody))
+			for _, h := range tt.headers {
+				r.Header.Add("Authorization", h)
+			}
+			_, err := v.Authenticate(r)
+			require.ErrorIs(t, err, tt.err)
+		})
+	}
+}
+
+// failingBody fails every read with err.
+type failingBody struct{ err error }
+
+func (b failingBody) Read([]byte) (int, error) { return 0, b.err }
+func (failingBody) Close() error               { return nil }
+
+func TestAuthenticateWrapsBodyReadErrors(t *testing.T) {
+	k := newKey(t)
+	v := staticVerifier(t, k)
+
+	r := signedRequest(t, k, http.MethodPost, missingURI, []byte(missingBody))
+	r.Body = http.MaxBytesReader(httptest.NewRecorder(), r.Body, 10)
+	_, err := v.Authenticate(r)
+	require.ErrorIs(t, err, ErrBodyRead)
+	var tooLarge *http.MaxBytesError
+	require.ErrorAs(t, err, &tooLarge, "the caller's limit error stays visible")
+	require.EqualValues(t, 10, tooLarge.Limit)
+
+	r = signedRequest(t, k, http.MethodPost, missingURI, []byte(missingBody))
+	r.Body = failingBody{os.ErrDeadlineExceeded}
+	_, err = v.Authenticate(r)
+	require.ErrorIs(t, err, ErrBodyRead)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a read deadline's error stays visible")
 }
