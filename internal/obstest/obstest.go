@@ -74,7 +74,7 @@ func NewWorld(tb testing.TB, trace *fedhistory.Trace) *World {
 	room := b.Room()
 	store := memstore.New()
 	for _, ev := range room.Events {
-		_, err := store.Add(room.Version, ev.JSON, memstore.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
+		_, err := store.Add(room.Version, ev.JSON, fedhistory.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
 		require.NoError(tb, err)
 	}
 	store.EraseUser(b.Creator())
