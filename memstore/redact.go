@@ -82,9 +82,7 @@ func senderMayRedact(version string, rec *record) bool {
 // apply marks the redacted events and files rec under its awaited target.
 // Called by Add holding addMu and mu, before rec is published.
 func (e redactionEffects) apply() {
-	if _, ok := e.s.pendingRedactions[e.rec.ID]; ok {
-		delete(e.s.pendingRedactions, e.rec.ID)
-	}
+	delete(e.s.pendingRedactions, e.rec.ID)
 	if e.self {
 		markRedacted(e.rec)
 	}

@@ -164,8 +164,10 @@ func (s *Store) AuthChain(ctx context.Context, roomID string, eventIDs []string)
 		expanded = 1 << iota
 		reached
 	)
-	marks := make(map[*record]uint8)
-	var stack []*record
+	// A state's chain is about twice the state (each member's previous
+	// membership): size the set for it rather than grow it step by step.
+	marks := make(map[*record]uint8, 2*len(eventIDs))
+	stack := make([]*record, 0, len(eventIDs))
 	s.mu.RLock()
 	for _, id := range eventIDs {
 		rec, ok := s.events.get(id)

@@ -517,6 +517,13 @@ func TestConcurrentReads(t *testing.T) {
 				r.build(join, r.message(alice, "join", names(left, right), auth))
 				toAdd = append(toAdd, r.json(left), r.json(right), r.json(join))
 				tip = join
+				if i == 10 {
+					// A redaction, published while readers hand out its
+					// target.
+					r.build("redaction", r.redaction(alice, "msg1", names(tip), auth))
+					toAdd = append(toAdd, r.json("redaction"))
+					tip = "redaction"
+				}
 			}
 			readIDs := r.ids(names("msg1", "merge", "hvA", "hvB", "banA"))
 
@@ -533,6 +540,11 @@ func TestConcurrentReads(t *testing.T) {
 						events, err := s.Events(ctx, r.roomID, readIDs)
 						require.NoError(t, err)
 						require.Len(t, events, len(readIDs))
+						msg1, err := s.EventByID(ctx, readIDs[0])
+						require.NoError(t, err)
+						require.True(t, msg1.Redacted || !events[0].Redacted, "once redacted, an event stays redacted")
+						_, err = s.EventAtTimestamp(ctx, r.roomID, msg1.OriginServerTS, fedhistory.Forward)
+						require.NoError(t, err)
 						vis, err := s.Visibility(ctx, r.roomID, "other:8448", readIDs)
 						require.NoError(t, err)
 						require.Equal(t, map[string]string{bob: "ban"}, vis[slices.Index(readIDs, r.id("merge"))].Before.Memberships)
@@ -550,6 +562,9 @@ func TestConcurrentReads(t *testing.T) {
 			}
 			close(done)
 			wg.Wait()
+			msg1, err := s.EventByID(ctx, r.id("msg1"))
+			require.NoError(t, err)
+			require.True(t, msg1.Redacted)
 		})
 	}
 }

@@ -102,10 +102,7 @@ func TestBrokenStore(t *testing.T) {
 		t.Skip("run by TestSuiteCatchesBrokenStores")
 	}
 	storetest.Run(t, func(t *testing.T) fedhistory.EventStore {
-		broken := &brokenStore{Store: loadMemstore(t), bug: bug}
-		for _, room := range storetest.Rooms() {
-			broken.rooms = append(broken.rooms, room)
-		}
+		broken := &brokenStore{Store: loadMemstore(t), bug: bug, rooms: storetest.Rooms()}
 		if strings.Contains(bug, "walker") {
 			return &walkingStore{broken}
 		}

@@ -127,8 +127,6 @@ type eventFixture struct {
 	// create event (see fedhistory.StateStore); auth are those the store
 	// held in the room when the event was added: its auth chain links.
 	authEvents, auth []string
-	// stateBefore is the AddOptions.StateBefore it is added with.
-	stateBefore []string
 	// truth is the room state before the event as a server that holds the
 	// whole history has it (what roomgen selects auth events from); nil for
 	// events built as outliers.
@@ -778,7 +776,6 @@ func (r *roomBuilder) addAs(efx *eventFixture, outlier bool, stateBefore []strin
 		return
 	}
 	efx.want.Outlier = outlier
-	efx.stateBefore = stateBefore
 	for _, id := range efx.authEvents {
 		if auth, ok := r.rf.byID[id]; ok && !slices.Contains(efx.auth, auth.want.ID) {
 			efx.auth = append(efx.auth, auth.want.ID)

@@ -1,11 +1,19 @@
 // Package faultstore wraps a fedhistory.EventStore to inject faults: errors,
 // latency, panics, garbage in Events answers (events of another room,
-// duplicates, prev_events cycles, missing fields, absurd depths), and
-// Visibility answers that cannot be matched to the IDs asked. The
-// handler's hardening tests use it to show that a misbehaving database can
-// make a request fail, but never make it serve what it must not, loop, or
-// crash the server; and, through Calls, that a request rejected early never
-// touched the store.
+// duplicates, prev_events cycles, missing fields, absurd depths, flags a
+// correct store would not set), and Visibility answers that cannot be
+// matched to the IDs asked. The handler's hardening tests use it to show
+// that a misbehaving database can make a request fail, but never make it
+// serve what it must not, loop, or crash the server; and, through Calls,
+// that a request rejected early never touched the store.
+//
+// When the wrapped store implements fedhistory.StateStore,
+// EventLookupStore or TimestampStore, the wrapper does too, with the same
+// faults: errors, latency and panics in every call, and garbage in the
+// answers (IDs of another room or duplicated in StateBefore and AuthChain;
+// EventByID and EventAtTimestamp answers of another room, with wrong
+// flags, missing fields or absurd depths). It never implements a
+// capability the wrapped store lacks.
 //
 // Faults are drawn from a random source seeded with Faults.Seed: the same
 // sequence of calls meets the same faults. Concurrent calls draw in the order
@@ -56,8 +64,14 @@ const (
 	// ForeignRoomEvents adds, for each chosen event, a copy that claims to be
 	// in ForeignRoomID (metadata and JSON), and for the first requested ID
 	// the store did not answer, an event of ForeignRoomID with that ID.
+	// EventByID and EventAtTimestamp answer such a copy instead of the
+	// event. StateBefore and AuthChain answers gain, for each chosen ID, an
+	// ID of another room: one the wrapped store answered for another room
+	// earlier when there is one (so a store lookup finds it), else an ID
+	// of ForeignRoomID.
 	ForeignRoomEvents Garbage = 1 << iota
-	// DuplicateIDs answers each chosen event twice.
+	// DuplicateIDs answers each chosen event twice, and each chosen ID of a
+	// StateBefore or AuthChain answer.
 	DuplicateIDs
 	// PrevEventCycles adds to each chosen event's prev_events its own ID and
 	// an event answered by an earlier Events call of the same room (a
@@ -66,7 +80,8 @@ const (
 	PrevEventCycles
 	// MissingFields zeroes one field of each chosen event's metadata (ID,
 	// RoomID, Type, StateKey, Sender, PrevEvents or Depth), or truncates or
-	// drops its JSON.
+	// drops its JSON; in StateBefore and AuthChain answers, it empties each
+	// chosen ID.
 	MissingFields
 	// DepthOutOfRange sets each chosen event's depth to ±OutOfRangeDepth.
 	DepthOutOfRange
@@ -77,13 +92,20 @@ const (
 	// (with a state that, read at face value, may well allow it). It picks
 	// whole calls, not events.
 	MisalignedVisibility
+	// WrongFlags marks each chosen event of an Events, EventByID or
+	// EventAtTimestamp answer rejected, an outlier or redacted (one of the
+	// three, drawn), though the wrapped store says otherwise. Such flags
+	// only ever make an event less servable: a handler that follows them
+	// serves less, never more, and must not take a rejected event or an
+	// outlier for a timestamp lookup's answer.
+	WrongFlags
 
 	// AllGarbage is every kind of garbage.
-	AllGarbage = ForeignRoomEvents | DuplicateIDs | PrevEventCycles | MissingFields | DepthOutOfRange | MisalignedVisibility
+	AllGarbage = ForeignRoomEvents | DuplicateIDs | PrevEventCycles | MissingFields | DepthOutOfRange | MisalignedVisibility | WrongFlags
 )
 
 // garbageNames are the names of the Garbage bits, lowest first.
-var garbageNames = []string{"ForeignRoomEvents", "DuplicateIDs", "PrevEventCycles", "MissingFields", "DepthOutOfRange", "MisalignedVisibility"}
+var garbageNames = []string{"ForeignRoomEvents", "DuplicateIDs", "PrevEventCycles", "MissingFields", "DepthOutOfRange", "MisalignedVisibility", "WrongFlags"}
 
 // String names the kinds of garbage in g, joined by "|".
 func (g Garbage) String() string {
@@ -113,15 +135,22 @@ type Faults struct {
 	// PanicRate is the fraction of calls that panic with an error wrapping
 	// ErrInjectedPanic. Panics are drawn before errors.
 	PanicRate float64
-	// Garbage is the set of garbage kinds added to Events and Visibility
-	// answers.
+	// Garbage is the set of garbage kinds added to the answers.
 	Garbage Garbage
-	// GarbageRate is the fraction of answered events each kind of Garbage
-	// picks (of Visibility calls, for MisalignedVisibility). 0, the default,
-	// picks every one.
+	// GarbageRate is the fraction of answered events (or IDs) each kind of
+	// Garbage picks (of Visibility calls, for MisalignedVisibility). 0, the
+	// default, picks every one.
 	GarbageRate float64
 	// Seed seeds the random source every fault is drawn from.
 	Seed int64
+}
+
+// Faulty is what Wrap returns: a *Store, which is a fedhistory.ErasureStore,
+// with the capabilities of the wrapped store.
+type Faulty interface {
+	fedhistory.ErasureStore
+	// Calls: see Store.Calls.
+	Calls() map[string]int
 }
 
 // Store is a fedhistory.EventStore that injects faults into the calls to the
@@ -137,8 +166,12 @@ type Store struct {
 	mu    sync.Mutex
 	rng   *rand.Rand
 	calls map[string]int
-	// answered keeps the last IDs answered per room, for PrevEventCycles.
+	// answered keeps the last IDs answered per room, for PrevEventCycles
+	// and for foreign IDs.
 	answered map[string][]string
+	// foreignSerial numbers the IDs of ForeignRoomID that StateBefore and
+	// AuthChain garbage makes up.
+	foreignSerial int
 }
 
 // maxRemembered bounds Store.answered per room.
@@ -149,20 +182,25 @@ var (
 	_ fedhistory.ErasureStore = (*Store)(nil)
 )
 
-// Wrap returns store with faults injected.
-func Wrap(store fedhistory.EventStore, faults Faults) *Store {
-	return &Store{
+// Wrap returns store with faults injected: a *Store, which also implements
+// each of fedhistory.StateStore, EventLookupStore and TimestampStore that
+// store implements, and no other capability (never BackfillWalker or
+// MissingEventsWalker).
+func Wrap(store fedhistory.EventStore, faults Faults) Faulty {
+	s := &Store{
 		inner:    store,
 		faults:   faults,
 		rng:      rand.New(rand.NewPCG(uint64(faults.Seed), 0x6661756c74)),
 		calls:    map[string]int{},
 		answered: map[string][]string{},
 	}
+	return s.withCapabilities()
 }
 
 // Calls returns the number of calls of each method so far ("RoomVersion",
-// "Events", "CurrentState", "Visibility", "ErasedUsers"), failed and
-// panicking calls included. Methods never called are absent.
+// "Events", "CurrentState", "Visibility", "ErasedUsers", "StateBefore",
+// "AuthChain", "EventByID", "EventAtTimestamp"), failed and panicking calls
+// included. Methods never called are absent.
 func (s *Store) Calls() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -313,6 +351,9 @@ func (s *Store) garble(roomID string, requested []string, events []*fedhistory.E
 		if g&MissingFields != 0 && s.pick() {
 			s.dropField(ev)
 		}
+		if g&WrongFlags != 0 && s.pick() {
+			s.wrongFlag(ev)
+		}
 	}
 
 	n := len(out)
@@ -340,12 +381,30 @@ func (s *Store) garble(roomID string, requested []string, events []*fedhistory.E
 		}
 	}
 
-	remembered := slices.Concat(earlier, genuine)
+	s.remember(roomID, genuine...)
+	return out
+}
+
+// remember notes ids as answered for roomID. Called with s.mu held.
+func (s *Store) remember(roomID string, ids ...string) {
+	remembered := slices.Concat(s.answered[roomID], ids)
 	if len(remembered) > maxRemembered {
 		remembered = remembered[len(remembered)-maxRemembered:]
 	}
 	s.answered[roomID] = remembered
-	return out
+}
+
+// wrongFlag marks ev rejected, an outlier or redacted, one it is not if it
+// can. Called with s.mu held.
+func (s *Store) wrongFlag(ev *fedhistory.Event) {
+	flags := []*bool{&ev.Rejected, &ev.Outlier, &ev.Redacted}
+	start := s.rng.IntN(len(flags))
+	for i := range flags {
+		if flag := flags[(start+i)%len(flags)]; !*flag {
+			*flag = true
+			return
+		}
+	}
 }
 
 // pick draws whether a garbage kind alters one event. Called with s.mu held.

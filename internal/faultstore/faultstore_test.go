@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/dag"
 	"github.com/fedhistory/fedhistory/internal/faultstore"
 	"github.com/fedhistory/fedhistory/memstore"
 	"github.com/fedhistory/fedhistory/storetest"
@@ -44,16 +46,38 @@ func reference(t *testing.T) (storetest.Room, []string) {
 	return room, ids
 }
 
-// everyMethod calls each method of store once and returns the errors by
-// method name.
-func everyMethod(ctx context.Context, store *faultstore.Store, roomID string, ids []string) map[string]error {
+// everyMethod calls each method of store once, the capabilities' methods
+// when it has them, and returns the errors by method name.
+func everyMethod(ctx context.Context, store faultstore.Faulty, roomID string, ids []string) map[string]error {
 	errs := map[string]error{}
 	_, errs["RoomVersion"] = store.RoomVersion(ctx, roomID)
 	_, errs["Events"] = store.Events(ctx, roomID, ids)
 	_, errs["CurrentState"] = store.CurrentState(ctx, roomID, "hs2.example")
 	_, errs["Visibility"] = store.Visibility(ctx, roomID, "hs2.example", ids)
 	_, errs["ErasedUsers"] = store.ErasedUsers(ctx, []string{"@erin:hs3.example"})
+	if state, ok := store.(fedhistory.StateStore); ok {
+		_, errs["StateBefore"] = state.StateBefore(ctx, roomID, ids[len(ids)-1])
+		_, errs["AuthChain"] = state.AuthChain(ctx, roomID, ids)
+	}
+	if lookup, ok := store.(fedhistory.EventLookupStore); ok {
+		_, errs["EventByID"] = lookup.EventByID(ctx, ids[0])
+	}
+	if timestamps, ok := store.(fedhistory.TimestampStore); ok {
+		_, errs["EventAtTimestamp"] = timestamps.EventAtTimestamp(ctx, roomID, math.MaxInt64, fedhistory.Backward)
+	}
 	return errs
+}
+
+// allMethods are the methods everyMethod calls on a wrapped memstore.
+var allMethods = []string{"RoomVersion", "Events", "CurrentState", "Visibility", "ErasedUsers", "StateBefore", "AuthChain", "EventByID", "EventAtTimestamp"}
+
+// once maps every method to 1.
+func once(methods []string) map[string]int {
+	calls := map[string]int{}
+	for _, method := range methods {
+		calls[method] = 1
+	}
+	return calls
 }
 
 func TestWithoutFaultsTheStoreConforms(t *testing.T) {
@@ -82,12 +106,12 @@ func TestErrorRateOneFailsEveryCallWithoutReachingTheStore(t *testing.T) {
 		require.ErrorIs(t, err, faultstore.ErrInjected, method)
 		require.ErrorContains(t, err, method)
 	}
-	require.Equal(t, map[string]int{"RoomVersion": 1, "Events": 1, "CurrentState": 1, "Visibility": 1, "ErasedUsers": 1}, store.Calls())
+	require.Equal(t, once(allMethods), store.Calls())
 	require.Empty(t, inner.Calls(), "a failed call never reaches the wrapped store")
 }
 
 // failures makes n RoomVersion calls and reports which failed.
-func failures(store *faultstore.Store, roomID string, n int) []bool {
+func failures(store faultstore.Faulty, roomID string, n int) []bool {
 	failed := make([]bool, n)
 	for i := range failed {
 		_, err := store.RoomVersion(context.Background(), roomID)
@@ -120,12 +144,19 @@ func TestErrorRateIsPartialAndSeeded(t *testing.T) {
 func TestPanicRateOnePanicsInEveryMethod(t *testing.T) {
 	room, ids := reference(t)
 	store := faultstore.Wrap(loadMemstore(t), faultstore.Faults{PanicRate: 1})
+	ctx := context.Background()
 	calls := map[string]func(){
-		"RoomVersion":  func() { _, _ = store.RoomVersion(context.Background(), room.ID) },
-		"Events":       func() { _, _ = store.Events(context.Background(), room.ID, ids) },
-		"CurrentState": func() { _, _ = store.CurrentState(context.Background(), room.ID, "hs2.example") },
-		"Visibility":   func() { _, _ = store.Visibility(context.Background(), room.ID, "hs2.example", ids) },
-		"ErasedUsers":  func() { _, _ = store.ErasedUsers(context.Background(), nil) },
+		"RoomVersion":  func() { _, _ = store.RoomVersion(ctx, room.ID) },
+		"Events":       func() { _, _ = store.Events(ctx, room.ID, ids) },
+		"CurrentState": func() { _, _ = store.CurrentState(ctx, room.ID, "hs2.example") },
+		"Visibility":   func() { _, _ = store.Visibility(ctx, room.ID, "hs2.example", ids) },
+		"ErasedUsers":  func() { _, _ = store.ErasedUsers(ctx, nil) },
+		"StateBefore":  func() { _, _ = store.(fedhistory.StateStore).StateBefore(ctx, room.ID, ids[1]) },
+		"AuthChain":    func() { _, _ = store.(fedhistory.StateStore).AuthChain(ctx, room.ID, ids) },
+		"EventByID":    func() { _, _ = store.(fedhistory.EventLookupStore).EventByID(ctx, ids[0]) },
+		"EventAtTimestamp": func() {
+			_, _ = store.(fedhistory.TimestampStore).EventAtTimestamp(ctx, room.ID, 0, fedhistory.Forward)
+		},
 	}
 	for method, call := range calls {
 		t.Run(method, func(t *testing.T) {
@@ -140,8 +171,7 @@ func TestPanicRateOnePanicsInEveryMethod(t *testing.T) {
 			require.ErrorContains(t, err, method)
 		})
 	}
-	require.Equal(t, map[string]int{"RoomVersion": 1, "Events": 1, "CurrentState": 1, "Visibility": 1, "ErasedUsers": 1}, store.Calls(),
-		"panicking calls are counted")
+	require.Equal(t, once(allMethods), store.Calls(), "panicking calls are counted")
 }
 
 func TestLatencyEndsWithTheContext(t *testing.T) {
@@ -244,6 +274,11 @@ func TestGarbage(t *testing.T) {
 		{faultstore.DepthOutOfRange, func(t *testing.T, answer []*fedhistory.Event) {
 			for _, ev := range answer {
 				require.Contains(t, []int64{faultstore.OutOfRangeDepth, -faultstore.OutOfRangeDepth}, ev.Depth)
+			}
+		}},
+		{faultstore.WrongFlags, func(t *testing.T, answer []*fedhistory.Event) {
+			for _, ev := range answer {
+				requireMoreFlags(t, byID[ev.ID], ev)
 			}
 		}},
 	}
@@ -411,13 +446,16 @@ func TestErasedUsers(t *testing.T) {
 // walkerStore claims to be a BackfillWalker.
 type walkerStore struct{ *memstore.Store }
 
-func (walkerStore) WalkBackfill(context.Context, string, []string, int) ([]*fedhistory.Event, error) {
-	return nil, errors.New("not used")
+func (walkerStore) WalkBackfill(context.Context, dag.BackfillRequest) (fedhistory.WalkResult, error) {
+	return fedhistory.WalkResult{}, errors.New("not used")
 }
 
 func TestWalkersAreNotPassedThrough(t *testing.T) {
+	var inner any = walkerStore{memstore.New()}
+	_, isWalker := inner.(fedhistory.BackfillWalker)
+	require.True(t, isWalker, "the wrapped store walks")
 	var store any = faultstore.Wrap(walkerStore{memstore.New()}, faultstore.Faults{})
-	_, isWalker := store.(fedhistory.BackfillWalker)
+	_, isWalker = store.(fedhistory.BackfillWalker)
 	require.False(t, isWalker, "the handler must walk over the faulty Events")
 	_, isWalker = store.(fedhistory.MissingEventsWalker)
 	require.False(t, isWalker)
@@ -462,7 +500,7 @@ func TestConcurrentCalls(t *testing.T) {
 func TestGarbageString(t *testing.T) {
 	require.Equal(t, "none", faultstore.Garbage(0).String())
 	require.Equal(t, "DuplicateIDs|DepthOutOfRange", (faultstore.DuplicateIDs | faultstore.DepthOutOfRange).String())
-	require.Equal(t, "ForeignRoomEvents|DuplicateIDs|PrevEventCycles|MissingFields|DepthOutOfRange|MisalignedVisibility", faultstore.AllGarbage.String())
+	require.Equal(t, "ForeignRoomEvents|DuplicateIDs|PrevEventCycles|MissingFields|DepthOutOfRange|MisalignedVisibility|WrongFlags", faultstore.AllGarbage.String())
 	require.Equal(t, "MissingFields|Garbage(0x100)", (faultstore.MissingFields | 1<<8).String())
 }
 
