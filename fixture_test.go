@@ -150,6 +150,8 @@ type response struct {
 	status int
 	header http.Header
 	body   []byte
+	// aborted marks a streamed answer dropped after its first byte.
+	aborted bool
 }
 
 func (r response) json(t testing.TB) map[string]json.RawMessage {

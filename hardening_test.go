@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ import (
 	"github.com/fedhistory/fedhistory/dag"
 	"github.com/fedhistory/fedhistory/internal/faultstore"
 	"github.com/fedhistory/fedhistory/internal/redact"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
 	"github.com/fedhistory/fedhistory/sign"
 )
@@ -136,8 +138,18 @@ func historyRequest(ctx context.Context, method, target, origin, body string) *h
 }
 
 // serveRequest runs req through h.
-func serveRequest(h http.Handler, req *http.Request) response {
+// A streamed answer that fails after its first byte panics with
+// http.ErrAbortHandler, as net/http expects; the response then says aborted.
+func serveRequest(h http.Handler, req *http.Request) (resp response) {
 	rec := httptest.NewRecorder()
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			resp = response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes(), aborted: true}
+		}
+	}()
 	h.ServeHTTP(rec, req)
 	return response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
 }
@@ -505,8 +517,9 @@ func (b *lockedBuffer) String() string {
 type faultRoom struct {
 	room, other *testRoom
 	store       *memstore.Store
-	// known maps each event ID of room to its stored JSON.
-	known map[string]json.RawMessage
+	// known maps each event ID of room to its stored JSON; otherKnown
+	// those of other.
+	known, otherKnown map[string]json.RawMessage
 	// requests are valid requests of both endpoints that get events.
 	requests []faultRequest
 }
@@ -521,13 +534,16 @@ func newFaultRoom(t *testing.T) *faultRoom {
 	other := newTestRoom(t, "10", 41)
 	other.messages(t, "x", 3)
 	store := load(t, room, other)
-	known := map[string]json.RawMessage{}
+	known, otherKnown := map[string]json.RawMessage{}, map[string]json.RawMessage{}
 	for _, ev := range room.b.Events() {
 		known[ev.ID] = ev.JSON
 	}
+	for _, ev := range other.b.Events() {
+		otherKnown[ev.ID] = ev.JSON
+	}
 	m7, m6, m2 := room.ev(t, "m7"), room.ev(t, "m6"), room.ev(t, "m2")
 	return &faultRoom{
-		room: room, other: other, store: store, known: known,
+		room: room, other: other, store: store, known: known, otherKnown: otherKnown,
 		requests: []faultRequest{
 			{"backfill", http.MethodGet, backfillURL(room.id, "20", m7), ""},
 			{"backfill from a fork", http.MethodGet, backfillURL(room.id, "5", room.ev(t, "a2"), room.ev(t, "b1")), ""},
@@ -548,11 +564,28 @@ func (fr *faultRoom) servedIDs(t *testing.T, resp response) []string {
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 	require.Equal(t, "application/json", resp.header.Get("Content-Type"))
 	body := resp.json(t)
-	list, ok := body["pdus"]
-	if !ok {
-		list, ok = body["events"]
+	var ids []string
+	found := false
+	for _, key := range []string{"pdus", "events", "auth_chain"} {
+		if list, ok := body[key]; ok {
+			ids = append(ids, fr.servedList(t, list)...)
+			found = true
+		}
 	}
-	require.True(t, ok, "no pdus or events: %s", resp.body)
+	require.True(t, found, "no pdus, events or auth_chain: %s", resp.body)
+	return ids
+}
+
+// servedList checks one list of PDUs of a 200 answer (see servedIDs).
+func (fr *faultRoom) servedList(t *testing.T, list json.RawMessage) []string {
+	t.Helper()
+	return fr.servedListOf(t, fr.room, fr.known, list)
+}
+
+// servedListOf checks one list of PDUs of room, whose stored events are
+// known.
+func (fr *faultRoom) servedListOf(t *testing.T, room *testRoom, known map[string]json.RawMessage, list json.RawMessage) []string {
+	t.Helper()
 	var pdus []json.RawMessage
 	require.NoError(t, json.Unmarshal(list, &pdus))
 	ids := make([]string, 0, len(pdus))
@@ -563,11 +596,11 @@ func (fr *faultRoom) servedIDs(t *testing.T, resp response) []string {
 			Depth  int64  `json:"depth"`
 		}
 		require.NoError(t, json.Unmarshal(pdu, &fields), "PDU: %s", pdu)
-		require.Equal(t, fr.room.id, fields.RoomID, "an event of another room was served: %s", pdu)
+		require.Equal(t, room.id, fields.RoomID, "an event of another room was served: %s", pdu)
 		require.LessOrEqual(t, fields.Depth, int64(dag.MaxCanonicalInt))
 		require.GreaterOrEqual(t, fields.Depth, int64(dag.MinCanonicalInt))
-		id := idOfPDU(t, fr.room.version, pdu)
-		stored, ok := fr.known[id]
+		id := idOfPDU(t, room.version, pdu)
+		stored, ok := known[id]
 		require.True(t, ok, "served an event that is not in the room: %s", pdu)
 		if !bytes.Equal(stored, pdu) {
 			redacted, err := redactV10(stored)
@@ -761,10 +794,26 @@ func TestRandomFaultsProperty(t *testing.T) {
 			h := newHandler(t, faultstore.Wrap(fr.store, faults))
 			for i := range requestsPerConfig {
 				var req *http.Request
-				if rng.IntN(2) == 0 {
+				origin, anyID := pick(origins), pick(append(someIDs(), pick(roomIDs)))
+				switch rng.IntN(8) {
+				case 0:
+					req = historyRequest(t.Context(), http.MethodGet, stateURL(pick([]string{"state", "state_ids"}), fr.room.id, anyID), origin, "")
+				case 1:
+					req = historyRequest(t.Context(), http.MethodGet,
+						fedhistory.Prefix+"/event_auth/"+url.PathEscape(fr.room.id)+"/"+url.PathEscape(anyID), origin, "")
+				case 2:
+					req = historyRequest(t.Context(), http.MethodGet, eventURL(anyID), origin, "")
+				case 3:
+					req = historyRequest(t.Context(), http.MethodGet, fedhistory.Prefix+"/timestamp_to_event/"+
+						url.PathEscape(fr.room.id)+"?dir="+pick([]string{"f", "b", "x"})+
+						"&ts="+strconv.FormatInt(roomgen.BaseTimestamp.UnixMilli()+int64(rng.IntN(100_000)), 10), origin, "")
+				}
+				switch {
+				case req != nil:
+				case rng.IntN(2) == 0:
 					limit := pick([]string{"1", "5", "20", "100", "0", "-3", "x", ""})
 					req = historyRequest(t.Context(), http.MethodGet, backfillURL(fr.room.id, limit, someIDs()...), pick(origins), "")
-				} else {
+				default:
 					body, err := json.Marshal(map[string]any{
 						"earliest_events": someIDs(), "latest_events": someIDs(),
 						"limit": rng.IntN(30) - 5, "min_depth": rng.IntN(12) - 2,
@@ -777,11 +826,47 @@ func TestRandomFaultsProperty(t *testing.T) {
 				}
 				target := req.URL.String()
 				resp := serveRequest(h, req)
+				if resp.aborted {
+					// A streamed answer that failed after its first byte:
+					// the connection is dropped, never a short answer sent.
+					statuses[-1]++
+					continue
+				}
 				statuses[resp.status]++
-				switch resp.status {
-				case http.StatusOK:
+				switch {
+				case resp.status == http.StatusOK && strings.Contains(target, "/state_ids/"):
+					body := resp.json(t)
+					for _, key := range []string{"pdu_ids", "auth_chain_ids"} {
+						var ids []string
+						require.NoError(t, json.Unmarshal(body[key], &ids), "%s: %s", key, resp.body)
+					}
+				case resp.status == http.StatusOK && strings.Contains(target, "/timestamp_to_event/"):
+					var answer struct {
+						EventID        string `json:"event_id"`
+						OriginServerTS int64  `json:"origin_server_ts"`
+					}
+					require.NoError(t, json.Unmarshal(resp.body, &answer))
+					_, known := fr.known[answer.EventID]
+					require.True(t, known, "the answer %q is an event of the room", answer.EventID)
+				case resp.status == http.StatusOK && strings.Contains(target, "/event/"):
+					// /event serves an event of whichever room the origin
+					// may read: hs2 is in the other room too.
+					var txn struct{ PDUs []json.RawMessage }
+					require.NoError(t, json.Unmarshal(resp.body, &txn))
+					require.Len(t, txn.PDUs, 1)
+					var fields struct {
+						RoomID string `json:"room_id"`
+					}
+					require.NoError(t, json.Unmarshal(txn.PDUs[0], &fields))
+					if fields.RoomID == fr.other.id {
+						fr.servedListOf(t, fr.other, fr.otherKnown, resp.json(t)["pdus"])
+					} else {
+						fr.servedIDs(t, resp)
+					}
+				case resp.status == http.StatusOK:
 					fr.servedIDs(t, resp)
-				case http.StatusBadRequest, http.StatusForbidden, http.StatusInternalServerError:
+				case resp.status == http.StatusNotFound, resp.status == http.StatusBadRequest,
+					resp.status == http.StatusForbidden, resp.status == http.StatusInternalServerError:
 					resp.errcode(t)
 				default:
 					t.Fatalf("request %d (%s): unexpected status %d: %s", i, target, resp.status, resp.body)
@@ -790,7 +875,7 @@ func TestRandomFaultsProperty(t *testing.T) {
 		})
 	}
 	// The seeds do reach every outcome, served answers included.
-	for _, status := range []int{200, 400, 403, 500} {
+	for _, status := range []int{200, 400, 403, 404, 500} {
 		require.Positive(t, statuses[status], "no request answered %d: %v", status, statuses)
 	}
 	t.Logf("statuses: %v", statuses)

@@ -96,6 +96,10 @@ func (req *request) finish() {
 			slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
 		if req.status == 0 {
 			req.writeError(http.StatusInternalServerError, matrixerr.Unknown, "internal server error")
+		} else {
+			// A streamed answer was under way: drop the connection rather
+			// than end it short.
+			req.aborted, p = true, http.ErrAbortHandler
 		}
 	case req.cause != nil:
 		req.h.logFailure(req)

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"unicode/utf8"
 
@@ -134,7 +136,14 @@ func (req *request) lookupStateIDs(roomID, eventID string) (state *stateIDs, err
 		return cached, nil
 	}
 	store := h.store.(StateStore)
-	result := h.stateLookups.DoChan(roomID+"\x00"+eventID, func() (any, error) {
+	result := h.stateLookups.DoChan(roomID+"\x00"+eventID, func() (_ any, err error) {
+		// The lookup runs on a goroutine of its own, where a panic (in a
+		// store, say) would take the process down: make it an error.
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("fedhistory: panic reading the state at %s: %v\n%s", eventID, p, debug.Stack())
+			}
+		}()
 		// The lookup outlives the request that started it when others
 		// wait for it too, so it runs on its own deadline.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.RequestTimeout)
@@ -227,10 +236,11 @@ func (req *request) streamPDUs(roomVersion, roomID string, lists []pduList) {
 				opened = true
 			}
 		}
+		seen := make(map[string]bool)
 		seenKeys := make(map[[2]string]bool)
 		for start := 0; start < len(list.ids); start += stateBatch {
 			batch := list.ids[start:min(start+stateBatch, len(list.ids))]
-			pdus, err := req.readStateBatch(roomVersion, roomID, batch, list.oneOfEachKey, seenKeys)
+			pdus, err := req.readStateBatch(roomVersion, roomID, batch, list.oneOfEachKey, seen, seenKeys)
 			if err != nil {
 				if out == nil {
 					req.fail(err)
@@ -258,38 +268,39 @@ func (req *request) streamPDUs(roomVersion, roomID string, lists []pduList) {
 }
 
 // readStateBatch reads the events of ids and passes them through the filter.
-func (req *request) readStateBatch(roomVersion, roomID string, ids []string, oneOfEachKey bool, seenKeys map[[2]string]bool) ([]json.RawMessage, error) {
+func (req *request) readStateBatch(roomVersion, roomID string, ids []string, oneOfEachKey bool, seen map[string]bool, seenKeys map[[2]string]bool) ([]json.RawMessage, error) {
 	events, err := req.h.store.Events(req.ctx, roomID, ids)
 	if err != nil {
 		return nil, err
 	}
-	return req.filter(roomVersion, roomID, stateEventsOnly(req, events, oneOfEachKey, seenKeys))
+	return req.filter(roomVersion, roomID, stateEventsOnly(req, events, oneOfEachKey, seen, seenKeys))
 }
 
 // stateEventsOnly drops, with a log line, what a state answer must not
-// hold: events that are not state events, and a second event for one
-// (type, state_key) when oneOfEachKey.
-func stateEventsOnly(req *request, events []*Event, oneOfEachKey bool, seen map[[2]string]bool) []*Event {
+// hold: events that are not state events, an event already in the list
+// (seen), and a second event for one (type, state_key) when oneOfEachKey.
+func stateEventsOnly(req *request, events []*Event, oneOfEachKey bool, seen map[string]bool, seenKeys map[[2]string]bool) []*Event {
 	kept := events[:0:0]
 	dropped := 0
 	for _, ev := range events {
-		if ev == nil || ev.StateKey == nil {
+		if ev == nil || ev.StateKey == nil || seen[ev.ID] {
 			dropped++
 			continue
 		}
 		if oneOfEachKey {
 			key := [2]string{ev.Type, *ev.StateKey}
-			if seen[key] {
+			if seenKeys[key] {
 				dropped++
 				continue
 			}
-			seen[key] = true
+			seenKeys[key] = true
 		}
+		seen[ev.ID] = true
 		kept = append(kept, ev)
 	}
 	if dropped > 0 {
 		req.h.cfg.Logger.LogAttrs(req.ctx, slog.LevelWarn,
-			"fedhistory: the store's state holds non-state events or one key twice; dropped them",
+			"fedhistory: the store's state holds non-state events, an event twice or one key twice; dropped them",
 			slog.String("room_id", req.roomID), slog.Int("count", dropped))
 	}
 	return kept

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/fedhistory/fedhistory/dag"
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
@@ -48,7 +49,7 @@ func (h *Handler) timestampToEvent(req *request, params []string) {
 		req.fail(err)
 		return
 	}
-	if ev == nil || ev.RoomID != roomID || ev.Rejected || ev.Outlier ||
+	if ev == nil || !strings.HasPrefix(ev.ID, "$") || ev.RoomID != roomID || ev.Rejected || ev.Outlier ||
 		(dir == Backward && ev.OriginServerTS > ts) || (dir == Forward && ev.OriginServerTS < ts) {
 		req.h.cfg.Logger.Warn("fedhistory: the store's EventAtTimestamp answer is not a servable event of the room; ignored it",
 			"room_id", roomID)
