@@ -15,9 +15,10 @@ import (
 
 // FuzzResolveV2MatchesGomatrixserverlib is a differential test of state
 // resolution v2 (room versions 2 to 11): from a seed and shape bytes it
-// builds a small signed room that forks into concurrent branches, which
-// change power levels, memberships (joins, leaves, kicks, bans, invites),
-// join rules and history visibility, and requires Resolve and
+// builds a small signed room that forks into concurrent branches (see
+// newFuzzRoom: a mixed family of forks that change power levels,
+// memberships, join rules and history visibility, and a non-power family),
+// and requires Resolve and
 // gomatrixserverlib's ResolveConflictsNew to resolve the states at the
 // branch tips to the same events. Room version 12 (v2.1) is left out:
 // gomatrixserverlib's v2.1 panics on conflicted power events there.
@@ -30,14 +31,17 @@ import (
 // generated room.
 func FuzzResolveV2MatchesGomatrixserverlib(f *testing.F) {
 	for seed := range uint64(16) {
-		f.Add(seed, []byte(nil))
+		f.Add(seed, []byte(nil), false)
+		f.Add(seed, []byte(nil), true)
 	}
 	// Shapes that pick room versions 2 (the first with state resolution v2)
 	// and 11 (the first whose creator is the create event's sender).
-	f.Add(uint64(100), []byte{0, 1, 1, 1, 1, 0, 1, 2})
-	f.Add(uint64(101), []byte{9, 1, 1, 1, 1, 0, 1, 2})
-	f.Fuzz(func(t *testing.T, seed uint64, shape []byte) {
-		room := newFuzzRoom(t, seed, shape)
+	f.Add(uint64(100), []byte{0, 1, 1, 1, 1, 0, 1, 2}, false)
+	f.Add(uint64(101), []byte{9, 1, 1, 1, 1, 0, 1, 2}, false)
+	f.Add(uint64(100), []byte{0, 1, 1, 1, 1, 0, 1, 2}, true)
+	f.Add(uint64(101), []byte{9, 1, 1, 1, 1, 0, 1, 2}, true)
+	f.Fuzz(func(t *testing.T, seed uint64, shape []byte, nonPower bool) {
+		room := newFuzzRoom(t, seed, shape, nonPower)
 
 		ours, err := Resolve(room.version, room.states)
 		require.NoError(t, err)
@@ -154,15 +158,25 @@ func (c *fuzzChoices) intn(n int) int {
 //   - a room version from 2 to 11, the usual public room of alice, joins of
 //     some of fuzzUsers, power levels that raise some of them, perhaps invite-
 //     only join rules;
+//   - in the non-power family, up to four of its actions (below) on the trunk;
 //   - a fork into two or three branches, then up to a dozen actions, each on
-//     a branch chosen by the input: a membership change by any user for any
-//     user, a power levels change, a join rules or history visibility
-//     change, or a further fork of the branch.
+//     a branch chosen by the input, or a further fork of the branch.
+//
+// The actions of the mixed family (nonPower false) are membership changes by
+// any user for any user (joins, leaves, kicks, bans, invites), power levels
+// changes, and join rules and history visibility changes. Those of the
+// non-power family change only state that no power event holds: users' own
+// joins and leaves, invites, history visibility, topic and name. (Its rooms
+// can still have power events in the auth difference, or in the conflicted
+// state set through a fork in the setup's auth chains.)
 //
 // Actions are drawn without regard to the authorisation rules, and an
 // action the rules reject is dropped (it is built on a throwaway branch),
 // so every branch holds only authorised events, as a server's would.
-func newFuzzRoom(t *testing.T, seed uint64, shape []byte) *fuzzRoom {
+//
+// The mixed family draws exactly what it drew before the non-power family
+// existed, so that its committed seeds still build the same rooms.
+func newFuzzRoom(t *testing.T, seed uint64, shape []byte, nonPower bool) *fuzzRoom {
 	t.Helper()
 	c := &fuzzChoices{shape: shape, rng: rand.New(rand.NewPCG(seed, 0x66757a7a))}
 	version := fmt.Sprint(2 + c.intn(10))
@@ -196,6 +210,14 @@ func newFuzzRoom(t *testing.T, seed uint64, shape []byte) *fuzzRoom {
 		})
 	}
 
+	if nonPower {
+		// Some history on the trunk, so that the events the branches
+		// change have older events of their keys in their auth chains.
+		for range c.intn(5) {
+			r.nonPowerAction(t, c, 0, r.users[c.intn(len(r.users))], false)
+		}
+	}
+
 	require.NoError(t, b.Branch(r.tips[0]))
 	for range 1 + c.intn(2) {
 		r.tips = append(r.tips, b.Fork())
@@ -203,34 +225,17 @@ func newFuzzRoom(t *testing.T, seed uint64, shape []byte) *fuzzRoom {
 	for range 2 + c.intn(11) {
 		tip := c.intn(len(r.tips))
 		sender := r.users[c.intn(len(r.users))]
-		switch c.intn(6) {
-		case 0, 1:
-			target := r.users[c.intn(len(r.users))]
-			membership := []string{spec.Join, spec.Leave, spec.Ban, spec.Invite}[c.intn(4)]
-			r.try(t, tip, func() (roomgen.Event, error) { return b.Member(sender, target, membership) })
-		case 2:
-			change := map[string]int{r.users[c.intn(len(r.users))]: []int{0, 25, 50, 75, 100}[c.intn(5)]}
-			if c.intn(3) == 0 {
-				change[[]string{"ban", "kick", "invite"}[c.intn(3)]] = []int{0, 25, 50, 75}[c.intn(4)]
-			}
-			r.try(t, tip, func() (roomgen.Event, error) { return r.changePowerLevels(t, sender, change) })
-		case 3:
-			rule := []string{spec.Public, spec.Invite}[c.intn(2)]
-			r.try(t, tip, func() (roomgen.Event, error) {
-				return b.State(sender, spec.MRoomJoinRules, "", map[string]string{"join_rule": rule})
-			})
-		case 4:
-			visibility := []string{"shared", "joined", "invited", "world_readable"}[c.intn(4)]
-			r.try(t, tip, func() (roomgen.Event, error) { return b.HistoryVisibility(sender, visibility) })
-		case 5:
-			if len(r.tips) < 4 {
-				require.NoError(t, b.Branch(r.tips[tip]))
-				r.tips = append(r.tips, b.Fork())
-			}
+		if nonPower {
+			r.nonPowerAction(t, c, tip, sender, true)
+		} else {
+			r.mixedAction(t, c, tip, sender)
 		}
 	}
 
-	keys := []StateKey{{Type: spec.MRoomCreate}, {Type: spec.MRoomPowerLevels}, {Type: spec.MRoomJoinRules}, {Type: spec.MRoomHistoryVisibility}}
+	keys := []StateKey{
+		{Type: spec.MRoomCreate}, {Type: spec.MRoomPowerLevels}, {Type: spec.MRoomJoinRules},
+		{Type: spec.MRoomHistoryVisibility}, {Type: spec.MRoomTopic}, {Type: spec.MRoomName},
+	}
 	for _, user := range r.users {
 		keys = append(keys, StateKey{Type: spec.MRoomMember, StateKey: user})
 	}
@@ -245,6 +250,77 @@ func newFuzzRoom(t *testing.T, seed uint64, shape []byte) *fuzzRoom {
 		r.states = append(r.states, state)
 	}
 	return r
+}
+
+// mixedAction is one action of the mixed family on tips[tip].
+func (r *fuzzRoom) mixedAction(t *testing.T, c *fuzzChoices, tip int, sender string) {
+	t.Helper()
+	b := r.b
+	switch c.intn(6) {
+	case 0, 1:
+		target := r.users[c.intn(len(r.users))]
+		membership := []string{spec.Join, spec.Leave, spec.Ban, spec.Invite}[c.intn(4)]
+		r.try(t, tip, func() (roomgen.Event, error) { return b.Member(sender, target, membership) })
+	case 2:
+		change := map[string]int{r.users[c.intn(len(r.users))]: []int{0, 25, 50, 75, 100}[c.intn(5)]}
+		if c.intn(3) == 0 {
+			change[[]string{"ban", "kick", "invite"}[c.intn(3)]] = []int{0, 25, 50, 75}[c.intn(4)]
+		}
+		r.try(t, tip, func() (roomgen.Event, error) { return r.changePowerLevels(t, sender, change) })
+	case 3:
+		rule := []string{spec.Public, spec.Invite}[c.intn(2)]
+		r.try(t, tip, func() (roomgen.Event, error) {
+			return b.State(sender, spec.MRoomJoinRules, "", map[string]string{"join_rule": rule})
+		})
+	case 4:
+		visibility := []string{"shared", "joined", "invited", "world_readable"}[c.intn(4)]
+		r.try(t, tip, func() (roomgen.Event, error) { return b.HistoryVisibility(sender, visibility) })
+	case 5:
+		r.fork(t, tip)
+	}
+}
+
+// nonPowerAction is one action of the non-power family on tips[tip]: none
+// of them builds a power event. Without mayFork, it does not fork.
+func (r *fuzzRoom) nonPowerAction(t *testing.T, c *fuzzChoices, tip int, sender string, mayFork bool) {
+	t.Helper()
+	b := r.b
+	kinds := 5
+	if mayFork {
+		kinds = 6
+	}
+	switch c.intn(kinds) {
+	case 0:
+		r.try(t, tip, func() (roomgen.Event, error) { return b.Join(sender) })
+	case 1:
+		r.try(t, tip, func() (roomgen.Event, error) { return b.Leave(sender) })
+	case 2:
+		target := r.users[c.intn(len(r.users))]
+		r.try(t, tip, func() (roomgen.Event, error) { return b.Member(sender, target, spec.Invite) })
+	case 3:
+		visibility := []string{"shared", "joined", "invited", "world_readable"}[c.intn(4)]
+		r.try(t, tip, func() (roomgen.Event, error) { return b.HistoryVisibility(sender, visibility) })
+	case 4:
+		eventType, field := spec.MRoomTopic, "topic"
+		if c.intn(2) == 0 {
+			eventType, field = spec.MRoomName, "name"
+		}
+		text := fmt.Sprintf("%s %d", field, c.intn(100))
+		r.try(t, tip, func() (roomgen.Event, error) {
+			return b.State(sender, eventType, "", map[string]string{field: text})
+		})
+	case 5:
+		r.fork(t, tip)
+	}
+}
+
+// fork adds a branch off tips[tip], up to four branches.
+func (r *fuzzRoom) fork(t *testing.T, tip int) {
+	t.Helper()
+	if len(r.tips) < 4 {
+		require.NoError(t, r.b.Branch(r.tips[tip]))
+		r.tips = append(r.tips, r.b.Fork())
+	}
 }
 
 // try builds one event with build on a new branch off tips[tip] and, if the
