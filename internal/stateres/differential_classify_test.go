@@ -59,30 +59,38 @@ import (
 //   - P (power events): F′ holds no power event. Then gomatrixserverlib's
 //     step 1 is empty: nothing is sorted topologically or pulled in by a power
 //     event (2 and 3), and no iterative auth check runs in step 2 (1).
-//     Resolve's step 1 holds only power events of U and, by rule U, nothing
-//     of F′.
-//   - U (unconflicted events in the auth difference): no event of F′ has
-//     the key of an event u of U, and no power event of U has an event of F′
-//     in its auth chain. Then the checks of U's events in Resolve can only set
-//     an entry of the partial state to the event it already holds (the partial
+//     Resolve's step 1 holds only events of U and what rule U allows.
+//   - U (unconflicted events in the auth difference), under rule P: no event
+//     of F′ has the key of an event of U, and the auth chains of the power
+//     events of U hold at most one event of F′, and only the one that the
+//     mainline ordering of F′ (based on the unconflicted power levels) puts
+//     first. Then each check of an event u of U in Resolve can only set u's
+//     entry of the partial state to u, which it already holds (the partial
 //     state starts as the unconflicted state map, step 2, and nothing else
-//     writes u's key), and they move no event of F′ from step 3 to step 1.
-//     The mainline ordering sorts each event by its own position, timestamp
-//     and ID, so U's events in the list of step 3 do not reorder the others.
+//     writes u's key); the one event of F′ that Resolve may check in step 1
+//     is checked first in both, against the unconflicted state map; and the
+//     mainline ordering sorts each event by its own position, timestamp and
+//     ID, so U's events in the list of step 3 do not reorder the others. (In
+//     rooms without merged forks, as the fuzz rooms are, an event of U has its
+//     whole auth chain in every state's full auth chain, so an event of F′ in
+//     it is a conflicted one, such as the creator's first join once the
+//     creator's membership changed on a branch.)
 //   - K (missing auth key), under rules P and U: the partial state after step
-//     2 is the unconflicted state map, so the power levels event that step 3
-//     orders by is known, and the test replays steps 3 and 4 on F′ as the
-//     spec words them (the mainline ordering; the iterative auth checks with
-//     gomatrixserverlib.Allowed, the auth rules both implementations share).
-//     It fails if an event is checked while a key it needs
+//     2 is, in effect, the unconflicted state map, so the power levels event
+//     that step 3 orders by is known, and the test replays steps 3 and 4 on F′
+//     as the spec words them (the mainline ordering; the iterative auth checks
+//     with gomatrixserverlib.Allowed, the auth rules both implementations
+//     share). It fails if an event is checked while a key it needs
 //     (StateNeededForAuth) is absent from the partial state and present among
-//     its auth events: exactly where gomatrixserverlib adds the event itself
-//     instead (1). Where the key is absent from both, both leave it out.
+//     its auth events, and the verdict changes when, as gomatrixserverlib
+//     does (1), the event itself is added in place of that auth event. Where
+//     the key is absent from both, both leave it out; where the verdict is
+//     the same, so is the partial state after the check.
 //
 // On a fork that passes all three, both implementations start from the
-// unconflicted state map, check the same events of F′ in the same order
-// against the same auth events and end with the unconflicted state map on
-// top (step 5), so any difference is a divergence not known here.
+// unconflicted state map, check the events of F′ in the same order with the
+// same verdicts and end with the unconflicted state map on top (step 5), so
+// any difference is a divergence not known here.
 type forkClass struct {
 	// reasons are the rules the fork fails, in the order P, U, K; none if it
 	// is compared.
