@@ -16,7 +16,8 @@ import (
 )
 
 // stateRoom is a linear room whose history is visible to joined members
-// only: carol (hs3) sets the topic while no user of hs2 is in the room, then
+// only: carol (hs3) joins and alice sets the topic while no user of hs2 is
+// in the room, then
 // bob (hs2) joins, carol changes the history visibility and alice sends m1.
 // A rejected topic and an outlier member event hang off the side.
 func stateRoom(t testing.TB, version string) *testRoom {
@@ -27,7 +28,7 @@ func stateRoom(t testing.TB, version string) *testRoom {
 	room.name("hv_joined", b(room.b.HistoryVisibility(alice, "joined")))
 	room.name("carol_join", b(room.b.Join(carol)))
 	empty := ""
-	room.name("topic", b(room.b.Event(roomgen.EventSpec{Sender: carol, Type: "m.room.topic", StateKey: &empty,
+	room.name("topic", b(room.b.Event(roomgen.EventSpec{Sender: alice, Type: "m.room.topic", StateKey: &empty,
 		Content: map[string]string{"topic": "before bob came"}})))
 	room.name("bob_join", b(room.b.Join("@bob:"+memberServer)))
 	room.name("rejected_topic", b(room.b.Event(roomgen.EventSpec{Sender: "@mallory:evil.example", Type: "m.room.topic",
