@@ -168,16 +168,3 @@ func (k *keyring) run(ctx context.Context, server, keyID string, f *flight) {
 			slog.String("server", server), slog.String("key_id", keyID), slog.String("error", err.Error()))
 	}
 }
-
-// waiting reports how many requests wait for a fetch of server's keys
-// (-1: no fetch running), and how many wait for any. Tests use it to line
-// requests up.
-func (k *keyring) waiting(server string) (forServer, all int) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	forServer = -1
-	if f, ok := k.flights[server]; ok {
-		forServer = f.waiters
-	}
-	return forServer, k.pending
-}

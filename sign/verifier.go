@@ -1,7 +1,6 @@
 package sign
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
@@ -315,9 +314,4 @@ func newKeyClient(cfg VerifierConfig, nw network, maxServers int, now func() tim
 	wellKnown.port = nw.wellKnownPort
 	client.discovery = &discovery{resolver: nw.resolver, wellKnown: wellKnown, matrixPort: nw.matrixPort}
 	return client, nil
-}
-
-// publicKey finds origin's key: pinned, cached, or fetched.
-func (v *Verifier) publicKey(ctx context.Context, origin, keyID string) (ed25519.PublicKey, error) {
-	return v.keys.publicKey(ctx, origin, keyID)
 }
