@@ -74,6 +74,11 @@ func (k *keyring) publicKey(ctx context.Context, origin, keyID string) (ed25519.
 		k.trace.keyFetch(origin, "cache", start, err)
 		return key, err
 	}
+	if err := ctx.Err(); err != nil {
+		// Gone already: no fetch for nobody.
+		k.mu.Unlock()
+		return nil, fmt.Errorf("%w: gave up waiting for the keys of %s: %w", ErrKeyServerUnreachable, origin, err)
+	}
 	f := k.flights[origin]
 	switch {
 	case f != nil && f.waiters >= k.maxPerOrigin:

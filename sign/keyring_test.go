@@ -76,10 +76,9 @@ func TestKeyringSurvivesPanickingFetcher(t *testing.T) {
 
 func TestWaiterGivesUpWithItsContext(t *testing.T) {
 	clock := newFakeClock()
-	release := make(chan struct{})
-	defer close(release)
+	var fetches atomic.Int32
 	keys := newTestKeyring(clock, 10, func(ctx context.Context, server, keyID string) (fetchResult, error) {
-		<-release
+		fetches.Add(1)
 		return fetchResult{}, errors.New("too late")
 	})
 	ctx, cancel := context.WithCancel(t.Context())
@@ -87,6 +86,10 @@ func TestWaiterGivesUpWithItsContext(t *testing.T) {
 	_, err := keys.publicKey(ctx, "a", "ed25519:k")
 	require.ErrorIs(t, err, ErrKeyServerUnreachable)
 	require.ErrorIs(t, err, context.Canceled)
+	require.Zero(t, fetches.Load(), "no fetch for a request already gone")
+	forServer, all := keys.waiting("a")
+	require.Equal(t, -1, forServer)
+	require.Zero(t, all)
 }
 
 // hangingKeyServer publishes key for any origin at /o/<origin>/…, but only
