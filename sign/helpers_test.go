@@ -107,22 +107,6 @@ func statusOf(err error) (int, string) {
 	}
 }
 
-// authenticated runs r through Authenticate and, when it passes, reads the
-// body the endpoint would read.
-func authenticated(t testing.TB, v *Verifier, r *http.Request) (origin string, body []byte, err error) {
-	t.Helper()
-	origin, err = v.Authenticate(r)
-	if err != nil {
-		require.Empty(t, origin)
-		return "", nil, err
-	}
-	if r.Body != nil {
-		body, err = io.ReadAll(r.Body)
-		require.NoError(t, err)
-	}
-	return origin, body, nil
-}
-
 func newKey(t testing.TB) *SigningKey {
 	t.Helper()
 	k, err := GenerateKey(nil)
