@@ -22,16 +22,19 @@ func requireSameAsGomatrixserverlib(t *testing.T, method, uri, origin, destinati
 	message, err := signedRequestJSON(method, uri, origin, destination, content)
 	require.NoError(t, err)
 
-	if json.Valid(message) {
-		canonical, err := gomatrixserverlib.CanonicalJSON(message)
-		require.NoError(t, err)
-		require.Equal(t, string(canonical), string(message), "already canonical")
+	if !json.Valid(message) {
+		// The content has an object key with a control character:
+		// gomatrixserverlib's CanonicalJSON writes such keys unescaped, so
+		// its output is not JSON (testdata/fuzz/FuzzSignedRequestJSON/
+		// d6c5835f369042d9, bfb8bcb916acf7af), and its SignJSON fails on
+		// it. We sign and verify what CanonicalJSON writes, as Dendrite
+		// does; there is no oracle to compare with.
+		require.True(t, strings.ContainsFunc(string(content), func(c rune) bool { return c == '\\' }), "%q", content)
+		return
 	}
-	// Else the content has an object key with a control character:
-	// gomatrixserverlib's CanonicalJSON writes such keys unescaped, so its
-	// output is not JSON (testdata/fuzz/FuzzSignedRequestJSON/d6c5835f369042d9).
-	// We sign and verify what it writes, as Dendrite does; the signature
-	// check below still holds.
+	canonical, err := gomatrixserverlib.CanonicalJSON(message)
+	require.NoError(t, err)
+	require.Equal(t, string(canonical), string(message), "already canonical")
 
 	if strings.ContainsFunc(origin, func(c rune) bool { return c < 0x20 || c > 0x7e || c == '"' || c == '\\' }) {
 		// SignJSON writes the origin into its JSON unescaped: no oracle.
