@@ -22,14 +22,14 @@ func requireSameAsGomatrixserverlib(t *testing.T, method, uri, origin, destinati
 	message, err := signedRequestJSON(method, uri, origin, destination, content)
 	require.NoError(t, err)
 
-	if !json.Valid(message) {
-		// The content has an object key with a control character:
-		// gomatrixserverlib's CanonicalJSON writes such keys unescaped, so
-		// its output is not JSON (testdata/fuzz/FuzzSignedRequestJSON/
-		// d6c5835f369042d9, bfb8bcb916acf7af), and its SignJSON fails on
-		// it. We sign and verify what CanonicalJSON writes, as Dendrite
-		// does; there is no oracle to compare with.
-		require.True(t, strings.ContainsFunc(string(content), func(c rune) bool { return c == '\\' }), "%q", content)
+	if len(content) > 0 && keysNeedEscapes(t, content) {
+		// gomatrixserverlib's CanonicalJSON writes object keys unescaped:
+		// a key holding a quote, a backslash or a control character comes
+		// out as another key, or as text that is not JSON, and SignJSON
+		// then fails on it (testdata/fuzz/FuzzSignedRequestJSON/
+		// d6c5835f369042d9, bfb8bcb916acf7af, 1811ea3c3546e01f). We sign
+		// and verify what it writes, as Dendrite does; there is no
+		// oracle to compare with.
 		return
 	}
 	canonical, err := gomatrixserverlib.CanonicalJSON(message)
@@ -55,6 +55,33 @@ func requireSameAsGomatrixserverlib(t *testing.T, method, uri, origin, destinati
 	require.NoError(t, json.Unmarshal(signed, &parsed))
 	want := []byte(parsed.Signatures[origin][fuzzKey.ID])
 	require.Equal(t, want, ed25519.Sign(fuzzKey.Private, message), "signed message differs from gomatrixserverlib's: %s", message)
+}
+
+// keysNeedEscapes reports whether an object key anywhere in the JSON
+// content holds a character canonical JSON must escape.
+func keysNeedEscapes(t *testing.T, content []byte) bool {
+	t.Helper()
+	var value any
+	require.NoError(t, json.Unmarshal(content, &value))
+	var walk func(v any) bool
+	walk = func(v any) bool {
+		switch v := v.(type) {
+		case map[string]any:
+			for key, member := range v {
+				if strings.ContainsFunc(key, func(c rune) bool { return c < 0x20 || c == '"' || c == '\\' }) || walk(member) {
+					return true
+				}
+			}
+		case []any:
+			for _, member := range v {
+				if walk(member) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return walk(value)
 }
 
 func TestSignedRequestJSON(t *testing.T) {
