@@ -171,7 +171,7 @@ func (v *Verifier) checkHeader(x XMatrix) (signature []byte, destinations []stri
 // verifyHeader finds the key of a checked header and verifies its
 // signature over the request.
 func (v *Verifier) verifyHeader(r *http.Request, uri string, h *checkedHeader, content []byte) error {
-	key, err := v.publicKey(r.Context(), h.x.Origin, h.x.KeyID)
+	key, err := v.keys.publicKey(r.Context(), h.x.Origin, h.x.KeyID)
 	if err != nil {
 		return err
 	}

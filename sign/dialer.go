@@ -27,12 +27,13 @@ var DefaultDenyNetworks = []string{
 	"ff00::/8", "fec0::/10",
 }
 
-// Bounds on one outbound connection and its answer. The whole fetch is
-// bounded by VerifierConfig.KeyFetchTimeout.
+// Bounds on one outbound connection and its answer's headers; the bodies
+// are bounded where they are read. The whole fetch, waiting for answers
+// included (a notary may have to fetch before it answers), is bounded by
+// VerifierConfig.KeyFetchTimeout.
 const (
 	connectTimeout         = 5 * time.Second
 	tlsHandshakeTimeout    = 5 * time.Second
-	responseHeaderTimeout  = 5 * time.Second
 	maxResponseHeaderBytes = 16 << 10
 	// maxAddressesPerName bounds the addresses one name is dialled at.
 	maxAddressesPerName = 4
@@ -156,7 +157,6 @@ func (d *dialer) transport(tlsConfig *tls.Config) *http.Transport {
 		DialContext:            d.DialContext,
 		TLSClientConfig:        tlsConfig,
 		TLSHandshakeTimeout:    tlsHandshakeTimeout,
-		ResponseHeaderTimeout:  responseHeaderTimeout,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
 		DisableKeepAlives:      true,
 	}

@@ -107,22 +107,6 @@ func statusOf(err error) (int, string) {
 	}
 }
 
-// authenticated runs r through Authenticate and, when it passes, reads the
-// body the endpoint would read.
-func authenticated(t testing.TB, v *Verifier, r *http.Request) (origin string, body []byte, err error) {
-	t.Helper()
-	origin, err = v.Authenticate(r)
-	if err != nil {
-		require.Empty(t, origin)
-		return "", nil, err
-	}
-	if r.Body != nil {
-		body, err = io.ReadAll(r.Body)
-		require.NoError(t, err)
-	}
-	return origin, body, nil
-}
-
 func newKey(t testing.TB) *SigningKey {
 	t.Helper()
 	k, err := GenerateKey(nil)
@@ -193,4 +177,55 @@ func requireRejected(t *testing.T, w *httptest.ResponseRecorder, body map[string
 	require.Equal(t, status, w.Code, "body: %s", w.Body.String())
 	require.Equal(t, errcode, body["errcode"])
 	require.Contains(t, body["error"], messagePart)
+}
+
+// keyServer is a fake remote server publishing its keys over HTTP,
+// counting every key request it answers.
+type keyServer struct {
+	*httptest.Server
+	hits atomic.Int32
+}
+
+func newKeyServer(t *testing.T, handler http.Handler) *keyServer {
+	t.Helper()
+	ks := &keyServer{}
+	ks.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ks.hits.Add(1)
+		handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ks.Close)
+	return ks
+}
+
+// fetchingVerifier fetches remoteName's keys from ks through the real
+// DirectKeyFetcher.
+func fetchingVerifier(t *testing.T, ks *keyServer, clock *fakeClock, tweak ...func(*VerifierConfig)) *Verifier {
+	t.Helper()
+	cfg := VerifierConfig{
+		ServerNames: []string{ourName},
+		Resolve:     map[string]string{remoteName: ks.URL},
+		Now:         clock.Now,
+	}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	v, err := NewVerifier(cfg)
+	require.NoError(t, err)
+	return v
+}
+
+func requireAccepted(t *testing.T, v *Verifier, k *SigningKey) {
+	t.Helper()
+	next := &recordingHandler{}
+	w, _ := serve(v, next, signedRequest(t, k, http.MethodGet, backfillURI, nil))
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	require.Equal(t, remoteName, next.origin)
+}
+
+func requireUnauthorized(t *testing.T, v *Verifier, k *SigningKey, message string) {
+	t.Helper()
+	next := &recordingHandler{}
+	w, body := serve(v, next, signedRequest(t, k, http.MethodGet, backfillURI, nil))
+	requireRejected(t, w, body, http.StatusUnauthorized, matrixerr.Unauthorized, message)
+	require.Zero(t, next.calls.Load())
 }

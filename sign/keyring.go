@@ -74,6 +74,11 @@ func (k *keyring) publicKey(ctx context.Context, origin, keyID string) (ed25519.
 		k.trace.keyFetch(origin, "cache", start, err)
 		return key, err
 	}
+	if err := ctx.Err(); err != nil {
+		// Gone already: no fetch for nobody.
+		k.mu.Unlock()
+		return nil, fmt.Errorf("%w: gave up waiting for the keys of %s: %w", ErrKeyServerUnreachable, origin, err)
+	}
 	f := k.flights[origin]
 	switch {
 	case f != nil && f.waiters >= k.maxPerOrigin:
@@ -167,17 +172,4 @@ func (k *keyring) run(ctx context.Context, server, keyID string, f *flight) {
 		k.logger.LogAttrs(ctx, slog.LevelInfo, "sign: fetching keys failed",
 			slog.String("server", server), slog.String("key_id", keyID), slog.String("error", err.Error()))
 	}
-}
-
-// waiting reports how many requests wait for a fetch of server's keys
-// (-1: no fetch running), and how many wait for any. Tests use it to line
-// requests up.
-func (k *keyring) waiting(server string) (forServer, all int) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	forServer = -1
-	if f, ok := k.flights[server]; ok {
-		forServer = f.waiters
-	}
-	return forServer, k.pending
 }

@@ -3,7 +3,9 @@ package sign
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,6 +16,81 @@ import (
 
 	"github.com/stretchr/testify/require"
 )
+
+// newTestKeyring is a keyring fetching with fetch, on clock.
+func newTestKeyring(clock *fakeClock, maxServers int, fetch fetchFunc) *keyring {
+	return &keyring{
+		fetch:        fetch,
+		timeout:      time.Minute,
+		now:          clock.Now,
+		logger:       slog.New(slog.DiscardHandler),
+		maxPerOrigin: DefaultMaxPendingPerOrigin,
+		maxPending:   DefaultMaxPendingKeyFetches,
+		cache:        newKeyCache(maxServers, time.Second),
+		flights:      map[string]*flight{},
+	}
+}
+
+func TestConcurrentRequestsShareOneFetch(t *testing.T) {
+	const requests = 20
+	clock := newFakeClock()
+	k := newKey(t)
+	release := make(chan struct{})
+	document := KeyDocumentHandler(remoteName, []*SigningKey{k}, time.Hour, clock.Now)
+	ks := newKeyServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		document.ServeHTTP(w, r)
+	}))
+	v := fetchingVerifier(t, ks, clock, func(c *VerifierConfig) { c.MaxPendingPerOrigin = requests })
+
+	codes := make(chan int, requests)
+	var wg sync.WaitGroup
+	for range requests {
+		wg.Go(func() {
+			w, _ := serve(v, &recordingHandler{}, signedRequest(t, k, http.MethodGet, backfillURI, nil))
+			codes <- w.Code
+		})
+	}
+	// Hold the key server until every request is waiting on the one fetch.
+	for forServer, _ := v.keys.waiting(remoteName); forServer < requests; forServer, _ = v.keys.waiting(remoteName) {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		require.Equal(t, http.StatusOK, code)
+	}
+	require.EqualValues(t, 1, ks.hits.Load())
+}
+
+func TestKeyringSurvivesPanickingFetcher(t *testing.T) {
+	clock := newFakeClock()
+	keys := newTestKeyring(clock, 10, func(ctx context.Context, server, keyID string) (fetchResult, error) {
+		panic("fetcher bug")
+	})
+	_, err := keys.publicKey(t.Context(), "a", "ed25519:k")
+	require.ErrorIs(t, err, ErrKeyServerUnreachable)
+	require.ErrorContains(t, err, "fetcher bug")
+}
+
+func TestWaiterGivesUpWithItsContext(t *testing.T) {
+	clock := newFakeClock()
+	var fetches atomic.Int32
+	keys := newTestKeyring(clock, 10, func(ctx context.Context, server, keyID string) (fetchResult, error) {
+		fetches.Add(1)
+		return fetchResult{}, errors.New("too late")
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := keys.publicKey(ctx, "a", "ed25519:k")
+	require.ErrorIs(t, err, ErrKeyServerUnreachable)
+	require.ErrorIs(t, err, context.Canceled)
+	require.Zero(t, fetches.Load(), "no fetch for a request already gone")
+	forServer, all := keys.waiting("a")
+	require.Equal(t, -1, forServer)
+	require.Zero(t, all)
+}
 
 // hangingKeyServer publishes key for any origin at /o/<origin>/…, but only
 // once released; until then it holds every request.
@@ -289,4 +366,16 @@ func TestSharedFetchOutlivesARequesterWhoLeaves(t *testing.T) {
 	require.NoError(t, <-second)
 	require.EqualValues(t, 1, hanging.requests.Load())
 	require.Empty(t, hanging.abandoned)
+}
+
+// waiting reports how many requests wait for a fetch of server's keys
+// (-1: no fetch running), and how many wait for any.
+func (k *keyring) waiting(server string) (forServer, all int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	forServer = -1
+	if f, ok := k.flights[server]; ok {
+		forServer = f.waiters
+	}
+	return forServer, k.pending
 }

@@ -30,7 +30,7 @@ type fakeResolver struct {
 	// (the last one repeats): a name whose DNS changes between lookups.
 	answers map[string][][]netip.Addr
 	srv     map[string][]*net.SRV // "_service._tcp.name" → records
-	asked   map[string]int        // lookups per name (SRV: "_service._tcp.name")
+	asked   map[string]int        // lookups per name, for answers
 }
 
 func newFakeResolver() *fakeResolver {
@@ -55,12 +55,6 @@ func (r *fakeResolver) service(name string, service, target string, port int) {
 	defer r.mu.Unlock()
 	key := "_" + service + "._tcp." + name
 	r.srv[key] = append(r.srv[key], &net.SRV{Target: target, Port: uint16(port)})
-}
-
-func (r *fakeResolver) lookups(name string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.asked[name]
 }
 
 func notFound(name string) error {

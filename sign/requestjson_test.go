@@ -1,6 +1,7 @@
 package sign
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
 	"strings"
@@ -22,6 +23,16 @@ func requireSameAsGomatrixserverlib(t *testing.T, method, uri, origin, destinati
 	message, err := signedRequestJSON(method, uri, origin, destination, content)
 	require.NoError(t, err)
 
+	if len(content) > 0 && keysNeedEscapes(t, content) {
+		// gomatrixserverlib's CanonicalJSON writes object keys unescaped:
+		// a key holding a quote, a backslash or a control character comes
+		// out as another key, or as text that is not JSON, and SignJSON
+		// then fails on it (testdata/fuzz/FuzzSignedRequestJSON/
+		// d6c5835f369042d9, bfb8bcb916acf7af, 1811ea3c3546e01f). We sign
+		// and verify what it writes, as Dendrite does; there is no
+		// oracle to compare with.
+		return
+	}
 	canonical, err := gomatrixserverlib.CanonicalJSON(message)
 	require.NoError(t, err)
 	require.Equal(t, string(canonical), string(message), "already canonical")
@@ -45,6 +56,35 @@ func requireSameAsGomatrixserverlib(t *testing.T, method, uri, origin, destinati
 	require.NoError(t, json.Unmarshal(signed, &parsed))
 	want := []byte(parsed.Signatures[origin][fuzzKey.ID])
 	require.Equal(t, want, ed25519.Sign(fuzzKey.Private, message), "signed message differs from gomatrixserverlib's: %s", message)
+}
+
+// keysNeedEscapes reports whether an object key anywhere in the JSON
+// content holds a character canonical JSON must escape.
+func keysNeedEscapes(t *testing.T, content []byte) bool {
+	t.Helper()
+	var value any
+	decoder := json.NewDecoder(bytes.NewReader(content))
+	decoder.UseNumber() // numbers beyond float64 are JSON too
+	require.NoError(t, decoder.Decode(&value))
+	var walk func(v any) bool
+	walk = func(v any) bool {
+		switch v := v.(type) {
+		case map[string]any:
+			for key, member := range v {
+				if strings.ContainsFunc(key, func(c rune) bool { return c < 0x20 || c == '"' || c == '\\' }) || walk(member) {
+					return true
+				}
+			}
+		case []any:
+			for _, member := range v {
+				if walk(member) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return walk(value)
 }
 
 func TestSignedRequestJSON(t *testing.T) {

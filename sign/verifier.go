@@ -1,7 +1,6 @@
 package sign
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
@@ -143,7 +142,7 @@ type VerifierConfig struct {
 	// limit's decisions.
 	Trace *VerifierTrace
 
-	// Now is the clock for key validity. Default time.Now.
+	// Now is the clock for key validity and the caches. Default time.Now.
 	Now func() time.Time
 }
 
@@ -291,7 +290,10 @@ func newKeyClient(cfg VerifierConfig, nw network, maxServers int, now func() tim
 	client := &keyClient{overrides: overrides, custom: cfg.Transport, tlsConfig: nw.tlsConfig}
 	if len(overrides) > 0 {
 		// Resolve is for tests and tools: a plain transport, no deny list.
-		plain := http.DefaultTransport.(*http.Transport).Clone()
+		plain := &http.Transport{}
+		if defaultTransport, ok := http.DefaultTransport.(*http.Transport); ok {
+			plain = defaultTransport.Clone() // its timeouts, our own pool
+		}
 		plain.Proxy = nil
 		client.overridden = plain
 	}
@@ -315,9 +317,4 @@ func newKeyClient(cfg VerifierConfig, nw network, maxServers int, now func() tim
 	wellKnown.port = nw.wellKnownPort
 	client.discovery = &discovery{resolver: nw.resolver, wellKnown: wellKnown, matrixPort: nw.matrixPort}
 	return client, nil
-}
-
-// publicKey finds origin's key: pinned, cached, or fetched.
-func (v *Verifier) publicKey(ctx context.Context, origin, keyID string) (ed25519.PublicKey, error) {
-	return v.keys.publicKey(ctx, origin, keyID)
 }

@@ -80,7 +80,9 @@ func newWellKnownCache(tr http.RoundTripper, maxEntries int, now func() time.Tim
 }
 
 // lookup returns the server hostname delegates to, and false when its
-// .well-known does not delegate (no answer, or an invalid one).
+// .well-known does not delegate (no answer, or an invalid one). Lookups of
+// one host are not merged: each comes from a key fetch of its own, and
+// those are already one per server at a time.
 func (w *wellKnownCache) lookup(ctx context.Context, hostname string) (serverName, bool) {
 	now := w.now()
 	w.mu.Lock()
