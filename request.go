@@ -131,11 +131,12 @@ func (req *request) authenticate() bool {
 		// request's deadline: the read fails there. Not every
 		// ResponseWriter can (httptest's cannot); those rely on the
 		// server's own timeouts.
+		// The deadline stays set after the request: net/http reads what
+		// is left of an unread body before it answers (unless the
+		// connection is to close), and sets the connection's deadlines
+		// afresh for the next request.
 		if deadline, ok := req.ctx.Deadline(); ok {
-			rc := http.NewResponseController(req.w)
-			if rc.SetReadDeadline(deadline) == nil {
-				req.releases = append(req.releases, func() { _ = rc.SetReadDeadline(time.Time{}) })
-			}
+			_ = http.NewResponseController(req.w).SetReadDeadline(deadline)
 		}
 	}
 	end := req.stage("authenticate")
@@ -145,6 +146,12 @@ func (req *request) authenticate() bool {
 	origin, err := h.cfg.Authenticator.Authenticate(req.r)
 	end(err)
 	if err != nil {
+		if r.ContentLength != 0 {
+			// Answer at once and close, rather than let net/http read a
+			// body nobody will use from a peer that did not authenticate
+			// (it could trickle it until the deadline).
+			req.w.Header().Set("Connection", "close")
+		}
 		req.writeAuthError(err)
 		return false
 	}
