@@ -79,7 +79,7 @@ func demo(ctx context.Context, stdout, stderr io.Writer, version string, logger 
 		defer keyServer.Close()
 		resolve[server] = keyServer.URL
 	}
-	handler, err := newFederationHandler(federationServerConfig{
+	handler, _, err := newFederationHandler(federationServerConfig{
 		ServerName: demoServerName,
 		Key:        keys[demoServerName],
 		Store:      store,
