@@ -21,18 +21,18 @@ answer, or with --raw the answer's bytes as received. An error answer prints
 its errcode and error on stderr ("HTTP 404: M_NOT_FOUND: …") and exits with
 status 1.`
 
-// answerBody returns the body of a 2xx answer, or the error answer as an
-// error. With raw it writes the body to stdout and returns nil: there is
-// nothing left to print.
-func answerBody(stdout io.Writer, resp *response, raw bool) ([]byte, error) {
+// answerBody returns the body of a 2xx answer to summarise, or the error
+// answer as an error. With raw it writes the body to stdout instead and
+// returns done: there is nothing left to print.
+func answerBody(stdout io.Writer, resp *response, raw bool) (body []byte, done bool, err error) {
 	if err := resp.asError(); err != nil {
-		return nil, err
+		return nil, true, err
 	}
 	if raw {
 		_, err := stdout.Write(resp.Body)
-		return nil, err
+		return nil, true, err
 	}
-	return resp.Body, nil
+	return resp.Body, false, nil
 }
 
 // decodeAnswer decodes an answer's body into v, naming the endpoint when
@@ -88,8 +88,8 @@ func runStateIDs(ctx context.Context, out streams, args []string) error {
 	if err != nil {
 		return err
 	}
-	body, err := answerBody(out.stdout, resp, flags.raw)
-	if body == nil || err != nil {
+	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	if done {
 		return err
 	}
 	var answer struct {
@@ -141,8 +141,8 @@ func runState(ctx context.Context, out streams, args []string) error {
 	if err != nil {
 		return err
 	}
-	body, err := answerBody(out.stdout, resp, flags.raw)
-	if body == nil || err != nil {
+	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	if done {
 		return err
 	}
 	var answer struct {
@@ -194,8 +194,8 @@ func runEventAuth(ctx context.Context, out streams, args []string) error {
 	if err != nil {
 		return err
 	}
-	body, err := answerBody(out.stdout, resp, flags.raw)
-	if body == nil || err != nil {
+	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	if done {
 		return err
 	}
 	var answer struct {
@@ -244,8 +244,8 @@ func runEvent(ctx context.Context, out streams, args []string) error {
 	if err != nil {
 		return err
 	}
-	body, err := answerBody(out.stdout, resp, flags.raw)
-	if body == nil || err != nil {
+	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	if done {
 		return err
 	}
 	var txn struct {
@@ -333,8 +333,8 @@ func runTimestamp(ctx context.Context, out streams, args []string) error {
 	if err != nil {
 		return err
 	}
-	body, err := answerBody(out.stdout, resp, flags.raw)
-	if body == nil || err != nil {
+	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	if done {
 		return err
 	}
 	var answer timestampAnswer
