@@ -211,8 +211,6 @@ func TestGenAndServeTellTheIDsToAskFor(t *testing.T) {
 
 	trust := strings.TrimSpace(mustRun(t, dir, "keygen", "--out", "hs2.key").stdout)
 	srv := startServer(t, dir, "--room", "room.jsonl", "--trust", asker+"="+trust)
-	require.Contains(t, srv.stderr.String(), `msg="loaded room" file=room.jsonl room_id=`+ids["room_id"]+
-		" create_event="+ids["create_event"]+" latest_event="+ids["latest_event"]+" events=30")
 
 	answer := mustRun(t, dir, "backfill", "--server", srv.URL, "--origin", asker, "--signing-key", "hs2.key",
 		"--room", ids["room_id"], "--v", ids["latest_event"], "--limit", "100", "--raw")
@@ -228,4 +226,7 @@ func TestGenAndServeTellTheIDsToAskFor(t *testing.T) {
 	require.Equal(t, exitOK, srv.stop(t), srv.stderr.String())
 	require.Equal(t, "fedhistory: serving "+srv.Name+" on "+srv.URL+"\n", srv.stdout.String(),
 		"serve's stdout is the one line scripts wait for")
+	// Read once serve has exited (see server.stderr).
+	require.Contains(t, srv.stderr.String(), `msg="loaded room" file=room.jsonl room_id=`+ids["room_id"]+
+		" create_event="+ids["create_event"]+" latest_event="+ids["latest_event"]+" events=30")
 }

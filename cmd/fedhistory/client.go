@@ -153,6 +153,60 @@ func (c *federationClient) MissingEvents(ctx context.Context, roomID string, bod
 	return c.do(ctx, http.MethodPost, missingEventsURI(roomID), content)
 }
 
+// stateURI is the request URI of /state_ids (ids) or /state: the state
+// before eventID in roomID, and its auth chain.
+func stateURI(ids bool, roomID, eventID string) string {
+	endpoint := "/state/"
+	if ids {
+		endpoint = "/state_ids/"
+	}
+	return fedhistory.Prefix + endpoint + url.PathEscape(roomID) + "?" + url.Values{"event_id": {eventID}}.Encode()
+}
+
+// eventAuthURI is the request URI of /event_auth: the auth chain of one
+// event.
+func eventAuthURI(roomID, eventID string) string {
+	return fedhistory.Prefix + "/event_auth/" + url.PathEscape(roomID) + "/" + url.PathEscape(eventID)
+}
+
+// eventURI is the request URI of /event: one event, as a transaction.
+func eventURI(eventID string) string {
+	return fedhistory.Prefix + "/event/" + url.PathEscape(eventID)
+}
+
+// timestampURI is the request URI of /timestamp_to_event: the event of
+// roomID nearest ts (milliseconds since the Unix epoch) in direction dir,
+// "f" or "b".
+func timestampURI(roomID string, ts int64, dir string) string {
+	query := url.Values{"ts": {strconv.FormatInt(ts, 10)}, "dir": {dir}}
+	return fedhistory.Prefix + "/timestamp_to_event/" + url.PathEscape(roomID) + "?" + query.Encode()
+}
+
+// StateIDs sends GET /state_ids.
+func (c *federationClient) StateIDs(ctx context.Context, roomID, eventID string) (*response, error) {
+	return c.do(ctx, http.MethodGet, stateURI(true, roomID, eventID), nil)
+}
+
+// State sends GET /state.
+func (c *federationClient) State(ctx context.Context, roomID, eventID string) (*response, error) {
+	return c.do(ctx, http.MethodGet, stateURI(false, roomID, eventID), nil)
+}
+
+// EventAuth sends GET /event_auth.
+func (c *federationClient) EventAuth(ctx context.Context, roomID, eventID string) (*response, error) {
+	return c.do(ctx, http.MethodGet, eventAuthURI(roomID, eventID), nil)
+}
+
+// Event sends GET /event.
+func (c *federationClient) Event(ctx context.Context, eventID string) (*response, error) {
+	return c.do(ctx, http.MethodGet, eventURI(eventID), nil)
+}
+
+// TimestampToEvent sends GET /timestamp_to_event.
+func (c *federationClient) TimestampToEvent(ctx context.Context, roomID string, ts int64, dir string) (*response, error) {
+	return c.do(ctx, http.MethodGet, timestampURI(roomID, ts, dir), nil)
+}
+
 // do sends one request, signed when the client has a key.
 func (c *federationClient) do(ctx context.Context, method, requestURI string, body []byte) (*response, error) {
 	var reader io.Reader
@@ -186,7 +240,7 @@ func (c *federationClient) do(ctx context.Context, method, requestURI string, bo
 	return &response{Status: resp.StatusCode, Body: data}, nil
 }
 
-// clientFlags are the options backfill and missing share.
+// clientFlags are the options the client subcommands share.
 type clientFlags struct {
 	server, destination, origin, signingKey string
 	room                                    string
@@ -194,19 +248,31 @@ type clientFlags struct {
 	timeout                                 time.Duration
 }
 
+// register adds the shared options to fs, --room among them: every
+// client subcommand but event names a room.
 func (f *clientFlags) register(fs *flag.FlagSet) {
+	f.registerRoomless(fs)
+	fs.StringVar(&f.room, "room", "", "`ID` the room (required)")
+}
+
+// registerRoomless adds the shared options but --room.
+func (f *clientFlags) registerRoomless(fs *flag.FlagSet) {
 	fs.StringVar(&f.server, "server", "", "`NAME|URL` the server to ask: an http(s):// URL is used as is, a server name is found by the spec's discovery (required)")
 	fs.StringVar(&f.destination, "destination", "", "`NAME` the destination server signed into the request when --server is a URL (default: the URL's host:port)")
 	fs.StringVar(&f.origin, "origin", "", "`NAME` our server, signed into the request (required)")
 	fs.StringVar(&f.signingKey, "signing-key", "", "`FILE` our signing key, Synapse format (required)")
-	fs.StringVar(&f.room, "room", "", "`ID` the room (required)")
 	fs.BoolVar(&f.raw, "raw", false, "print the answer's bytes as received instead of pretty JSON")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the server's TLS certificate (for test servers with self-signed certificates)")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "`DURATION` how long to wait for the answer")
 }
 
-// requiredClientFlags are the options of clientFlags that must be given.
+// requiredClientFlags are the options of clientFlags that must be given
+// (registerRoomless leaves out the last).
 var requiredClientFlags = []string{"server", "origin", "signing-key", "room"}
+
+// requiredRoomlessFlags are those of registerRoomless. Its capacity ends
+// with it, so that appending to it never writes into requiredClientFlags.
+var requiredRoomlessFlags = requiredClientFlags[: len(requiredClientFlags)-1 : len(requiredClientFlags)-1]
 
 // client checks the shared options (requireFlags has checked that the
 // required ones were given) and builds the client.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,8 +32,10 @@ func runDemo(ctx context.Context, out streams, args []string) error {
 Generates a signed demo room held by hs1.example, serves it on a loopback port,
 and queries it as a second server, hs2.example, whose signing key hs1.example
 fetches from hs2.example's own key server on another loopback port. Prints
-what backfill and get_missing_events return, which events were redacted and
-why, and two refused requests.`); err != nil {
+what backfill returns, which events were redacted and why; the size of the
+state at the event backfilled from (state_ids); a jump to the middle of the
+room's history (timestamp_to_event, then event and backfill from the event
+found); what get_missing_events returns; and two refused requests.`); err != nil {
 		return err
 	}
 	if !gomatrixserverlib.StableRoomVersion(gomatrixserverlib.RoomVersion(*version)) {
@@ -79,7 +82,7 @@ func demo(ctx context.Context, stdout, stderr io.Writer, version string, logger 
 		defer keyServer.Close()
 		resolve[server] = keyServer.URL
 	}
-	handler, err := newFederationHandler(federationServerConfig{
+	handler, _, err := newFederationHandler(federationServerConfig{
 		ServerName: demoServerName,
 		Key:        keys[demoServerName],
 		Store:      store,
@@ -107,6 +110,12 @@ func demo(ctx context.Context, stdout, stderr io.Writer, version string, logger 
 		key: keys[demoJoinerServer], send: httpClient.Do,
 	}
 	if err := r.backfill(ctx, hs2); err != nil {
+		return err
+	}
+	if err := r.stateIDs(ctx, hs2); err != nil {
+		return err
+	}
+	if err := r.jumpToDate(ctx, hs2); err != nil {
 		return err
 	}
 	if err := r.missingEvents(ctx, hs2); err != nil {
@@ -179,6 +188,142 @@ func (r *demoReport) backfill(ctx context.Context, client *federationClient) err
 	r.backfilled = len(txn.PDUs)
 	redacted, err := r.printEvents(ctx, client.origin, txn.PDUs)
 	r.backfillRedacted = redacted
+	return err
+}
+
+// stateIDs asks for the IDs of the state at the event the backfill
+// started from, and prints how many there are and one of each list.
+func (r *demoReport) stateIDs(ctx context.Context, client *federationClient) error {
+	at := r.room.BackfillFrom
+	r.printf("\nState at %s (depth %d) as %s:\n  GET %s\n",
+		shortID(at.ID), at.Depth, client.origin, stateURI(true, r.room.Room.ID, at.ID))
+	resp, err := client.StateIDs(ctx, r.room.Room.ID, at.ID)
+	if err != nil {
+		return err
+	}
+	if err := resp.asError(); err != nil {
+		return fmt.Errorf("state_ids: %w", err)
+	}
+	var answer struct {
+		PDUIDs       []string `json:"pdu_ids"`
+		AuthChainIDs []string `json:"auth_chain_ids"`
+	}
+	if err := json.Unmarshal(resp.Body, &answer); err != nil {
+		return fmt.Errorf("state_ids answer: %w", err)
+	}
+	if len(answer.PDUIDs) == 0 || len(answer.AuthChainIDs) == 0 {
+		return fmt.Errorf("state_ids answer: %d state IDs and %d auth chain IDs, want some of each", len(answer.PDUIDs), len(answer.AuthChainIDs))
+	}
+	r.printf("  → %d OK, %d state event IDs and %d auth chain IDs; the first of each, by ID:\n",
+		resp.Status, len(answer.PDUIDs), len(answer.AuthChainIDs))
+	// hs2 learns the IDs; what they are, the demo looks up in the room it
+	// generated, as hs2 would with /event.
+	for _, list := range []struct {
+		name string
+		ids  []string
+	}{{"state", answer.PDUIDs}, {"auth chain", answer.AuthChainIDs}} {
+		id := slices.Min(list.ids)
+		r.printf("    %-10s  %s  %s\n", list.name, shortID(id), r.describeID(id))
+	}
+	return nil
+}
+
+// describeID names the type and state key of an event of the demo room.
+func (r *demoReport) describeID(id string) string {
+	for _, ev := range r.room.Room.Events {
+		if ev.ID != id {
+			continue
+		}
+		summary, err := summarizeEvent(r.version, ev.JSON)
+		if err != nil {
+			return "?"
+		}
+		if summary.StateKey != nil && *summary.StateKey != "" {
+			return summary.Type + " " + *summary.StateKey
+		}
+		return summary.Type
+	}
+	return "(not an event of the demo room)"
+}
+
+// demoJumpLimit is the page size of the backfill after the jump to a date.
+const demoJumpLimit = 5
+
+// jumpToDate finds the event at the middle of the room's time span with
+// timestamp_to_event, fetches it with event, and backfills from it.
+func (r *demoReport) jumpToDate(ctx context.Context, client *federationClient) error {
+	events := r.room.Room.Events
+	first, err := summarizeEvent(r.version, events[0].JSON)
+	if err != nil {
+		return err
+	}
+	last, err := summarizeEvent(r.version, events[len(events)-1].JSON)
+	if err != nil {
+		return err
+	}
+	middle := first.OriginServerTS + (last.OriginServerTS-first.OriginServerTS)/2
+	roomID := r.room.Room.ID
+	r.printf("\nJump to date: the room's events run from %s to %s; the middle is %s.\n",
+		formatTimestamp(first.OriginServerTS), formatTimestamp(last.OriginServerTS), formatTimestamp(middle))
+
+	r.printf("  GET %s\n", timestampURI(roomID, middle, "b"))
+	resp, err := client.TimestampToEvent(ctx, roomID, middle, "b")
+	if err != nil {
+		return err
+	}
+	if err := resp.asError(); err != nil {
+		return fmt.Errorf("timestamp_to_event: %w", err)
+	}
+	var found timestampAnswer
+	if err := json.Unmarshal(resp.Body, &found); err != nil {
+		return fmt.Errorf("timestamp_to_event answer: %w", err)
+	}
+	r.printf("  → %d OK, %s, sent %s (%s the middle)\n", resp.Status, shortID(found.EventID),
+		formatTimestamp(found.OriginServerTS), describeOffset(found.OriginServerTS, middle))
+
+	r.printf("  GET %s\n", eventURI(found.EventID))
+	resp, err = client.Event(ctx, found.EventID)
+	if err != nil {
+		return err
+	}
+	if err := resp.asError(); err != nil {
+		return fmt.Errorf("event: %w", err)
+	}
+	var txn struct {
+		PDUs []json.RawMessage `json:"pdus"`
+	}
+	if err := json.Unmarshal(resp.Body, &txn); err != nil {
+		return fmt.Errorf("event answer: %w", err)
+	}
+	if len(txn.PDUs) != 1 {
+		return fmt.Errorf("event answer: %d PDUs, want 1", len(txn.PDUs))
+	}
+	ev, err := summarizeEvent(r.version, txn.PDUs[0])
+	if err != nil {
+		return err
+	}
+	what := ev.Summary()
+	if ev.Redacted {
+		what = "[redacted]"
+	}
+	r.printf("  → %d OK, %s from %s at depth %d: %s\n", resp.Status, ev.Type, ev.Sender, ev.Depth, what)
+
+	r.printf("  GET %s\n", backfillURI(roomID, []string{ev.ID}, demoJumpLimit))
+	resp, err = client.Backfill(ctx, roomID, []string{ev.ID}, demoJumpLimit)
+	if err != nil {
+		return err
+	}
+	if err := resp.asError(); err != nil {
+		return fmt.Errorf("backfill: %w", err)
+	}
+	var page struct {
+		PDUs []json.RawMessage `json:"pdus"`
+	}
+	if err := json.Unmarshal(resp.Body, &page); err != nil {
+		return fmt.Errorf("backfill answer: %w", err)
+	}
+	r.printf("  → %d OK, %d PDUs, newest first:\n", resp.Status, len(page.PDUs))
+	_, err = r.printEvents(ctx, client.origin, page.PDUs)
 	return err
 }
 

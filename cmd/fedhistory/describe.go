@@ -14,6 +14,7 @@ type eventSummary struct {
 	ID, Type, Sender string
 	StateKey         *string
 	Depth            int64
+	OriginServerTS   int64
 	PrevEvents       []string
 	Content          json.RawMessage
 	// Redacted: the content hash no longer matches, which is how a
@@ -29,14 +30,15 @@ func summarizeEvent(version gomatrixserverlib.IRoomVersion, pdu json.RawMessage)
 		return eventSummary{}, fmt.Errorf("parsing a PDU of the answer: %w", err)
 	}
 	return eventSummary{
-		ID:         ev.EventID(),
-		Type:       ev.Type(),
-		Sender:     string(ev.SenderID()),
-		StateKey:   ev.StateKey(),
-		Depth:      ev.Depth(),
-		PrevEvents: ev.PrevEventIDs(),
-		Content:    ev.Content(),
-		Redacted:   ev.Redacted(),
+		ID:             ev.EventID(),
+		Type:           ev.Type(),
+		Sender:         string(ev.SenderID()),
+		StateKey:       ev.StateKey(),
+		Depth:          ev.Depth(),
+		OriginServerTS: int64(ev.OriginServerTS()),
+		PrevEvents:     ev.PrevEventIDs(),
+		Content:        ev.Content(),
+		Redacted:       ev.Redacted(),
 	}, nil
 }
 

@@ -1,10 +1,15 @@
 // Command fedhistory demonstrates, serves and queries the Matrix federation
-// history endpoints (backfill and get_missing_events) of package fedhistory.
+// endpoints through which servers read a room's history (backfill,
+// get_missing_events, state_ids, state, event_auth, event and
+// timestamp_to_event), served by package fedhistory.
 //
 //	fedhistory demo                         generate a room, serve it, query it over signed HTTP
 //	fedhistory serve [--room FILE]…         serve rooms and our key document
 //	fedhistory backfill --server … --room …  a signed backfill request ("curl for federation")
 //	fedhistory missing --server … --room …   a signed get_missing_events request
+//	fedhistory state-ids --room … --event …  a signed state_ids request (also: state, event-auth)
+//	fedhistory event --event …              a signed event request
+//	fedhistory timestamp --room … --ts …    a signed timestamp_to_event request ("jump to date")
 //	fedhistory gen --events N --out FILE    write a signed synthetic room dump
 //	fedhistory keygen --out FILE            write a new signing key
 //	fedhistory import --db DSN --room FILE  import room dumps into a SQL database
@@ -100,6 +105,11 @@ func subcommands() []subcommand {
 		{"serve", "serve the history endpoints and our key document", runServe},
 		{"backfill", "send a signed backfill request and print the answer", runBackfill},
 		{"missing", "send a signed get_missing_events request and print the answer", runMissing},
+		{"state-ids", "send a signed state_ids request and print the IDs of the state and its auth chain", runStateIDs},
+		{"state", "send a signed state request and print one line per PDU of the state and its auth chain", runState},
+		{"event-auth", "send a signed event_auth request and print one line per PDU of the auth chain", runEventAuth},
+		{"event", "send a signed event request and print the event", runEvent},
+		{"timestamp", "send a signed timestamp_to_event request and print the event found", runTimestamp},
 		{"gen", "write a signed synthetic room dump", runGen},
 		{"keygen", "write a new signing key", runKeygen},
 		{"import", "import room dumps into a SQL database for serve --db", runImport},
@@ -171,11 +181,11 @@ func badSubcommand(stderr io.Writer, msg string) int {
 func printTopUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: fedhistory SUBCOMMAND [OPTIONS]")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Serve and query the Matrix federation history endpoints (backfill, get_missing_events).")
+	fmt.Fprintln(w, "Serve and query the Matrix federation endpoints through which servers read a room's history.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Subcommands:")
 	for _, cmd := range subcommands() {
-		fmt.Fprintf(w, "  %-9s %s\n", cmd.name, cmd.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", cmd.name, cmd.summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run \"fedhistory help SUBCOMMAND\" (or \"fedhistory SUBCOMMAND --help\") for the options of one subcommand.")

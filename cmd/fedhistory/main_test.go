@@ -187,6 +187,31 @@ func startServerEnv(t *testing.T, dir string, env []string, args ...string) *ser
 	return s
 }
 
+// waitStderr waits until the server's stderr matches re and returns the
+// match, failing the test if the server exits or startupDeadline passes
+// first. serve's stderr is copied apart from its stdout: a line it logged
+// before the serving line may arrive after it, and a request's log line
+// is written after its answer. Once the server has exited, its stderr is
+// all there (see startServerEnv).
+func (s *server) waitStderr(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.Now().Add(startupDeadline)
+	for {
+		exited := false
+		select {
+		case <-s.exited:
+			exited = true
+		default:
+		}
+		if m := re.FindStringSubmatch(s.stderr.String()); m != nil {
+			return m
+		}
+		require.False(t, exited, "serve exited and its stderr never matched %s:\n%s", re, s.stderr.String())
+		require.True(t, time.Now().Before(deadline), "stderr never matched %s:\n%s", re, s.stderr.String())
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // stop sends SIGTERM and returns the exit status.
 func (s *server) stop(t *testing.T) int {
 	t.Helper()

@@ -42,11 +42,13 @@ func runServe(ctx context.Context, out streams, args []string) error {
 	metricsAddr := fs.String("metrics-listen", "", "`HOST:PORT` an address serving Prometheus metrics at /metrics, for a Prometheus to scrape; not for other servers (default: off)")
 	otlpEndpoint := fs.String("otlp-endpoint", "", "`URL` an OpenTelemetry collector to export traces to over OTLP/HTTP, such as http://127.0.0.1:4318 (traces go to /v1/traces under an address without a path); OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT turn the export on too, and the other OTEL_EXPORTER_OTLP_* variables apply (default: off)")
 	if err := parseFlags(fs, args, out.stdout, "[--listen HOST:PORT] [--server-name NAME] [--signing-key FILE] [--room FILE]… [OPTIONS]", `
-Serves GET /_matrix/federation/v1/backfill, POST /_matrix/federation/v1/get_missing_events
-(behind X-Matrix authentication) and our key document, /_matrix/key/v2/server.
-Logs each room's ID, create event and newest event on stderr; once ready, prints
-"fedhistory: serving NAME on http://HOST:PORT" on stdout, and then logs one line
-per request on stderr.
+Serves, under /_matrix/federation/v1 and behind X-Matrix authentication, GET
+backfill and POST get_missing_events, and, as far as the store allows (both
+stores here allow all of them), GET state_ids, state, event_auth, event and
+timestamp_to_event; and our key document, /_matrix/key/v2/server.
+Logs each room's ID, create event and newest event on stderr, and the endpoints
+it serves on one line; once ready, prints "fedhistory: serving NAME on
+http://HOST:PORT" on stdout, and then logs one line per request on stderr.
 
 SIGINT or SIGTERM shuts it down: it stops accepting, lets the requests in
 flight finish for up to --drain-timeout, then cancels those still running,
@@ -173,7 +175,7 @@ trace of a traceparent header, and each request's log line carries its trace_id.
 		return err
 	}
 
-	handler, err := newFederationHandler(federationServerConfig{
+	handler, endpoints, err := newFederationHandler(federationServerConfig{
 		ServerName:  name,
 		Key:         key,
 		Store:       store,
@@ -193,6 +195,9 @@ trace of a traceparent header, and each request's log line carries its trace_id.
 	if err != nil {
 		return err
 	}
+	// Which endpoints the store's capabilities allow, for whoever wonders
+	// why a request gets 404 M_UNRECOGNIZED.
+	logger.Info("serving endpoints", "endpoints", endpointList(endpoints))
 	server := newHTTPServer(handler, logger)
 	requests := newDrainable(server)
 	scheme := "http"

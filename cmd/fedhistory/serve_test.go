@@ -410,8 +410,7 @@ func TestServeFetchesKeysAndServesTheDemoRoom(t *testing.T) {
 	})
 
 	// serve logs the demo room's ID and newest event before it is ready.
-	logged := regexp.MustCompile(`msg="generated the demo room" room_id=(\S+) .*latest_event=(\S+)`).FindStringSubmatch(srv.stderr.String())
-	require.NotNil(t, logged, srv.stderr.String())
+	logged := srv.waitStderr(t, regexp.MustCompile(`msg="generated the demo room" room_id=(\S+) .*latest_event=(\S+)`))
 	roomID, latest := logged[1], logged[2]
 
 	res := mustRun(t, dir, "backfill", "--server", srv.URL, "--origin", asker, "--signing-key", "hs2.key",
@@ -421,8 +420,8 @@ func TestServeFetchesKeysAndServesTheDemoRoom(t *testing.T) {
 	require.Equal(t, srv.Name, answer.Origin)
 	require.Len(t, answer.PDUs, 3)
 
-	require.Regexp(t, `msg=request method=GET path=/_matrix/federation/v1/backfill/\S+ status=200 duration=\S+ origin=hs2.example`,
-		srv.stderr.String(), "each request is logged with the authenticated origin")
+	// The request's line is logged after its answer is sent.
+	srv.waitStderr(t, regexp.MustCompile(`msg=request method=GET path=/_matrix/federation/v1/backfill/\S+ status=200 duration=\S+ origin=hs2.example`))
 }
 
 func TestServeCapsTheLimits(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -63,8 +64,9 @@ type federationServerConfig struct {
 
 // newFederationHandler returns the whole HTTP surface of a server: the
 // history endpoints behind X-Matrix authentication, our key document, and a
-// log line per request.
-func newFederationHandler(cfg federationServerConfig) (http.Handler, error) {
+// log line per request; and the history endpoints it serves, which depend
+// on the capabilities of cfg.Store.
+func newFederationHandler(cfg federationServerConfig) (http.Handler, []fedhistory.Endpoint, error) {
 	verifier, err := sign.NewVerifier(sign.VerifierConfig{
 		ServerNames: []string{cfg.ServerName},
 		StaticKeys:  cfg.StaticKeys,
@@ -73,7 +75,7 @@ func newFederationHandler(cfg federationServerConfig) (http.Handler, error) {
 		Trace:       cfg.VerifierTrace,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("configuring request authentication: %w", err)
+		return nil, nil, fmt.Errorf("configuring request authentication: %w", err)
 	}
 	trace := cfg.Trace
 	if cfg.LogTraceIDs {
@@ -93,12 +95,22 @@ func newFederationHandler(cfg federationServerConfig) (http.Handler, error) {
 		Trace:                  trace,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle(keyDocumentPath, sign.KeyDocumentHandler(cfg.ServerName, []*sign.SigningKey{cfg.Key}, 0, nil))
 	mux.Handle("/", history)
-	return logRequests(cfg.Logger, mux), nil
+	return logRequests(cfg.Logger, mux), history.Endpoints(), nil
+}
+
+// endpointList shows endpoints on one line: "GET /…/backfill/{roomId},
+// POST /…".
+func endpointList(endpoints []fedhistory.Endpoint) string {
+	parts := make([]string, len(endpoints))
+	for i, e := range endpoints {
+		parts[i] = e.Method + " " + e.Path
+	}
+	return strings.Join(parts, ", ")
 }
 
 // originSlot carries, up the handler chain, the origin that the
