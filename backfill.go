@@ -50,7 +50,7 @@ func (h *Handler) backfill(req *request, params []string) {
 		return
 	}
 	// 6. Write the stored bytes as a transaction.
-	req.writeOK(appendTransaction(nil, h.cfg.ServerName, h.cfg.Now(), pdus))
+	req.writeBuilt(func(buf []byte) []byte { return appendTransaction(buf, h.cfg.ServerName, h.cfg.Now(), pdus) })
 }
 
 // parseBackfillQuery reads "v" and "limit".

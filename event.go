@@ -59,5 +59,5 @@ func (h *Handler) event(req *request, params []string) {
 		return
 	}
 	// 6. Write.
-	req.writeOK(appendTransaction(nil, h.cfg.ServerName, h.cfg.Now(), pdus))
+	req.writeBuilt(func(buf []byte) []byte { return appendTransaction(buf, h.cfg.ServerName, h.cfg.Now(), pdus) })
 }

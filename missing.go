@@ -63,7 +63,7 @@ func (h *Handler) getMissingEvents(req *request, params []string) {
 		return
 	}
 	// 6. Write the stored bytes.
-	req.writeOK(appendObject(nil, `{"events":`, pdus))
+	req.writeBuilt(func(buf []byte) []byte { return appendObject(buf, `{"events":`, pdus) })
 }
 
 // parsedMissingEvents is a validated request.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -54,4 +55,28 @@ func writeJSON(w http.ResponseWriter, body []byte) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+}
+
+// responseBuffers recycles the buffers answers are assembled in. A backfill
+// answer is about limit times the event size (100 KiB for 1 KiB events), and
+// allocating it afresh per request costs more in zeroing and garbage
+// collection than the copy into it: BenchmarkBackfillHandler takes 33% more
+// time (115 against 86 µs, benchstat n=8) and 85% more B/op without it.
+var responseBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledResponseBytes bounds the buffers kept for reuse, so that one huge
+// answer does not pin its memory for ever.
+const maxPooledResponseBytes = 4 << 20
+
+// writeBuilt writes the 200 answer build appends to a recycled buffer.
+// net/http's Write does not keep the buffer (io.Writer's contract), so it can
+// be reused as soon as Write returns.
+func (req *request) writeBuilt(build func(buf []byte) []byte) {
+	pooled := responseBuffers.Get().(*[]byte)
+	body := build((*pooled)[:0])
+	req.writeOK(body)
+	if cap(body) <= maxPooledResponseBytes {
+		*pooled = body[:0]
+		responseBuffers.Put(pooled)
+	}
 }
