@@ -24,14 +24,14 @@ import (
 func (s *Store) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedhistory.WalkResult, error) {
 	roomID, from, limit := req.RoomID, req.From, req.Limit
 	// A cancelled request goes the long way, so that it fails as dag's does.
-	// The shortcut spends exactly the default visit budget's share.
+	// The shortcut fetches exactly the events it takes, as dag would.
 	if len(from) == 1 && limit > 0 && req.MaxVisits == 0 && ctx.Err() == nil {
 		s.mu.RLock()
 		seed, ok := s.events.get(from[0])
 		s.mu.RUnlock()
 		if ok {
 			if events, ok := backfillChain(seed, roomID, limit); ok {
-				return fedhistory.WalkResult{Events: events, Visits: len(events) + 1}, nil
+				return fedhistory.WalkResult{Events: events, Visits: len(events)}, nil
 			}
 		}
 	}
@@ -55,13 +55,6 @@ func (s *Store) WalkMissingEvents(ctx context.Context, req dag.MissingEventsRequ
 	}
 	return fedhistory.WalkResult{Events: f.events(res.Refs), Visits: res.Visits, Exhausted: res.Exhausted}, nil
 }
-
-// maxChainDepth and minChainDepth are the depths canonical JSON can carry
-// (dag enters no event outside them).
-const (
-	maxChainDepth = 1<<53 - 1
-	minChainDepth = -maxChainDepth
-)
 
 // backfillChain is dag.Backfill with the default visit budget for the one
 // shape where that walk is a plain walk down a list: from a single seed,
@@ -105,7 +98,7 @@ func backfillChain(seed *record, roomID string, limit int) ([]*fedhistory.Event,
 // chainLink reports whether rec may be taken by backfillChain.
 func chainLink(rec *record, roomID string) bool {
 	return rec.RoomID == roomID && !rec.Rejected && !rec.Outlier &&
-		rec.Depth >= minChainDepth && rec.Depth <= maxChainDepth
+		rec.Depth >= dag.MinCanonicalInt && rec.Depth <= dag.MaxCanonicalInt // dag enters no other
 }
 
 // walkFetcher is a dag.FetchFunc over the store's records. Each node's Ref

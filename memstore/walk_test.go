@@ -122,13 +122,17 @@ func TestWalkBackfillIsDagBackfill(t *testing.T) {
 				res, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: b.RoomID(), From: []string{ev.ID}, Limit: limit}, fetch)
 				require.NoError(t, err)
 				want := res.IDs
-				got, err := walkBackfill(ctx, store, b.RoomID(), []string{ev.ID}, limit)
+				got, err := store.WalkBackfill(ctx, dag.BackfillRequest{RoomID: b.RoomID(), From: []string{ev.ID}, Limit: limit})
 				require.NoError(t, err)
-				gotIDs := make([]string, 0, len(got))
-				for _, g := range got {
+				gotIDs := make([]string, 0, len(got.Events))
+				for _, g := range got.Events {
 					gotIDs = append(gotIDs, g.ID)
 				}
 				require.Equal(t, want, gotIDs, "seed %d, from %s, limit %d", seed, ev.ID, limit)
+				// The walk's cost is a metric (fedhistory_walk_visits): the
+				// shortcut must report what dag would have spent.
+				require.Equal(t, res.Visits, got.Visits, "visits: seed %d, from %s, limit %d", seed, ev.ID, limit)
+				require.Equal(t, res.Exhausted, got.Exhausted, "exhausted: seed %d, from %s, limit %d", seed, ev.ID, limit)
 				if rec, ok := store.events.get(ev.ID); ok {
 					_, took := backfillChain(rec, b.RoomID(), limit)
 					shortcut[took]++
