@@ -46,7 +46,8 @@ func (l loopback) RoundTrip(r *http.Request) (*http.Response, error) {
 	return http.DefaultTransport.RoundTrip(out)
 }
 
-// TestGomatrixserverlibClientReadsOurAnswers asks every endpoint through
+// TestGomatrixserverlibClientReadsOurAnswers asks every endpoint it has a
+// call for (all but /timestamp_to_event) through
 // gomatrixserverlib's federation client, as Dendrite would, and checks the
 // answers as Dendrite does: /state through CheckStateResponse, which
 // rejects a whole response holding a non-state event or a key twice and
@@ -115,4 +116,24 @@ func TestGomatrixserverlibClientReadsOurAnswers(t *testing.T) {
 	backfilled, err := client.Backfill(ctx, memberServer, ourServer, room.id, 3, []string{m1})
 	require.NoError(t, err)
 	require.Len(t, backfilled.PDUs, 3)
+
+	// get_missing_events from m1 with nothing known: m1's ancestors, which
+	// a backfill from m1 serves too, never m1 itself.
+	missing, err := client.LookupMissingEvents(ctx, memberServer, ourServer, room.id,
+		fclient.MissingEvents{Limit: 2, LatestEvents: []string{m1}, EarliestEvents: []string{}}, version)
+	require.NoError(t, err)
+	ancestors, err := client.Backfill(ctx, memberServer, ourServer, room.id, 100, []string{m1})
+	require.NoError(t, err)
+	var ancestorIDs, missingIDs []string
+	for _, raw := range ancestors.PDUs {
+		ev, err := gomatrixserverlib.MustGetRoomVersion(version).NewEventFromUntrustedJSON(raw)
+		require.NoError(t, err)
+		ancestorIDs = append(ancestorIDs, ev.EventID())
+	}
+	for _, ev := range missing.Events.UntrustedEvents(version) {
+		missingIDs = append(missingIDs, ev.EventID())
+	}
+	require.Len(t, missingIDs, 2, "every event parses under the room version")
+	require.NotContains(t, missingIDs, m1)
+	require.Subset(t, ancestorIDs, missingIDs)
 }
