@@ -14,3 +14,6 @@ func WalkBackfillForBenchmark(ctx context.Context, store EventStore, roomID stri
 	result, err := WalkBackfill(ctx, store, dag.BackfillRequest{RoomID: roomID, From: from, Limit: limit})
 	return result.Events, err
 }
+
+// StateBatchForTest is how many events /state reads at a time.
+const StateBatchForTest = stateBatch
