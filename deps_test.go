@@ -1,6 +1,7 @@
 package fedhistory_test
 
 import (
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -50,6 +51,39 @@ func TestCoreImportsNoObservabilityStack(t *testing.T) {
 		}
 		if !slices.Contains(strings.Fields(string(out)), dep) {
 			t.Errorf("go list -deps %s does not list %s", adapter, dep)
+		}
+	}
+}
+
+// TestModuleRequiresNoTestClients: the load test's vegeta and the interop
+// tests' mautrix-go live in the interop module, so a homeserver that
+// requires fedhistory never downloads or builds them. GOWORK=off makes
+// "go list -m all" report this module's own graph, as a user's build sees
+// it, rather than the workspace's union with interop.
+func TestModuleRequiresNoTestClients(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("the go command is not on PATH")
+	}
+	list := exec.Command(goTool, "list", "-m", "all")
+	list.Env = append(os.Environ(), "GOWORK=off")
+	out, err := list.Output()
+	if err != nil {
+		var stderr string
+		if exit, ok := err.(*exec.ExitError); ok {
+			stderr = string(exit.Stderr)
+		}
+		t.Fatalf("go list -m all: %v\n%s", err, stderr)
+	}
+	modules := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if !slices.ContainsFunc(modules, func(line string) bool { return strings.HasPrefix(line, "github.com/stretchr/testify ") }) {
+		t.Fatalf("go list -m all does not list testify, which the tests use: %q", out)
+	}
+	for _, module := range modules {
+		for _, forbidden := range []string{"github.com/tsenart/vegeta", "maunium.net/go/mautrix", "go.mau.fi/"} {
+			if strings.HasPrefix(module, forbidden) {
+				t.Errorf("the root module's graph holds %s; it belongs in interop/go.mod", module)
+			}
 		}
 	}
 }

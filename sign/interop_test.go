@@ -10,9 +10,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/stretchr/testify/require"
-	"go.mau.fi/util/exhttp"
-	"maunium.net/go/mautrix/federation"
-	"maunium.net/go/mautrix/id"
 )
 
 // fclientVerify checks r with gomatrixserverlib's own request verifier and
@@ -71,56 +68,6 @@ func TestGomatrixserverlibSignedRequestsVerify(t *testing.T) {
 			require.Equal(t, string(fedReq.Content()), string(next.body))
 		})
 	}
-}
-
-// loopbackTransport sends mautrix's matrix-federation:// requests to srv.
-type loopbackTransport struct{ base *url.URL }
-
-func (t loopbackTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	out := r.Clone(r.Context())
-	out.URL.Scheme, out.URL.Host = t.base.Scheme, t.base.Host
-	return http.DefaultTransport.RoundTrip(out)
-}
-
-func TestMautrixSignedRequestsVerify(t *testing.T) {
-	theirKey := federation.GenerateSigningKey()
-	k := &SigningKey{ID: string(theirKey.ID), Private: theirKey.Priv}
-	v := staticVerifier(t, k)
-	next := &recordingHandler{}
-	srv := protectedServer(t, v, next)
-	base, err := url.Parse(srv.URL)
-	require.NoError(t, err)
-
-	client := federation.NewClient(remoteName, theirKey, nil, exhttp.ClientSettings{})
-	client.HTTP = &http.Client{Transport: loopbackTransport{base: base}}
-
-	_, err = client.Backfill(t.Context(), &federation.ReqBackfill{
-		ServerName:   ourName,
-		RoomID:       "!room:example.org",
-		Limit:        10,
-		BackfillFrom: []id.EventID{"$event:example.org", "$other/event+x:example.org"},
-	})
-	require.NoError(t, err)
-	require.Equal(t, remoteName, next.origin)
-
-	// mautrix sends its POST bodies without a Content-Type header.
-	_, err = client.GetMissingEvents(t.Context(), &federation.ReqGetMissingEvents{
-		ServerName:     ourName,
-		RoomID:         "!room:example.org",
-		EarliestEvents: []id.EventID{"$a:example.org"},
-		LatestEvents:   []id.EventID{"$b:example.org"},
-		Limit:          10,
-	})
-	require.NoError(t, err)
-	require.JSONEq(t, `{"earliest_events":["$a:example.org"],"latest_events":["$b:example.org"],"limit":10}`, string(next.body))
-	require.EqualValues(t, 2, next.calls.Load())
-
-	// And a request mautrix signs with a key we do not know is refused.
-	stranger := federation.NewClient(remoteName, federation.GenerateSigningKey(), nil, exhttp.ClientSettings{})
-	stranger.HTTP = client.HTTP
-	_, err = stranger.Backfill(t.Context(), &federation.ReqBackfill{ServerName: ourName, RoomID: "!room:example.org", Limit: 1})
-	require.ErrorContains(t, err, "M_UNAUTHORIZED")
-	require.EqualValues(t, 2, next.calls.Load())
 }
 
 func TestOurSignerVerifiesThroughRealHTTP(t *testing.T) {

@@ -1,7 +1,8 @@
 // Package loadtest holds the load test of "fedhistory serve", which only
-// builds with the "load" tag:
+// builds with the "load" tag (run from the repository root, whose go.work
+// joins the interop module to fedhistory's):
 //
-//	go test -tags load -run TestLoad -v ./loadtest/
+//	go test -tags load -run TestLoad -v ./interop/loadtest/
 //
 // It builds the fedhistory command, generates a room dump with it, starts
 // "fedhistory serve --debug-addr" on loopback, and drives it with vegeta
