@@ -184,8 +184,27 @@ func (d *driver) send(ctx context.Context, kind requestKind, method, uri string,
 		var matrixError struct{ Error string }
 		_ = json.Unmarshal(answer, &matrixError)
 		o.message = matrixError.Error
+		if resp.StatusCode == http.StatusTooManyRequests {
+			o.class += " (" + limitOf(o.message) + ")"
+		}
 	}
 	return d.record(o)
+}
+
+// limitOf names the limit behind a 429 from its message: the report
+// must tell an origin's own queue from the server-wide cap and from the
+// verifier's bounds on requests waiting for key fetches.
+func limitOf(message string) string {
+	switch {
+	case strings.Contains(message, "too many concurrent requests from"):
+		return "origin queue"
+	case strings.Contains(message, "server is busy"):
+		return "in flight"
+	case strings.Contains(message, "waiting for key fetches"):
+		return "key fetches"
+	default:
+		return "other"
+	}
 }
 
 // classify names an answer's class and says what is invalid about it.
