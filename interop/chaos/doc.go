@@ -19,6 +19,7 @@
 // came back to the baseline, and that the database is unchanged.
 //
 // With -short the faults are held for less time (the pause still outlasts
-// the request timeout): about four minutes in all. FEDHISTORY_CHAOS_REPORT
+// the request timeout): about three minutes in all, against four and a
+// half for the full run. FEDHISTORY_CHAOS_REPORT
 // names a file to write the timeline table to; TESTING.md records a run.
 package chaos

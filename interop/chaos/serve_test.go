@@ -28,13 +28,12 @@ func buildCommand(t *testing.T, dir string) string {
 	return binary
 }
 
-func run(t *testing.T, dir, binary string, args ...string) string {
+func run(t *testing.T, dir, binary string, args ...string) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "fedhistory %v: %s", args, out)
-	return string(out)
 }
 
 // server is a running "fedhistory serve".
