@@ -205,6 +205,13 @@ func TestChaos(t *testing.T) {
 		s.sigtermUnderLoad()
 	}
 
+	if keep := os.Getenv("FEDHISTORY_CHAOS_LOGS"); keep != "" {
+		for _, path := range []string{s.srv.logPath, pg.logPath} {
+			data, err := os.ReadFile(path)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(filepath.Join(keep, filepath.Base(path)), data, 0o644))
+		}
+	}
 	report := s.report()
 	t.Log("\n" + report)
 	if path := os.Getenv("FEDHISTORY_CHAOS_REPORT"); path != "" {

@@ -20,6 +20,7 @@
 //
 // With -short the faults are held for less time (the pause still outlasts
 // the request timeout): about three minutes in all, against four and a
-// half for the full run. FEDHISTORY_CHAOS_REPORT
-// names a file to write the timeline table to; TESTING.md records a run.
+// half for the full run. FEDHISTORY_CHAOS_REPORT names a file to write the
+// timeline table to, and FEDHISTORY_CHAOS_LOGS a directory to copy serve's
+// and PostgreSQL's logs to; TESTING.md records a run.
 package chaos
