@@ -29,6 +29,9 @@ func (h *Handler) backfill(req *request, params []string) {
 		req.writeParamError(perr)
 		return
 	}
+	if !req.admit() {
+		return
+	}
 	// 3. Authorise: server ACL and "is the origin in the room now".
 	roomVersion, err := req.authorise(roomID)
 	if err != nil {

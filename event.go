@@ -27,6 +27,9 @@ func (h *Handler) event(req *request, params []string) {
 		req.writeParamError(perr)
 		return
 	}
+	if !req.admit() {
+		return
+	}
 	// 3. Look up the event, which names the room to authorise against.
 	ev, err := h.store.(EventLookupStore).EventByID(req.ctx, eventID)
 	switch {

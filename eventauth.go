@@ -30,6 +30,9 @@ func (h *Handler) eventAuth(req *request, params []string) {
 		req.writeParamError(perr)
 		return
 	}
+	if !req.admit() {
+		return
+	}
 	// 3. Authorise.
 	roomVersion, err := req.authorise(roomID)
 	if err != nil {

@@ -226,6 +226,42 @@ func TestPerOriginLimiter(t *testing.T) {
 	}
 }
 
+// TestMalformedRequestsAreAnswered400WhenTheOriginIsBusy: parsing comes
+// before the per-origin queue (the chaos suite saw a bad limit answered 429
+// or 503 under load), so a malformed request gets its 400 however many of
+// its origin's requests are running and queued, and takes no slot.
+func TestMalformedRequestsAreAnswered400WhenTheOriginIsBusy(t *testing.T) {
+	room := twoServerRoom(t)
+	store := load(t, room)
+	target := backfillURL(room.id, "3", room.ev(t, "m5"))
+	gated := newGatedStore(store, "CurrentState", memberServer)
+	h := newHandler(t, gated, func(cfg *fedhistory.Config) {
+		cfg.MaxConcurrentPerOrigin = 1
+		cfg.MaxQueuedPerOrigin = 1
+		cfg.RequestTimeout = time.Hour
+	})
+	results := make(chan response, 2)
+	for range 2 { // one running, one queued: the origin is full
+		go func() {
+			results <- serveRequest(h, historyRequest(t.Context(), http.MethodGet, target, memberServer, ""))
+		}()
+	}
+	<-gated.entered
+	for _, bad := range []struct{ method, target, body string }{
+		{http.MethodGet, fedhistory.Prefix + "/backfill/" + url.PathEscape(room.id) + "?v=" + url.QueryEscape(room.ev(t, "m5")) + "&limit=x", ""},
+		{http.MethodGet, fedhistory.Prefix + "/backfill/" + url.PathEscape(room.id) + "?limit=3", ""},
+		{http.MethodPost, fedhistory.Prefix + "/get_missing_events/" + url.PathEscape(room.id), `{"latest_events":"not a list"}`},
+	} {
+		resp := serveRequest(h, historyRequest(t.Context(), bad.method, bad.target, memberServer, bad.body))
+		require.Equal(t, http.StatusBadRequest, resp.status, "%s: body: %s", bad.target, resp.body)
+	}
+	close(gated.open)
+	for range 2 {
+		resp := <-results
+		require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	}
+}
+
 func TestInFlightCap(t *testing.T) {
 	room := twoServerRoom(t)
 	store := load(t, room)

@@ -120,9 +120,9 @@ func (req *request) finish() {
 }
 
 // authenticate is every endpoint's first step: it authenticates the
-// request (reading its body, bounded in size and time) and admits it past
-// the per-origin and handler-wide limits. When it returns false it has
-// answered.
+// request (reading its body, bounded in size and time) and records the
+// origin; admit, after parsing, takes the limits' slots. When it returns
+// false it has answered.
 func (req *request) authenticate() bool {
 	h, r := req.h, req.r
 	if r.Body != nil && r.Body != http.NoBody {
@@ -161,7 +161,17 @@ func (req *request) authenticate() bool {
 		return false
 	}
 	req.origin = origin
+	return true
+}
 
+// admit takes the origin's concurrency slot (queueing for it) and one of
+// the in-flight slots, held until the request ends, or answers 429 (or the
+// timeout, when the deadline passes in the queue). Endpoints call it once
+// the request has parsed, before the first store call: the slots protect
+// the store, and a malformed request is answered 400 however busy its
+// origin is.
+func (req *request) admit() bool {
+	h, origin := req.h, req.origin
 	release, queued, err := h.perOrigin.acquire(req.ctx, origin)
 	if queued {
 		req.limit("origin", "queued", "")

@@ -57,6 +57,9 @@ func (h *Handler) stateIDs(req *request, params []string) {
 		return
 	}
 	req.roomID = roomID
+	if !req.admit() {
+		return
+	}
 	// 3. Authorise: server ACL and "is the origin in the room now".
 	if _, err := req.authorise(roomID); err != nil {
 		req.fail(err)
@@ -87,6 +90,9 @@ func (h *Handler) state(req *request, params []string) {
 		return
 	}
 	req.roomID = roomID
+	if !req.admit() {
+		return
+	}
 	// 3. Authorise.
 	roomVersion, err := req.authorise(roomID)
 	if err != nil {

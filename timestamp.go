@@ -37,6 +37,9 @@ func (h *Handler) timestampToEvent(req *request, params []string) {
 		req.writeParamError(perr)
 		return
 	}
+	if !req.admit() {
+		return
+	}
 	// 3. Authorise.
 	if _, err := req.authorise(roomID); err != nil {
 		req.fail(err)
