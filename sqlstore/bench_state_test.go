@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
@@ -41,12 +42,13 @@ func requireIndexedPlan(b *testing.B, s *Store, query string, args ...any) {
 	for rows.Next() {
 		var line string
 		require.NoError(b, rows.Scan(&line))
-		plan = append(plan, line)
+		// Literal parameters (a state's IDs) can make a line huge.
+		plan = append(plan, line[:min(len(line), 160)])
 	}
 	require.NoError(b, rows.Err())
 	joined := strings.Join(plan, "\n")
 	for _, table := range []string{"events", "auth_edges", "state_groups", "state_group_entries", "rooms"} {
-		require.NotContains(b, joined, "Seq Scan on "+table+" ", "plan:\n%s", joined)
+		assert.NotContains(b, joined, "Seq Scan on "+table+" ", "plan:\n%s", joined)
 	}
 }
 
@@ -87,8 +89,8 @@ func BenchmarkSQLStateIDs(b *testing.B) {
 		state, err := s.StateBefore(ctx, g.RoomID(), newest)
 		require.NoError(b, err)
 		require.Greater(b, len(state), members-1)
-		requireIndexedPlan(b, s, stateBeforeQuery, g.RoomID(), newest)
-		requireIndexedPlan(b, s, authChainQuery, g.RoomID(), jsonList(state))
+		requireIndexedPlan(b, s, stateBeforeQueries[postgres], g.RoomID(), newest)
+		requireIndexedPlan(b, s, authChainQueries[postgres], g.RoomID(), jsonList(state))
 		b.Run("members="+strconv.Itoa(members), func(b *testing.B) {
 			before := s.Queries()
 			ids := 0

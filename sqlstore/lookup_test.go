@@ -63,8 +63,8 @@ func TestLookupPlansUseIndexes(t *testing.T) {
 		name, query string
 		args        []any
 	}{
-		{"AuthChain", authChainQuery, []any{"!r:hs1.example", `["$x"]`}},
-		{"StateBefore", stateBeforeQuery, []any{"!r:hs1.example", "$x"}},
+		{"AuthChain", authChainQueries[sqlite], []any{"!r:hs1.example", `["$x"]`}},
+		{"StateBefore", stateBeforeQueries[sqlite], []any{"!r:hs1.example", "$x"}},
 		{"EventByID", eventByIDQuery, []any{"$x"}},
 		{"EventAtTimestamp backward", timestampQueries[sqlite].atOrBefore, []any{"!r:hs1.example", int64(5)}},
 		{"EventAtTimestamp forward", timestampQueries[sqlite].atOrAfter, []any{"!r:hs1.example", int64(5)}},

@@ -4,17 +4,15 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 
 	"github.com/fedhistory/fedhistory"
 )
 
 // stateBeforeQuery reads an event's row (kind 0) and the entries of the
 // groups along its before-state's delta chain (kind 1), the latter only when
-// that state is known and servable. CROSS JOIN makes SQLite read the chain
-// first and search the entries by group (their primary key's prefix):
-// without statistics its planner would rather scan every entry of every
-// group and probe the chain (PostgreSQL plans it either way by its
-// statistics; to it CROSS JOIN with a WHERE is a plain join).
+// that state is known and servable. CHAIN_ENTRIES joins each group of the
+// chain with its entries (see stateBeforeQueries).
 const stateBeforeQuery = `
 WITH RECURSIVE target AS (
 	SELECT rejected, outlier, state_known, before_group FROM events WHERE room_id = $1 AND event_id = $2
@@ -29,8 +27,22 @@ WITH RECURSIVE target AS (
 SELECT 0, rejected, outlier, state_known, 0, NULL, NULL, NULL FROM target
 UNION ALL
 SELECT 1, FALSE, FALSE, FALSE, c.dist, e.event_type, e.state_key, e.event_id
-FROM chain c CROSS JOIN state_group_entries e
-WHERE e.group_id = c.group_id`
+FROM CHAIN_ENTRIES`
+
+// stateBeforeQueries are stateBeforeQuery for each dialect. Both must read
+// the chain first and search the entries by group (their primary key's
+// prefix), so that the cost follows the state, not the table, and both
+// planners need telling: SQLite, without statistics, would rather scan
+// every entry and probe the chain, so CROSS JOIN fixes its join order;
+// PostgreSQL underestimates a recursive CTE's rows and picks a hash join
+// over a sequential scan of all entries, so a LATERAL subquery that OFFSET 0
+// keeps from being flattened makes it search the index once per group.
+var stateBeforeQueries = [2]string{
+	sqlite: strings.Replace(stateBeforeQuery, "CHAIN_ENTRIES",
+		"chain c CROSS JOIN state_group_entries e\nWHERE e.group_id = c.group_id", 1),
+	postgres: strings.Replace(stateBeforeQuery, "CHAIN_ENTRIES",
+		"chain c CROSS JOIN LATERAL (\n\tSELECT event_type, state_key, event_id FROM state_group_entries\n\tWHERE group_id = c.group_id OFFSET 0\n) e", 1),
+}
 
 // StateBefore returns the IDs of the events of roomID's state just before
 // eventID, one per (type, state_key): the state group the store recorded as
@@ -43,7 +55,7 @@ func (s *Store) StateBefore(ctx context.Context, roomID, eventID string) ([]stri
 	if !s.storable(roomID) || !s.storable(eventID) {
 		return nil, fmt.Errorf("sqlstore: no event %q in room %q: %w", eventID, roomID, fedhistory.ErrEventNotFound)
 	}
-	rows, err := s.query(ctx, s.db, stateBeforeQuery, roomID, eventID)
+	rows, err := s.query(ctx, s.db, stateBeforeQueries[s.dialect], roomID, eventID)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading the state before %s: %w", eventID, err)
 	}
@@ -99,7 +111,8 @@ func (s *Store) StateBefore(ctx context.Context, roomID, eventID string) ([]stri
 }
 
 // authChainQuery walks auth_edges from the seeds $2 of room $1 (see
-// AuthChain).
+// AuthChain). CHAIN_STEP reads the links of the chain's events c to events
+// that are not rejected (see authChainQueries).
 const authChainQuery = `
 WITH RECURSIVE chain (event_id) AS (
 	SELECT a.auth_event_id
@@ -108,13 +121,31 @@ WITH RECURSIVE chain (event_id) AS (
 	JOIN events auth ON auth.event_id = a.auth_event_id
 	WHERE seed.room_id = $1 AND seed.event_id IN (IDS($2)) AND NOT seed.rejected AND NOT auth.rejected
 	UNION
-	SELECT a.auth_event_id
+	CHAIN_STEP
+)
+SELECT event_id FROM chain`
+
+// authChainQueries are authChainQuery for each dialect: each step must
+// search auth_edges and events by event_id for the events the walk has
+// just reached. SQLite does so with a plain join. PostgreSQL estimates a
+// recursive CTE's working table at a few rows per step whatever it holds,
+// and on a large table prefers a hash join over a sequential scan of all of
+// auth_edges, per step: a LATERAL subquery, which OFFSET 0 keeps from being
+// flattened, makes it look up each event's links by index instead.
+var authChainQueries = [2]string{
+	sqlite: strings.Replace(authChainQuery, "CHAIN_STEP", `SELECT a.auth_event_id
 	FROM chain c
 	JOIN auth_edges a ON a.event_id = c.event_id
 	JOIN events auth ON auth.event_id = a.auth_event_id
-	WHERE NOT auth.rejected
-)
-SELECT event_id FROM chain`
+	WHERE NOT auth.rejected`, 1),
+	postgres: strings.Replace(authChainQuery, "CHAIN_STEP", `SELECT links.auth_event_id
+	FROM chain c CROSS JOIN LATERAL (
+		SELECT a.auth_event_id
+		FROM auth_edges a JOIN events auth ON auth.event_id = a.auth_event_id
+		WHERE a.event_id = c.event_id AND NOT auth.rejected
+		OFFSET 0
+	) links`, 1),
+}
 
 // AuthChain returns the IDs of the events reachable from eventIDs through
 // one or more auth links, without duplicates, in one recursive statement
@@ -135,7 +166,7 @@ func (s *Store) AuthChain(ctx context.Context, roomID string, eventIDs []string)
 	if len(eventIDs) == 0 || !s.storable(roomID) {
 		return nil, nil
 	}
-	rows, err := s.query(ctx, s.db, authChainQuery, roomID, s.idList(eventIDs))
+	rows, err := s.query(ctx, s.db, authChainQueries[s.dialect], roomID, s.idList(eventIDs))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading the auth chain of %d events: %w", len(eventIDs), err)
 	}
