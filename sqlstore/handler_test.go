@@ -1,132 +1,196 @@
 package sqlstore
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
-	"github.com/fedhistory/fedhistory/memstore"
+	"github.com/fedhistory/fedhistory/internal/redact"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
-// testOriginHeader names the requesting server for handlerOver's
-// authenticator, which trusts it: signatures are the root package's concern.
+// The security issue's repros (#12) through the real handler over a
+// sqlstore, as the root package's TestAppliedRedactionsAreServedRedacted and
+// TestStateAfterAGapIsNeverInvented check them over memstore.
+
+// testOriginHeader names the requesting server: these tests exercise the
+// store behind the handler, not the signatures, so they trust it.
 const testOriginHeader = "X-Test-Origin"
 
-// handlerOver is a fedhistory handler over store with a fixed clock, so that
-// two handlers' answers can be compared byte for byte.
-func handlerOver(t *testing.T, store fedhistory.EventStore) *fedhistory.Handler {
+// requestingServer has a joined user in the test rooms.
+const requestingServer = "hs2.example"
+
+func newTestHandler(t *testing.T, store fedhistory.EventStore) http.Handler {
 	t.Helper()
 	h, err := fedhistory.New(fedhistory.Config{
 		ServerName: "hs1.example",
 		Store:      store,
 		Authenticator: fedhistory.AuthenticatorFunc(func(r *http.Request) (string, error) {
-			if origin := r.Header.Get(testOriginHeader); origin != "" {
-				return origin, nil
-			}
-			return "", errors.New("no test origin")
+			return r.Header.Get(testOriginHeader), nil
 		}),
 		Logger: slog.New(slog.DiscardHandler),
-		Now:    func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) },
 	})
 	require.NoError(t, err)
 	return h
 }
 
-// answer is a handler's status and body, the body's unordered lists (the
-// contract lets a store return state and auth chains in any order) sorted.
-func answer(t *testing.T, h http.Handler, target, origin string) string {
-	t.Helper()
-	req := httptest.NewRequest(http.MethodGet, target, nil)
+// serve runs one request as origin and returns the status and body.
+func serve(h http.Handler, method, target, origin, body string) (int, []byte) {
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
 	req.Header.Set(testOriginHeader, origin)
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
-	body := rec.Body.Bytes()
-	var fields map[string]json.RawMessage
-	if json.Unmarshal(body, &fields) == nil {
-		for _, key := range []string{"pdu_ids", "auth_chain_ids", "pdus", "auth_chain"} {
-			var list []json.RawMessage
-			if raw, ok := fields[key]; ok && json.Unmarshal(raw, &list) == nil {
-				slices.SortFunc(list, func(a, b json.RawMessage) int { return bytes.Compare(a, b) })
-				sorted, err := json.Marshal(list)
-				require.NoError(t, err)
-				fields[key] = sorted
-			}
-		}
-		normalised, err := json.Marshal(fields)
-		require.NoError(t, err)
-		body = normalised
-	}
-	return fmt.Sprintf("%d %s", rec.Code, body)
+	return rec.Code, rec.Body.Bytes()
 }
 
-// TestHandlerSameAsMemstore serves the state, event and timestamp endpoints
-// from sqlstore and from memstore, the reference, holding the same rooms,
-// and requires the same answers: /state_ids, /state and /event_auth at
-// every event, /event for every event, and /timestamp_to_event around
-// every event's time, both ways.
-func TestHandlerSameAsMemstore(t *testing.T) {
-	// The generated rooms of every room version family: forks that need
-	// state resolution, rejected events, history visibility changes, a
-	// server ACL. (The scenario rooms end with an unknown current state,
-	// where every request is refused alike.)
-	rooms := testRooms(t)
-	forEachDialect(t, func(t *testing.T, s *Store) {
-		mem := memstore.New()
-		for _, room := range rooms {
-			addRoom(t, s, mem, room, nil)
-		}
-		for _, store := range []fedhistory.EventStore{s, mem} {
-			require.Implements(t, (*fedhistory.StateStore)(nil), store)
-			require.Implements(t, (*fedhistory.EventLookupStore)(nil), store)
-			require.Implements(t, (*fedhistory.TimestampStore)(nil), store)
-		}
-		sqlHandler, memHandler := handlerOver(t, s), handlerOver(t, mem)
-		for name, room := range rooms {
-			t.Run(name, func(t *testing.T) {
-				roomPath := url.PathEscape(room.ID)
-				var targets []string
-				for _, ev := range room.Events {
-					eventPath := url.PathEscape(ev.ID)
-					targets = append(targets,
-						fedhistory.Prefix+"/state_ids/"+roomPath+"?event_id="+url.QueryEscape(ev.ID),
-						fedhistory.Prefix+"/state/"+roomPath+"?event_id="+url.QueryEscape(ev.ID),
-						fedhistory.Prefix+"/event_auth/"+roomPath+"/"+eventPath,
-						fedhistory.Prefix+"/event/"+eventPath)
-					var fields struct {
-						OriginServerTS int64 `json:"origin_server_ts"`
-					}
-					require.NoError(t, json.Unmarshal(ev.JSON, &fields))
-					// Both ways at the event's time, and from either side of
-					// it towards it.
-					ts := fields.OriginServerTS
-					for _, q := range []string{fmt.Sprintf("ts=%d&dir=b", ts), fmt.Sprintf("ts=%d&dir=f", ts),
-						fmt.Sprintf("ts=%d&dir=b", ts+1), fmt.Sprintf("ts=%d&dir=f", ts-1)} {
-						targets = append(targets, fedhistory.Prefix+"/timestamp_to_event/"+roomPath+"?"+q)
-					}
+func backfillTarget(roomID, from string, limit int) string {
+	return "/_matrix/federation/v1/backfill/" + url.PathEscape(roomID) +
+		"?" + url.Values{"v": {from}, "limit": {strconv.Itoa(limit)}}.Encode()
+}
+
+// pdusOf decodes the PDU array under key of a transaction-like answer.
+func pdusOf(t *testing.T, body []byte, key string) []string {
+	t.Helper()
+	var answer map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(body, &answer), "body: %s", body)
+	var raws []json.RawMessage
+	require.NoError(t, json.Unmarshal(answer[key], &raws), "body: %s", body)
+	var pdus []string
+	for _, raw := range raws {
+		pdus = append(pdus, string(raw))
+	}
+	return pdus
+}
+
+func TestAppliedRedactionsAreServedRedacted(t *testing.T) {
+	for _, version := range []string{"3", "10", "11"} {
+		b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: version, ServerName: "hs1.example", Seed: 35})
+		require.NoError(t, err)
+		require.NoError(t, b.StandardSetup())
+		alice := b.Creator()
+		mustEvent := func(ev roomgen.Event, err error) roomgen.Event { t.Helper(); require.NoError(t, err); return ev }
+		mustEvent(b.Join("@bob:" + requestingServer))
+		secret := mustEvent(b.Message(alice, "my password is hunter2"))
+		redaction := mustEvent(b.Redact(alice, secret.ID))
+		m1 := mustEvent(b.Message(alice, "m1"))
+		want, err := redact.Event(version, secret.JSON)
+		require.NoError(t, err)
+
+		t.Run("room version "+version, func(t *testing.T) {
+			forEachDialect(t, func(t *testing.T, s *Store) {
+				for _, ev := range b.Events() {
+					_, err := s.Add(context.Background(), version, ev.JSON, fedhistory.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier})
+					require.NoError(t, err)
 				}
-				served := 0
-				for _, target := range targets {
-					want := answer(t, memHandler, target, "hs2.example")
-					require.Equal(t, want, answer(t, sqlHandler, target, "hs2.example"), "GET %s", target)
-					if want[:3] == "200" {
-						served++
-					}
+				h := newTestHandler(t, s)
+				status, body := serve(h, http.MethodGet, backfillTarget(b.RoomID(), m1.ID, 5), requestingServer, "")
+				require.Equal(t, http.StatusOK, status, "body: %s", body)
+				answers := map[string][]byte{"backfill": body}
+				status, body = serve(h, http.MethodPost,
+					"/_matrix/federation/v1/get_missing_events/"+url.PathEscape(b.RoomID()), requestingServer,
+					`{"earliest_events":[],"latest_events":["`+m1.ID+`"],"limit":5}`)
+				require.Equal(t, http.StatusOK, status, "body: %s", body)
+				answers["get_missing_events"] = body
+				for endpoint, body := range answers {
+					require.NotContains(t, string(body), "hunter2", endpoint)
+					key := map[string]string{"backfill": "pdus", "get_missing_events": "events"}[endpoint]
+					pdus := pdusOf(t, body, key)
+					require.Contains(t, pdus, string(want), "%s serves the secret in its redacted form", endpoint)
+					require.Contains(t, pdus, string(redaction.JSON), "%s still serves the redaction itself", endpoint)
 				}
-				// Most requests are served: the comparison is of answers,
-				// not only of refusals.
-				require.Greater(t, served, len(targets)/2)
 			})
+		})
+	}
+}
+
+// TestStateAfterAGapIsNeverInvented: hs1 joins a room over federation. It
+// holds the room's state as outliers, then dave's join, whose prev_events it
+// does not hold, and a message after it. Without the state it learnt
+// (StateBefore) the state at and after the join is unknown, and the room
+// answers every origin as one it is not in; with it, the ACL (denying
+// hs3.example) and the history visibility hold.
+func TestStateAfterAGapIsNeverInvented(t *testing.T) {
+	b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: "10", ServerName: "hs1.example", Seed: 36})
+	require.NoError(t, err)
+	require.NoError(t, b.StandardSetup())
+	alice := b.Creator()
+	mustEvent := func(ev roomgen.Event, err error) roomgen.Event { t.Helper(); require.NoError(t, err); return ev }
+	mustEvent(b.HistoryVisibility(alice, "joined"))
+	mustEvent(b.State(alice, "m.room.server_acl", "", map[string]any{"allow": []string{"*"}, "deny": []string{"hs3.example"}}))
+	mustEvent(b.Join("@carol:hs3.example"))
+	mustEvent(b.Join("@bob:" + requestingServer))
+	mustEvent(b.Message(alice, "joined-only secret"))
+	// The room's state before dave's join, as send_join would return it.
+	var stateIDs []string
+	for _, key := range [][2]string{
+		{"m.room.create", ""}, {"m.room.member", alice}, {"m.room.power_levels", ""}, {"m.room.join_rules", ""},
+		{"m.room.history_visibility", ""}, {"m.room.server_acl", ""},
+		{"m.room.member", "@carol:hs3.example"}, {"m.room.member", "@bob:" + requestingServer},
+	} {
+		id, ok := b.StateEvent(key[0], key[1])
+		require.True(t, ok, "%v", key)
+		stateIDs = append(stateIDs, id)
+	}
+	var stateEvents []roomgen.Event
+	for _, ev := range b.Events() {
+		if slices.Contains(stateIDs, ev.ID) {
+			stateEvents = append(stateEvents, ev)
 		}
+	}
+	daveJoin := mustEvent(b.Join("@dave:hs5.example"))
+	after := mustEvent(b.Message(alice, "after dave joined"))
+
+	build := func(t *testing.T, s *Store, withState bool) {
+		ctx := context.Background()
+		for _, ev := range stateEvents {
+			_, err := s.Add(ctx, "10", ev.JSON, fedhistory.AddOptions{Outlier: true})
+			require.NoError(t, err)
+		}
+		opts := fedhistory.AddOptions{}
+		if withState {
+			opts.StateBefore = stateIDs
+		}
+		_, err := s.Add(ctx, "10", daveJoin.JSON, opts)
+		require.NoError(t, err)
+		_, err = s.Add(ctx, "10", after.JSON, fedhistory.AddOptions{})
+		require.NoError(t, err)
+	}
+	target := backfillTarget(b.RoomID(), after.ID, 5)
+
+	t.Run("without the state: nothing is authorised from an invented one", func(t *testing.T) {
+		forEachDialect(t, func(t *testing.T, s *Store) {
+			build(t, s, false)
+			vis, err := s.Visibility(context.Background(), b.RoomID(), requestingServer, []string{daveJoin.ID, after.ID})
+			require.NoError(t, err)
+			require.Equal(t, []fedhistory.EventVisibility{{}, {}}, vis, "the events after the gap have no known state")
+			_, err = s.CurrentState(context.Background(), b.RoomID(), requestingServer)
+			require.ErrorIs(t, err, fedhistory.ErrStateUnknown)
+			h := newTestHandler(t, s)
+			for _, origin := range []string{requestingServer, "hs3.example", "hs5.example"} {
+				status, body := serve(h, http.MethodGet, target, origin, "")
+				require.Equal(t, http.StatusForbidden, status, "%s: body %s", origin, body)
+			}
+		})
+	})
+	t.Run("with the state: the ACL and the visibility hold", func(t *testing.T) {
+		forEachDialect(t, func(t *testing.T, s *Store) {
+			build(t, s, true)
+			h := newTestHandler(t, s)
+			status, body := serve(h, http.MethodGet, target, "hs3.example", "")
+			require.Equal(t, http.StatusForbidden, status, "the ACL denies hs3: body %s", body)
+			status, body = serve(h, http.MethodGet, target, requestingServer, "")
+			require.Equal(t, http.StatusOK, status, "body: %s", body)
+			require.ElementsMatch(t, []string{string(daveJoin.JSON), string(after.JSON)}, pdusOf(t, body, "pdus"))
+		})
 	})
 }
