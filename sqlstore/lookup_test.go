@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 
@@ -95,4 +96,45 @@ func TestLookupPlansUseIndexes(t *testing.T) {
 			require.Contains(t, strings.Join(plan, "\n"), "USING", "%s uses no index:\n%s", tc.name, strings.Join(plan, "\n"))
 		})
 	}
+}
+
+// TestOneStatementPerCall counts the statements each read of the state,
+// event and timestamp capabilities runs, whatever the answer: one.
+func TestOneStatementPerCall(t *testing.T) {
+	room := testRooms(t)["generated v11"]
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		addRoom(t, s, nil, room, nil)
+		ctx := context.Background()
+		var ids []string
+		for _, ev := range room.Events {
+			ids = append(ids, ev.ID)
+		}
+		last := ids[len(ids)-1]
+		for _, tc := range []struct {
+			name string
+			call func() error
+		}{
+			{"StateBefore", func() error { _, err := s.StateBefore(ctx, room.ID, last); return err }},
+			{"StateBefore of an unknown event", func() error {
+				_, err := s.StateBefore(ctx, room.ID, "$unknown")
+				require.ErrorIs(t, err, fedhistory.ErrEventNotFound)
+				return nil
+			}},
+			{"AuthChain of every event", func() error { _, err := s.AuthChain(ctx, room.ID, ids); return err }},
+			{"EventByID", func() error { _, err := s.EventByID(ctx, last); return err }},
+			{"EventAtTimestamp backward", func() error {
+				_, err := s.EventAtTimestamp(ctx, room.ID, math.MaxInt64, fedhistory.Backward)
+				return err
+			}},
+			{"EventAtTimestamp of an unknown room", func() error {
+				_, err := s.EventAtTimestamp(ctx, "!unknown:hs1.example", 0, fedhistory.Forward)
+				require.ErrorIs(t, err, fedhistory.ErrRoomNotFound)
+				return nil
+			}},
+		} {
+			before := s.Queries()
+			require.NoError(t, tc.call(), tc.name)
+			require.Equal(t, int64(1), s.Queries()-before, tc.name)
+		}
+	})
 }
