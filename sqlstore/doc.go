@@ -1,8 +1,13 @@
 // Package sqlstore is a fedhistory.EventStore on database/sql, for SQLite
 // (modernc.org/sqlite, pure Go, no cgo) and PostgreSQL
-// (github.com/jackc/pgx/v5/stdlib). It also implements the optional
+// (github.com/jackc/pgx/v5/stdlib). It also implements every optional
+// capability, so a handler over it serves all seven endpoints:
 // fedhistory.ErasureStore, fedhistory.BackfillWalker and
-// fedhistory.MissingEventsWalker.
+// fedhistory.MissingEventsWalker; fedhistory.StateStore (StateBefore reads
+// the state group recorded before the event, AuthChain is one recursive
+// query over auth_edges), fedhistory.EventLookupStore and
+// fedhistory.TimestampStore (one statement each, the latter one descent of
+// the (room_id, origin_server_ts, depth, event_id) index).
 //
 // Its answers are memstore's, event for event (the tests compare the two
 // stores on the same rooms, and run the storetest conformance suite on both

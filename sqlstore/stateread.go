@@ -1,0 +1,186 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+
+	"github.com/fedhistory/fedhistory"
+)
+
+// stateBeforeQuery reads an event's row (kind 0) and the entries of the
+// groups along its before-state's delta chain (kind 1), the latter only when
+// that state is known and servable. CHAIN_ENTRIES joins each group of the
+// chain with its entries (see stateBeforeQueries).
+const stateBeforeQuery = `
+WITH RECURSIVE target AS (
+	SELECT rejected, outlier, state_known, before_group FROM events WHERE room_id = $1 AND event_id = $2
+), chain (group_id, dist) AS (
+	SELECT before_group, 0 FROM target
+	WHERE before_group IS NOT NULL AND state_known AND NOT rejected AND NOT outlier
+	UNION ALL
+	SELECT g.parent_id, c.dist + 1
+	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
+	WHERE g.parent_id IS NOT NULL
+)
+SELECT 0, rejected, outlier, state_known, 0, NULL, NULL, NULL FROM target
+UNION ALL
+SELECT 1, FALSE, FALSE, FALSE, c.dist, e.event_type, e.state_key, e.event_id
+FROM CHAIN_ENTRIES`
+
+// stateBeforeQueries are stateBeforeQuery for each dialect. Both must read
+// the chain first and search the entries by group (their primary key's
+// prefix), so that the cost follows the state, not the table, and both
+// planners need telling: SQLite, without statistics, would rather scan
+// every entry and probe the chain, so CROSS JOIN fixes its join order;
+// PostgreSQL underestimates a recursive CTE's rows and picks a hash join
+// over a sequential scan of all entries, so a LATERAL subquery that OFFSET 0
+// keeps from being flattened makes it search the index once per group.
+var stateBeforeQueries = [2]string{
+	sqlite: strings.Replace(stateBeforeQuery, "CHAIN_ENTRIES",
+		"chain c CROSS JOIN state_group_entries e\nWHERE e.group_id = c.group_id", 1),
+	postgres: strings.Replace(stateBeforeQuery, "CHAIN_ENTRIES",
+		"chain c CROSS JOIN LATERAL (\n\tSELECT event_type, state_key, event_id FROM state_group_entries\n\tWHERE group_id = c.group_id OFFSET 0\n) e", 1),
+}
+
+// StateBefore returns the IDs of the events of roomID's state just before
+// eventID, one per (type, state_key): the state group the store recorded as
+// the event's before-state when it was added, read in one statement (the
+// event's row, and the entries along its group's delta chain). It fails
+// with an error wrapping fedhistory.ErrEventNotFound when the store holds
+// no event eventID in roomID, or holds it rejected or as an outlier, and
+// with fedhistory.ErrStateUnknown when the state before it is unknown.
+func (s *Store) StateBefore(ctx context.Context, roomID, eventID string) ([]string, error) {
+	if !s.storable(roomID) || !s.storable(eventID) {
+		return nil, fmt.Errorf("sqlstore: no event %q in room %q: %w", eventID, roomID, fedhistory.ErrEventNotFound)
+	}
+	rows, err := s.query(ctx, s.db, stateBeforeQueries[s.dialect], roomID, eventID)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: reading the state before %s: %w", eventID, err)
+	}
+	var (
+		found, rejected, outlier, known bool
+		entries                         []groupEntry
+	)
+	err = func() error {
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				kind                                int
+				rowRejected, rowOutlier, rowKnown   bool
+				dist                                int
+				eventType, stateKeyText, entryEvent sql.NullString
+			)
+			if err := rows.Scan(&kind, &rowRejected, &rowOutlier, &rowKnown, &dist, &eventType, &stateKeyText, &entryEvent); err != nil {
+				return err
+			}
+			if kind == 0 {
+				found, rejected, outlier, known = true, rowRejected, rowOutlier, rowKnown
+				continue
+			}
+			entries = append(entries, groupEntry{
+				dist:    dist,
+				key:     stateKey{eventType: eventType.String, stateKey: stateKeyText.String},
+				eventID: entryEvent.String, removed: !entryEvent.Valid,
+			})
+		}
+		return rows.Err()
+	}()
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: reading the state before %s: %w", eventID, err)
+	}
+	switch {
+	case !found:
+		return nil, fmt.Errorf("sqlstore: no event %q in room %q: %w", eventID, roomID, fedhistory.ErrEventNotFound)
+	case rejected:
+		return nil, fmt.Errorf("sqlstore: event %s is rejected: %w", eventID, fedhistory.ErrEventNotFound)
+	case outlier:
+		return nil, fmt.Errorf("sqlstore: event %s is an outlier: %w", eventID, fedhistory.ErrEventNotFound)
+	case !known:
+		return nil, fmt.Errorf("sqlstore: state before %s: %w", eventID, fedhistory.ErrStateUnknown)
+	}
+	nearest := nearestEntries(entries)
+	ids := make([]string, 0, len(nearest))
+	for _, e := range nearest {
+		if !e.removed {
+			ids = append(ids, e.eventID)
+		}
+	}
+	return ids, nil
+}
+
+// authChainQuery walks auth_edges from the seeds $2 of room $1 (see
+// AuthChain). CHAIN_STEP reads the links of the chain's events c to events
+// that are not rejected (see authChainQueries).
+const authChainQuery = `
+WITH RECURSIVE chain (event_id) AS (
+	SELECT a.auth_event_id
+	FROM events seed
+	JOIN auth_edges a ON a.event_id = seed.event_id
+	JOIN events auth ON auth.event_id = a.auth_event_id
+	WHERE seed.room_id = $1 AND seed.event_id IN (IDS($2)) AND NOT seed.rejected AND NOT auth.rejected
+	UNION
+	CHAIN_STEP
+)
+SELECT event_id FROM chain`
+
+// authChainQueries are authChainQuery for each dialect: each step must
+// search auth_edges and events by event_id for the events the walk has
+// just reached. SQLite does so with a plain join. PostgreSQL estimates a
+// recursive CTE's working table at a few rows per step whatever it holds,
+// and on a large table prefers a hash join over a sequential scan of all of
+// auth_edges, per step: a LATERAL subquery, which OFFSET 0 keeps from being
+// flattened, makes it look up each event's links by index instead.
+var authChainQueries = [2]string{
+	sqlite: strings.Replace(authChainQuery, "CHAIN_STEP", `SELECT a.auth_event_id
+	FROM chain c
+	JOIN auth_edges a ON a.event_id = c.event_id
+	JOIN events auth ON auth.event_id = a.auth_event_id
+	WHERE NOT auth.rejected`, 1),
+	postgres: strings.Replace(authChainQuery, "CHAIN_STEP", `SELECT links.auth_event_id
+	FROM chain c CROSS JOIN LATERAL (
+		SELECT a.auth_event_id
+		FROM auth_edges a JOIN events auth ON auth.event_id = a.auth_event_id
+		WHERE a.event_id = c.event_id AND NOT auth.rejected
+		OFFSET 0
+	) links`, 1),
+}
+
+// AuthChain returns the IDs of the events reachable from eventIDs through
+// one or more auth links, without duplicates, in one recursive statement
+// over auth_edges. Add records there exactly the links the contract counts
+// (an event's auth events held in its room when it was added, in room
+// version 12 the create event among them), so the walk needs no room
+// filter past the seeds. Rejected events are neither returned nor walked
+// through, a rejected seed included; outliers are both. IDs the store does
+// not hold in roomID contribute nothing, and a seed is in the answer only
+// when the walk reaches it from another.
+//
+// UNION, not UNION ALL, makes the recursion terminate and visit each event
+// once: both databases discard a row the recursion has already produced.
+// Each step is an index lookup in auth_edges (its primary key starts with
+// event_id) and one in events (event_id is unique), so the cost is bounded
+// by the answer's size, not the room's history.
+func (s *Store) AuthChain(ctx context.Context, roomID string, eventIDs []string) ([]string, error) {
+	if len(eventIDs) == 0 || !s.storable(roomID) {
+		return nil, nil
+	}
+	rows, err := s.query(ctx, s.db, authChainQueries[s.dialect], roomID, s.idList(eventIDs))
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: reading the auth chain of %d events: %w", len(eventIDs), err)
+	}
+	defer rows.Close()
+	var chain []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("sqlstore: reading an auth chain: %w", err)
+		}
+		chain = append(chain, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlstore: reading an auth chain: %w", err)
+	}
+	return chain, nil
+}
