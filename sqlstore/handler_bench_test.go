@@ -348,4 +348,3 @@ func answerPDUs(b *testing.B, rec *httptest.ResponseRecorder, key string) []json
 	require.NoError(b, json.Unmarshal(answer[key], &pdus))
 	return pdus
 }
-
