@@ -140,7 +140,7 @@ func handlerFixture(b *testing.B, dialect string, n int) *benchFixture {
 // PostgreSQL schema, both named by a hash of the generator's parameters and
 // the schema version. A database whose build did not finish has no
 // bench_room row and is rebuilt.
-func benchDatabase(b *testing.B, dialect string, opts synthroom.Options, n int) (*Store, benchRoomInfo) {
+func benchDatabase(b testing.TB, dialect string, opts synthroom.Options, n int) (*Store, benchRoomInfo) {
 	b.Helper()
 	params, err := json.Marshal(struct {
 		Options synthroom.Options
@@ -198,7 +198,7 @@ func benchDatabase(b *testing.B, dialect string, opts synthroom.Options, n int) 
 }
 
 // openBenchStore opens (migrating) the benchmark database of dsn.
-func openBenchStore(b *testing.B, dsn string) *Store {
+func openBenchStore(b testing.TB, dsn string) *Store {
 	b.Helper()
 	s, err := Open(context.Background(), dsn)
 	require.NoError(b, err)
@@ -220,7 +220,7 @@ func builtRoom(ctx context.Context, s *Store) (benchRoomInfo, bool) {
 }
 
 // buildRoom adds the setup and n synthetic events in batches.
-func buildRoom(b *testing.B, s *Store, opts synthroom.Options, n int) benchRoomInfo {
+func buildRoom(b testing.TB, s *Store, opts synthroom.Options, n int) benchRoomInfo {
 	b.Helper()
 	ctx := context.Background()
 	g, err := synthroom.New(opts)

@@ -89,31 +89,8 @@ func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs 
 	if len(eventIDs) == 0 || !s.storable(roomID) {
 		return result, nil
 	}
-	rows, err := s.query(ctx, s.db, `
-WITH RECURSIVE targets AS (
-	SELECT event_id, before_group, after_group FROM events
-	WHERE room_id = $1 AND NOT outlier AND event_id IN (IDS($2))
-), roots (group_id) AS (
-	SELECT before_group FROM targets WHERE before_group IS NOT NULL
-	UNION
-	SELECT after_group FROM targets WHERE after_group IS NOT NULL
-), chain (root, group_id, dist) AS (
-	SELECT group_id, group_id, 0 FROM roots
-	UNION ALL
-	SELECT c.root, g.parent_id, c.dist + 1
-	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
-	WHERE g.parent_id IS NOT NULL
-)
-SELECT 0, t.event_id, t.before_group, t.after_group, NULL, NULL, NULL, NULL
-FROM targets t
-UNION ALL
-SELECT 1, e.state_key, c.root, c.dist, e.event_type, e.event_id, ev.membership, ev.history_visibility
-FROM chain c
-JOIN state_group_entries e ON e.group_id = c.group_id
-LEFT JOIN events ev ON ev.event_id = e.event_id
-WHERE (e.event_type = 'm.room.history_visibility' AND e.state_key = '')
-   OR (e.event_type = 'm.room.member' AND e.member_server = $3)`,
-		roomID, s.idList(eventIDs), s.serverParam(server))
+	rows, err := s.query(ctx, s.db, visibilitySQL[s.dialect],
+		roomID, s.idList(eventIDs), s.serverParam(server), maxDeltaChain, chainRowsBound(2*len(eventIDs)))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading visibility of %d events: %w", len(eventIDs), err)
 	}
@@ -128,24 +105,29 @@ WHERE (e.event_type = 'm.room.history_visibility' AND e.state_key = '')
 	)
 	for rows.Next() {
 		var (
-			kind                                       int
-			text                                       string
-			g1, g2                                     sql.NullInt64
-			eventType, eventID, membership, visibility sql.NullString
+			kind                      int
+			g1, g2                    sql.NullInt64
+			eventType, eventID, extra sql.NullString
+			text                      string
 		)
-		if err := rows.Scan(&kind, &text, &g1, &g2, &eventType, &eventID, &membership, &visibility); err != nil {
+		if err := rows.Scan(&kind, &g1, &g2, &eventType, &text, &eventID, &extra); err != nil {
 			return nil, fmt.Errorf("sqlstore: reading visibility: %w", err)
 		}
 		if kind == 0 {
 			targets = append(targets, target{id: text, before: g1.Int64, after: g2.Int64})
 			continue
 		}
-		entries = append(entries, groupEntry{
+		e := groupEntry{
 			root: g1.Int64, dist: int(g2.Int64),
 			key:     stateKey{eventType: eventType.String, stateKey: text},
 			eventID: eventID.String, removed: !eventID.Valid,
-			membership: membership.String, historyVisibility: visibility.String,
-		})
+		}
+		if e.key.eventType == typeHistoryVisibility {
+			e.historyVisibility = extra.String
+		} else {
+			e.membership = extra.String
+		}
+		entries = append(entries, e)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlstore: reading visibility: %w", err)
@@ -188,6 +170,104 @@ WHERE (e.event_type = 'm.room.history_visibility' AND e.state_key = '')
 	return result, nil
 }
 
+// The state queries read a group's entries along its delta chain. Written
+// as a plain recursive CTE joined to state_group_entries, PostgreSQL
+// misestimates the chain (by two orders of magnitude at 10^6 events: it
+// cannot know that a chain is at most maxDeltaChain+1 groups long), and
+// answers with hash joins over sequential scans of state_groups,
+// state_group_entries and events; an OR across two columns in the filter
+// also kept it off the (group_id, member_server) index. So each lookup is
+// an equality probe per chain row that the planner cannot turn into a
+// join: on PostgreSQL a LATERAL subquery with LIMIT or OFFSET (which it
+// never flattens), on SQLite (which has no LATERAL, and whose planner,
+// without statistics, probes the index of a plain join anyway) a plain
+// join; the events' fields are scalar subqueries. The chain is also
+// bounded, by depth (dist < maxDeltaChain, which newGroup guarantees) and
+// by a LIMIT on the materialised chain.
+
+// probe joins the rows of alias c to the rows of table that match where
+// (which names the table's alias and c's columns): at most one row (one)
+// or any number.
+func probe(d dialect, columns, table, alias, where string, one bool) string {
+	if d == sqlite {
+		return "JOIN " + table + " " + alias + " ON " + where
+	}
+	fence := "OFFSET 0"
+	if one {
+		fence = "LIMIT 1"
+	}
+	return "CROSS JOIN LATERAL (SELECT " + columns + " FROM " + table + " " + alias + " WHERE " + where + " " + fence + ") " + alias
+}
+
+// chainCTE is the recursive chain of groups from the roots CTE: (root,
+// group_id, dist) rows, bounded by $maxDist and $maxRows.
+func chainCTE(d dialect, maxDist, maxRows string) string {
+	return `chain (root, group_id, dist) AS (
+	SELECT group_id, group_id, 0 FROM roots
+	UNION ALL
+	SELECT c.root, g.parent_id, c.dist + 1
+	FROM chain c ` + probe(d, "g.parent_id", "state_groups", "g", "g.group_id = c.group_id", true) + `
+	WHERE g.parent_id IS NOT NULL AND c.dist < ` + maxDist + `
+), links AS (
+	SELECT root, group_id, dist FROM chain LIMIT ` + maxRows + `
+)`
+}
+
+// entryProbes reads, for every links row c, the entry of the state event
+// (eventType, "") and the m.room.member entries of server, in columns
+// (root, dist, event_type, state_key, event_id) preceded by lead and
+// followed by the extra expressions over the entry e.
+func entryProbes(d dialect, lead, eventType, server, stateExtra, memberExtra string) string {
+	columns := "e.event_type, e.state_key, e.event_id"
+	return `SELECT ` + lead + `c.root, c.dist, ` + columns + `, ` + stateExtra + `
+FROM links c ` + probe(d, columns, "state_group_entries", "e",
+		"e.group_id = c.group_id AND e.event_type = '"+eventType+"' AND e.state_key = ''", true) + `
+UNION ALL
+SELECT ` + lead + `c.root, c.dist, ` + columns + `, ` + memberExtra + `
+FROM links c ` + probe(d, columns, "state_group_entries", "e",
+		"e.group_id = c.group_id AND e.member_server = "+server+" AND e.event_type = 'm.room.member'", false)
+}
+
+// visibilitySQL and currentStateSQL are Visibility's and CurrentState's
+// statements per dialect.
+var (
+	visibilitySQL   [2]string
+	currentStateSQL [2]string
+)
+
+func init() {
+	for _, d := range []dialect{sqlite, postgres} {
+		visibilitySQL[d] = `
+WITH RECURSIVE targets AS (
+	SELECT event_id, before_group, after_group FROM events
+	WHERE room_id = $1 AND NOT outlier AND event_id IN (IDS($2))
+), roots (group_id) AS (
+	SELECT before_group FROM targets WHERE before_group IS NOT NULL
+	UNION
+	SELECT after_group FROM targets WHERE after_group IS NOT NULL
+), ` + chainCTE(d, "$4", "$5") + `
+SELECT 0, t.before_group, t.after_group, NULL, t.event_id, NULL, NULL
+FROM targets t
+UNION ALL
+` + entryProbes(d, "1, ", typeHistoryVisibility, "$3",
+			"(SELECT ev.history_visibility FROM events ev WHERE ev.event_id = e.event_id)",
+			"(SELECT ev.membership FROM events ev WHERE ev.event_id = e.event_id)")
+		currentStateSQL[d] = `
+WITH RECURSIVE roots (group_id) AS (
+	SELECT CAST($1 AS BIGINT)
+), ` + chainCTE(d, "$3", "$4") + `
+` + entryProbes(d, "", typeServerACL, "$2",
+			"NULL, (SELECT ev.json FROM events ev WHERE ev.event_id = e.event_id)",
+			"(SELECT ev.membership FROM events ev WHERE ev.event_id = e.event_id), NULL")
+	}
+}
+
+// chainRowsBound is the most chain rows the state queries can meet when
+// reading roots state groups: maxDeltaChain+1 per root.
+func chainRowsBound(roots int) int {
+	return max(roots, 1) * (maxDeltaChain + 1)
+}
+
 // serverParam is server as a query parameter: NULL, which equals nothing,
 // for a server name the database cannot hold (and so has no users of).
 func (s *Store) serverParam(server string) sql.NullString {
@@ -216,21 +296,8 @@ func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhi
 	if group == 0 {
 		return current, nil
 	}
-	rows, err := s.query(ctx, s.db, `
-WITH RECURSIVE chain (group_id, dist) AS (
-	SELECT CAST($1 AS BIGINT), 0
-	UNION ALL
-	SELECT g.parent_id, c.dist + 1
-	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
-	WHERE g.parent_id IS NOT NULL
-)
-SELECT c.dist, e.event_type, e.state_key, e.event_id, ev.membership,
-	CASE WHEN e.event_type = 'm.room.server_acl' THEN ev.json END
-FROM chain c
-JOIN state_group_entries e ON e.group_id = c.group_id
-LEFT JOIN events ev ON ev.event_id = e.event_id
-WHERE (e.event_type = 'm.room.server_acl' AND e.state_key = '')
-   OR (e.event_type = 'm.room.member' AND e.member_server = $2)`, group, s.serverParam(server))
+	rows, err := s.query(ctx, s.db, currentStateSQL[s.dialect],
+		group, s.serverParam(server), maxDeltaChain, chainRowsBound(1))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading current state of %s: %w", roomID, err)
 	}
@@ -242,7 +309,8 @@ WHERE (e.event_type = 'm.room.server_acl' AND e.state_key = '')
 				e                   groupEntry
 				eventID, membership sql.NullString
 			)
-			if err := rows.Scan(&e.dist, &e.key.eventType, &e.key.stateKey, &eventID, &membership, &e.content); err != nil {
+			var root int64
+			if err := rows.Scan(&root, &e.dist, &e.key.eventType, &e.key.stateKey, &eventID, &membership, &e.content); err != nil {
 				return err
 			}
 			e.root, e.eventID, e.removed, e.membership = group, eventID.String, !eventID.Valid, membership.String

@@ -59,6 +59,10 @@ type Store struct {
 	currentMu sync.Mutex
 	current   map[string]*resolvedCurrent
 
+	// observe, when set (by tests), sees every counted statement as the
+	// database receives it: the text after rebind and the arguments.
+	observe func(query string, args []any)
+
 	// walkRowLimit caps the rows of one walk candidate query (see walk.go);
 	// tests lower it to exercise the walks' fallback.
 	walkRowLimit int
@@ -195,17 +199,29 @@ type querier interface {
 // a transaction), after expanding the query's macros for the dialect.
 func (s *Store) query(ctx context.Context, q querier, query string, args ...any) (*sql.Rows, error) {
 	s.queries.Add(1)
-	return q.QueryContext(ctx, s.dialect.rebind(query), args...)
+	query = s.dialect.rebind(query)
+	if s.observe != nil {
+		s.observe(query, args)
+	}
+	return q.QueryContext(ctx, query, args...)
 }
 
 func (s *Store) queryRow(ctx context.Context, q querier, query string, args ...any) *sql.Row {
 	s.queries.Add(1)
-	return q.QueryRowContext(ctx, s.dialect.rebind(query), args...)
+	query = s.dialect.rebind(query)
+	if s.observe != nil {
+		s.observe(query, args)
+	}
+	return q.QueryRowContext(ctx, query, args...)
 }
 
 func (s *Store) exec(ctx context.Context, q querier, query string, args ...any) (sql.Result, error) {
 	s.queries.Add(1)
-	return q.ExecContext(ctx, s.dialect.rebind(query), args...)
+	query = s.dialect.rebind(query)
+	if s.observe != nil {
+		s.observe(query, args)
+	}
+	return q.ExecContext(ctx, query, args...)
 }
 
 // jsonList encodes ids as the JSON array that the IDS($n) macro expects.
