@@ -44,7 +44,7 @@ func TestConcurrentWritersAndReaders(t *testing.T) {
 				s := stores[i%len(stores)]
 				wg.Go(func() {
 					for _, ev := range room.Events {
-						if _, err := s.Add(ctx, room.Version, ev.JSON, AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier}); err != nil {
+						if _, err := s.Add(ctx, room.Version, ev.JSON, fedhistory.AddOptions{Rejected: ev.Rejected, Outlier: ev.Outlier}); err != nil {
 							errs <- err
 							return
 						}

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"github.com/fedhistory/fedhistory"
 	"testing"
 
 	"github.com/fedhistory/fedhistory/internal/roomgen"
@@ -31,12 +32,12 @@ func FuzzAdd(f *testing.F) {
 	f.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	for _, ev := range room.Events {
-		_, err := s.Add(ctx, room.Version, ev.JSON, AddOptions{})
+		_, err := s.Add(ctx, room.Version, ev.JSON, fedhistory.AddOptions{})
 		require.NoError(f, err)
 	}
 
 	f.Fuzz(func(t *testing.T, version string, pdu []byte) {
-		for _, opts := range []AddOptions{{}, {Rejected: true}, {Outlier: true}} {
+		for _, opts := range []fedhistory.AddOptions{{}, {Rejected: true}, {Outlier: true}} {
 			id, err := s.Add(ctx, version, pdu, opts)
 			if err != nil {
 				continue

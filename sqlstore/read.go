@@ -39,7 +39,8 @@ func (s *Store) Events(ctx context.Context, roomID string, ids []string) ([]*fed
 		return events, nil
 	}
 	rows, err := s.query(ctx, s.db, `
-SELECT event_id, room_id, depth, prev_events, event_type, state_key, sender, redacts, rejected, outlier, json
+SELECT event_id, room_id, depth, prev_events, event_type, state_key, sender, redacts, rejected, outlier, json,
+	origin_server_ts, redacted
 FROM events WHERE room_id = $1 AND event_id IN (IDS($2))`, roomID, s.idList(ids))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading %d events: %w", len(ids), err)
@@ -54,7 +55,7 @@ FROM events WHERE room_id = $1 AND event_id IN (IDS($2))`, roomID, s.idList(ids)
 			data     []byte
 		)
 		if err := rows.Scan(&ev.ID, &ev.RoomID, &ev.Depth, &prevs, &ev.Type, &stateKey, &ev.Sender, &ev.Redacts,
-			&ev.Rejected, &ev.Outlier, &data); err != nil {
+			&ev.Rejected, &ev.Outlier, &data, &ev.OriginServerTS, &ev.Redacted); err != nil {
 			return nil, fmt.Errorf("sqlstore: reading events: %w", err)
 		}
 		if err := json.Unmarshal([]byte(prevs), &ev.PrevEvents); err != nil {
@@ -78,8 +79,8 @@ FROM events WHERE room_id = $1 AND event_id IN (IDS($2))`, roomID, s.idList(ids)
 }
 
 // Visibility returns one answer per entry of eventIDs, in the same order;
-// an entry is Known when the store holds the event in roomID and it is no
-// outlier. One query reads the events' state groups and, along each group's delta
+// an entry is Known when the store holds the event in roomID and knows its
+// state (state_known, never true for an outlier). One query reads the events' state groups and, along each group's delta
 // chain, only the entries that matter: the history visibility and the
 // memberships of server's users (an index lookup on member_server).
 // Memberships maps may be shared between entries of the result; callers must
@@ -240,7 +241,7 @@ func init() {
 		visibilitySQL[d] = `
 WITH RECURSIVE targets AS (
 	SELECT event_id, before_group, after_group FROM events
-	WHERE room_id = $1 AND NOT outlier AND event_id IN (IDS($2))
+	WHERE room_id = $1 AND state_known AND event_id IN (IDS($2))
 ), roots (group_id) AS (
 	SELECT before_group FROM targets WHERE before_group IS NOT NULL
 	UNION
@@ -343,13 +344,14 @@ func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhi
 }
 
 // currentGroup returns the room's version and its current state group (0:
-// the empty state).
+// the empty state), or an error wrapping fedhistory.ErrRoomNotFound or
+// fedhistory.ErrStateUnknown.
 func (s *Store) currentGroup(ctx context.Context, roomID string) (string, int64, error) {
 	if !s.storable(roomID) {
 		return "", 0, fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
 	}
 	rows, err := s.query(ctx, s.db, `
-SELECT r.room_version, fe.event_id, ev.after_group
+SELECT r.room_version, fe.event_id, ev.after_group, ev.state_known
 FROM rooms r
 LEFT JOIN forward_extremities fe ON fe.room_id = r.room_id
 LEFT JOIN events ev ON ev.event_id = fe.event_id
@@ -362,6 +364,7 @@ WHERE r.room_id = $1`, roomID)
 		found       bool
 		extremities []string
 		groupOf     = make(map[string]int64)
+		unknownAt   string // an extremity whose state is unknown
 	)
 	err = func() error {
 		defer rows.Close()
@@ -369,11 +372,15 @@ WHERE r.room_id = $1`, roomID)
 			var (
 				id    sql.NullString
 				group sql.NullInt64
+				known sql.NullBool
 			)
-			if err := rows.Scan(&version, &id, &group); err != nil {
+			if err := rows.Scan(&version, &id, &group, &known); err != nil {
 				return err
 			}
 			found = true
+			if id.Valid && !known.Bool {
+				unknownAt = id.String
+			}
 			if id.Valid {
 				extremities = append(extremities, id.String)
 				groupOf[id.String] = group.Int64
@@ -387,6 +394,16 @@ WHERE r.room_id = $1`, roomID)
 	if !found {
 		return "", 0, fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
 	}
+	// Never invent state: the current state is unknown when any forward
+	// extremity's state is, or when there is none (only outliers or
+	// rejected events so far).
+	if unknownAt != "" {
+		return "", 0, fmt.Errorf("sqlstore: current state of %s: state after forward extremity %s: %w",
+			roomID, unknownAt, fedhistory.ErrStateUnknown)
+	}
+	if len(extremities) == 0 {
+		return "", 0, fmt.Errorf("sqlstore: current state of %s: no forward extremity: %w", roomID, fedhistory.ErrStateUnknown)
+	}
 	// Sorted, as memstore does, so that the result does not depend on the
 	// order the database returns rows in.
 	slices.Sort(extremities)
@@ -396,11 +413,7 @@ WHERE r.room_id = $1`, roomID)
 			groups = append(groups, g)
 		}
 	}
-	switch len(groups) {
-	case 0:
-		// Only outliers or rejected events so far.
-		return version, 0, nil
-	case 1:
+	if len(groups) == 1 {
 		return version, groups[0], nil
 	}
 

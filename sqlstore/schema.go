@@ -106,6 +106,63 @@ CREATE TABLE erased_users (
 	user_id TEXT PRIMARY KEY
 );
 `,
+	// 2: the round-two store contract (#12): timestamps, applied
+	// redactions, fail-closed state. upgradeToV2 fills in, for the rows of
+	// a version 1 database, what SQL alone cannot portably derive.
+	`
+-- origin_server_ts: the event's field, for Event.OriginServerTS and the
+-- timestamp lookup, whose index orders ties as the contract does.
+ALTER TABLE events ADD COLUMN origin_server_ts BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX events_room_timestamp ON events (room_id, origin_server_ts, depth, event_id);
+
+-- redacted: the store holds a redaction of the event that applies (see
+-- "Redactions" on fedhistory.EventStore).
+ALTER TABLE events ADD COLUMN redacted BOOLEAN NOT NULL DEFAULT FALSE;
+
+-- state_known: the store knows the state before (and so after) the event.
+-- When false, before_group and after_group are NULL and mean nothing; when
+-- true, NULL is the empty state, as in version 1.
+ALTER TABLE events ADD COLUMN state_known BOOLEAN NOT NULL DEFAULT FALSE;
+
+-- pending_redactions: redactions whose target the store did not hold when
+-- they were added, with whether their sender could redact others' events
+-- in the state before them (judged then, once). Rows go when the target
+-- arrives.
+CREATE TABLE pending_redactions (
+	target_id         TEXT NOT NULL,
+	redaction_id      TEXT NOT NULL,
+	sender_may_redact BOOLEAN NOT NULL,
+	PRIMARY KEY (target_id, redaction_id)
+);
+
+-- Version 1 took a missing or outlier prev_event for the empty state. Its
+-- derived states stay, but are no longer trusted where a gap lies upstream:
+-- the state is unknown for an outlier, for an event other than a create
+-- event with no prev_events or with one not held in its room or an
+-- outlier, and for every descendant of such an event.
+UPDATE events SET state_known = NOT outlier;
+UPDATE events SET state_known = FALSE
+WHERE NOT (event_type = 'm.room.create' AND state_key = '') AND event_id IN (
+	WITH RECURSIVE unknown (event_id) AS (
+		SELECT e.event_id FROM events e
+		WHERE NOT e.outlier AND NOT (e.event_type = 'm.room.create' AND e.state_key = '') AND (
+			NOT EXISTS (SELECT 1 FROM edges ed WHERE ed.event_id = e.event_id)
+			OR EXISTS (
+				SELECT 1 FROM edges ed LEFT JOIN events p ON p.event_id = ed.prev_event_id
+				WHERE ed.event_id = e.event_id AND (p.event_id IS NULL OR p.room_id <> e.room_id OR p.outlier)))
+		UNION
+		SELECT ed.event_id FROM unknown u JOIN edges ed ON ed.prev_event_id = u.event_id
+	)
+	SELECT event_id FROM unknown
+);
+`,
+}
+
+// upgrades are the steps of a migration that need Go (parsing stored JSON,
+// the redaction rules): upgrades[v] runs right after migration v's SQL, in
+// the same transaction.
+var upgrades = map[int]func(ctx context.Context, s *Store, tx *sql.Tx) error{
+	2: upgradeToV2,
 }
 
 // migrate brings the schema up to date inside one transaction. On
@@ -143,6 +200,11 @@ func (s *Store) migrate(ctx context.Context) error {
 	for v := version; v < len(migrations); v++ {
 		for _, stmt := range splitStatements(s.dialect.schema(migrations[v])) {
 			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("sqlstore: migration %d: %w", v+1, err)
+			}
+		}
+		if upgrade := upgrades[v+1]; upgrade != nil {
+			if err := upgrade(ctx, s, tx); err != nil {
 				return fmt.Errorf("sqlstore: migration %d: %w", v+1, err)
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/pdu"
 	"github.com/fedhistory/fedhistory/internal/stateres"
 	"github.com/matrix-org/gomatrixserverlib"
 )
@@ -214,7 +216,7 @@ type resolution struct {
 func (s *Store) resolveStates(ctx context.Context, q querier, version gomatrixserverlib.RoomVersion, groups []int64) (*resolution, error) {
 	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnsupportedRoomVersion, err)
+		return nil, fmt.Errorf("%w: %w", fedhistory.ErrUnsupportedRoomVersion, err)
 	}
 	states, err := s.loadStates(ctx, q, groups)
 	if err != nil {
@@ -230,16 +232,24 @@ func (s *Store) resolveStates(ctx context.Context, q querier, version gomatrixse
 	stateIDs = slices.Compact(stateIDs)
 
 	// Kind 0 rows are the events of the auth chains (the state events
-	// included), kind 1 rows their auth edges.
+	// included), kind 1 rows their auth edges. State resolution sees only
+	// the links between state events, as in memstore: auth_edges also holds
+	// links to non-state events, for the auth chain endpoint.
 	rows, err := s.query(ctx, q, `
 WITH RECURSIVE chain (event_id) AS (
 	IDS($1)
 	UNION
-	SELECT a.auth_event_id FROM chain c JOIN auth_edges a ON a.event_id = c.event_id
+	SELECT a.auth_event_id FROM chain c
+	JOIN auth_edges a ON a.event_id = c.event_id
+	JOIN events x ON x.event_id = a.auth_event_id
+	WHERE x.state_key IS NOT NULL
 )
 SELECT 0, e.event_id, e.rejected, e.json, NULL FROM chain c JOIN events e ON e.event_id = c.event_id
 UNION ALL
-SELECT 1, a.event_id, FALSE, NULL, a.auth_event_id FROM chain c JOIN auth_edges a ON a.event_id = c.event_id`,
+SELECT 1, a.event_id, FALSE, NULL, a.auth_event_id FROM chain c
+JOIN auth_edges a ON a.event_id = c.event_id
+JOIN events x ON x.event_id = a.auth_event_id
+WHERE x.state_key IS NOT NULL`,
 		jsonList(stateIDs))
 	if err != nil {
 		return nil, fmt.Errorf("loading auth chains: %w", err)
@@ -339,13 +349,150 @@ func (s *Store) storeResolved(ctx context.Context, q querier, roomID string, bas
 // for an ID that now names other bytes (room versions 1 and 2 take the ID
 // from the JSON).
 func (s *Store) parseStored(verImpl gomatrixserverlib.IRoomVersion, id string, data []byte) (gomatrixserverlib.PDU, error) {
-	if pdu, ok := s.pdus.get(id, data); ok {
-		return pdu, nil
+	if cached, ok := s.pdus.get(id, data); ok {
+		return cached, nil
 	}
-	pdu, err := parsePDU(verImpl, data)
+	parsed, err := pdu.Parse(string(verImpl.Version()), data)
 	if err != nil {
 		return nil, fmt.Errorf("stored event %s: %w", id, err)
 	}
-	s.pdus.put(id, data, pdu)
-	return pdu, nil
+	s.pdus.put(id, data, parsed.PDU)
+	return parsed.PDU, nil
+}
+
+// addedState is the state before and after an event being added.
+type addedState struct {
+	// known is false when the store does not know the state at the event
+	// (see "State" on fedhistory.EventStore); before and after are then 0
+	// and mean nothing.
+	known bool
+	// before and after are state groups, 0 the empty state.
+	before, after int64
+}
+
+// beforeColumn and afterColumn are the events table's before_group and
+// after_group: NULL for the empty state and for an unknown one, which
+// state_known tells apart.
+func (st addedState) beforeColumn() sql.NullInt64 {
+	return sql.NullInt64{Int64: st.before, Valid: st.known && st.before != 0}
+}
+
+func (st addedState) afterColumn() sql.NullInt64 {
+	return sql.NullInt64{Int64: st.after, Valid: st.known && st.after != 0}
+}
+
+// stateOnAdd works out the state before and after ev, following "State" on
+// fedhistory.EventStore exactly as memstore's setState does: known for a
+// create event, for an event given opts.StateBefore, and for an event all
+// of whose prev_events the store holds in the room, as non-outliers with a
+// known state; unknown otherwise. known holds what the store has of ev's
+// prev_events.
+func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, ev *newEvent, known map[string]knownEvent) (addedState, error) {
+	e := &ev.Event
+	var (
+		st  addedState
+		err error
+	)
+	switch {
+	case ev.opts.StateBefore != nil && e.Outlier:
+		return addedState{}, fmt.Errorf("%w: given for the outlier %s, whose state is unknown by definition",
+			fedhistory.ErrInvalidStateBefore, e.ID)
+	case ev.opts.StateBefore != nil:
+		st.before, err = s.givenStateGroup(ctx, tx, e.RoomID, ev.opts.StateBefore)
+		if err != nil {
+			return addedState{}, fmt.Errorf("sqlstore: state before %s: %w", e.ID, err)
+		}
+		st.known = true
+	case e.Outlier:
+		// Its place in the DAG, and so its state, is unknown.
+		return addedState{}, nil
+	case pdu.IsCreate(e):
+		st.known = true // the empty state
+	default:
+		st.before, st.known, err = s.derivedStateGroup(ctx, tx, ev, known)
+		if err != nil {
+			return addedState{}, fmt.Errorf("sqlstore: state before %s: %w", e.ID, err)
+		}
+	}
+	if !st.known {
+		return addedState{}, nil
+	}
+	st.after = st.before
+	if e.StateKey != nil && !e.Rejected {
+		id := e.ID
+		delta := map[stateKey]*string{{eventType: e.Type, stateKey: *e.StateKey}: &id}
+		if st.after, err = s.newGroup(ctx, tx, e.RoomID, st.before, delta); err != nil {
+			return addedState{}, fmt.Errorf("sqlstore: state after %s: %w", e.ID, err)
+		}
+	}
+	return st, nil
+}
+
+// derivedStateGroup is the state before ev from its prev_events: the state
+// after the single one, or the state resolution of the states after them.
+// It reports false when one of them is not held in the room, is an outlier
+// or has an unknown state, and when there are none: only a create event may
+// lack prev_events, and without any there is nothing to derive a state
+// from, so fail closed.
+func (s *Store) derivedStateGroup(ctx context.Context, tx *sql.Tx, ev *newEvent, known map[string]knownEvent) (int64, bool, error) {
+	e := &ev.Event
+	if len(e.PrevEvents) == 0 {
+		return 0, false, nil
+	}
+	var groups []int64
+	for _, id := range e.PrevEvents {
+		prev, ok := known[id]
+		if !ok || prev.event.RoomID != e.RoomID || prev.outlier || !prev.stateKnown {
+			return 0, false, nil
+		}
+		if !slices.Contains(groups, prev.afterGroup) {
+			groups = append(groups, prev.afterGroup)
+		}
+	}
+	if len(groups) == 1 {
+		return groups[0], true, nil
+	}
+	group, err := s.resolveGroups(ctx, tx, gomatrixserverlib.RoomVersion(ev.version), e.RoomID, groups)
+	if err != nil {
+		return 0, false, err
+	}
+	return group, true, nil
+}
+
+// givenStateGroup stores the state that AddOptions.StateBefore names as a
+// snapshot group (0 when it is empty), or fails with
+// fedhistory.ErrInvalidStateBefore: every ID must be a state event held in
+// roomID, outliers included, not rejected, at most one per (type,
+// state_key).
+func (s *Store) givenStateGroup(ctx context.Context, tx *sql.Tx, roomID string, ids []string) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	held, err := s.knownEvents(ctx, tx, ids)
+	if err != nil {
+		return 0, err
+	}
+	state := make(map[stateKey]*string, len(ids))
+	holder := make(map[stateKey]string, len(ids))
+	for _, id := range ids {
+		ev, ok := held[id]
+		switch {
+		case !ok:
+			return 0, fmt.Errorf("%w: the store holds no event %q", fedhistory.ErrInvalidStateBefore, id)
+		case ev.event.RoomID != roomID:
+			return 0, fmt.Errorf("%w: %s is an event of another room, %s", fedhistory.ErrInvalidStateBefore, id, ev.event.RoomID)
+		case ev.event.StateKey == nil:
+			return 0, fmt.Errorf("%w: %s is not a state event", fedhistory.ErrInvalidStateBefore, id)
+		case ev.event.Rejected:
+			return 0, fmt.Errorf("%w: %s is rejected", fedhistory.ErrInvalidStateBefore, id)
+		}
+		key := stateKey{eventType: ev.event.Type, stateKey: *ev.event.StateKey}
+		if other, dup := holder[key]; dup {
+			return 0, fmt.Errorf("%w: %s and %s are both the state %q %q",
+				fedhistory.ErrInvalidStateBefore, other, id, key.eventType, key.stateKey)
+		}
+		holder[key] = id
+		state[key] = &ev.event.ID
+	}
+	return s.newGroup(ctx, tx, roomID, 0, state)
 }

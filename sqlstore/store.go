@@ -22,21 +22,13 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 )
 
-// Errors returned by Open and Store.Add. They mirror memstore's, so that a
-// caller can treat both stores alike.
+// Errors returned by Open. Add returns the root package's errors
+// (fedhistory.ErrDuplicateEvent and the others), as memstore does.
 var (
 	// ErrUnsupportedDSN: the DSN names neither SQLite nor PostgreSQL.
 	ErrUnsupportedDSN = errors.New("sqlstore: unsupported DSN")
 	// ErrSchemaTooNew: the database was migrated by a newer build.
 	ErrSchemaTooNew = errors.New("sqlstore: database schema is newer than this build")
-	// ErrDuplicateEvent: the store already holds an event with this ID.
-	ErrDuplicateEvent = errors.New("sqlstore: duplicate event")
-	// ErrRoomVersionMismatch: the event's room already exists with another version.
-	ErrRoomVersionMismatch = errors.New("sqlstore: room version mismatch")
-	// ErrUnsupportedRoomVersion: the store only handles room versions 1 to 12.
-	ErrUnsupportedRoomVersion = errors.New("sqlstore: unsupported room version")
-	// ErrInvalidEvent: the PDU could not be parsed for its room version.
-	ErrInvalidEvent = errors.New("sqlstore: invalid event")
 )
 
 // Store is a fedhistory.EventStore on a SQL database. It is safe for

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 
 	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/dag"
@@ -34,17 +33,11 @@ const (
 	// maxWalkRows caps one candidate query's rows, whatever the limit the
 	// caller passes.
 	maxWalkRows = 100_000
-
-	// Bounds of canonical JSON integers (appendices, "Canonical JSON"):
-	// the dag walks never enter an event whose depth lies outside, so the
-	// query does not follow its edges either.
-	minCanonicalInt = -(1 << 53) + 1
-	maxCanonicalInt = 1<<53 - 1
-
-	// maxPrevEventsFollowed: the dag walks follow the first 20 prev_events
-	// of an event (see package dag).
-	maxPrevEventsFollowed = 20
 )
+
+// The candidate query follows exactly the edges the dag walks follow: it
+// uses the walks' own rules (dag.MaxPrevEvents, dag.MinCanonicalInt,
+// dag.MaxCanonicalInt, dag.VisitBudget) rather than copies of them.
 
 // WalkBackfill returns exactly what dag.Backfill returns over this store's
 // events for the same request (default visit budget), with the events' JSON,
@@ -55,11 +48,8 @@ func (s *Store) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedh
 	if limit <= 0 || !s.storable(roomID) {
 		return fedhistory.WalkResult{}, nil
 	}
-	budget := req.MaxVisits
-	if budget <= 0 {
-		budget = visitBudget(limit, len(dedupe(from)))
-	}
-	c := s.newCandidates(roomID, budget, nil, minCanonicalInt)
+	budget := dag.VisitBudget(req.MaxVisits, limit, len(dedupe(from)))
+	c := s.newCandidates(roomID, budget, nil, dag.MinCanonicalInt)
 	res, err := dag.Backfill(ctx, req, c.fetch)
 	if err != nil {
 		return fedhistory.WalkResult{}, fmt.Errorf("sqlstore: backfill of %s: %w", roomID, err)
@@ -87,11 +77,8 @@ func (s *Store) WalkMissingEvents(ctx context.Context, req dag.MissingEventsRequ
 			seeds++
 		}
 	}
-	budget := req.MaxVisits
-	if budget <= 0 {
-		budget = visitBudget(limit, seeds)
-	}
-	c := s.newCandidates(roomID, budget, earliest, max(minDepth, minCanonicalInt))
+	budget := dag.VisitBudget(req.MaxVisits, limit, seeds)
+	c := s.newCandidates(roomID, budget, earliest, max(minDepth, dag.MinCanonicalInt))
 	res, err := dag.MissingEvents(ctx, req, c.fetch)
 	if err != nil {
 		return fedhistory.WalkResult{}, fmt.Errorf("sqlstore: get_missing_events of %s: %w", roomID, err)
@@ -114,15 +101,6 @@ func (s *Store) walkResult(ctx context.Context, roomID string, ids []string) ([]
 		return nil, fmt.Errorf("sqlstore: %d of the %d events a walk of %s found have vanished", len(ids)-len(events), len(ids), roomID)
 	}
 	return events, nil
-}
-
-// visitBudget is package dag's default visit budget: 10*limit plus the
-// number of distinct seeds, saturating.
-func visitBudget(limit, seeds int) int {
-	if limit > (math.MaxInt-seeds)/10 {
-		return math.MaxInt
-	}
-	return 10*limit + seeds
 }
 
 // dedupe returns ids without repeats, keeping first occurrences in order.
@@ -223,7 +201,7 @@ WITH RECURSIVE walk (event_id, room_id, depth, prev_events, rejected, outlier) A
 	`+limitClause+`
 )
 SELECT event_id, room_id, depth, prev_events, rejected, outlier FROM walk LIMIT $7`,
-		c.s.idList(seeds), c.roomID, c.minDepth, int64(maxCanonicalInt), maxPrevEventsFollowed, c.earliest, rowLimit+1)
+		c.s.idList(seeds), c.roomID, c.minDepth, int64(dag.MaxCanonicalInt), dag.MaxPrevEvents, c.earliest, rowLimit+1)
 	if err != nil {
 		return fmt.Errorf("loading walk candidates: %w", err)
 	}

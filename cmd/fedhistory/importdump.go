@@ -63,7 +63,7 @@ or a failed add (an event already in the database, say) imports nothing.`); err 
 			pending = append(pending, sqlstore.Pending{
 				RoomVersion: rec.RoomVersion,
 				PDU:         rec.Event,
-				Options:     sqlstore.AddOptions{Rejected: rec.Rejected, Outlier: rec.Outlier},
+				Options:     rec.Options(),
 			})
 		}
 	}

@@ -1,0 +1,215 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/pdu"
+)
+
+// Redactions follow "Redactions" on fedhistory.EventStore with the rules of
+// package pdu (RedactionApplies, MayRedact), as memstore does. A redaction
+// is judged once: whether its sender may redact is decided with the state
+// before it when it is added, and whether it applies when both it and its
+// target are held. A redaction whose target is not held yet waits in
+// pending_redactions, with that decision, until the target arrives.
+
+// redactionEffects is what adding one event does to redactions.
+type redactionEffects struct {
+	s  *Store
+	ev *newEvent
+	// self: a redaction that arrived before ev applies to it.
+	self bool
+	// target is the held event that ev, a redaction, redacts.
+	target string
+	// waitFor is ev's target when the store does not hold it yet; ev then
+	// waits in pending_redactions with senderMayRedact.
+	waitFor         string
+	senderMayRedact bool
+}
+
+// redactionsOnAdd works out the redactions that adding ev applies, given the
+// state before it (st) and what the store holds of its target (known).
+func (s *Store) redactionsOnAdd(ctx context.Context, tx *sql.Tx, ev *newEvent, st addedState, known map[string]knownEvent) (redactionEffects, error) {
+	self, err := s.pendingRedactionsApply(ctx, tx, ev)
+	if err != nil {
+		return redactionEffects{}, err
+	}
+	effects, err := s.judgeRedaction(ctx, tx, ev, st, known)
+	effects.self = self
+	return effects, err
+}
+
+// judgeRedaction works out what ev does as a redaction: redact a held
+// target, wait for its target, or nothing.
+func (s *Store) judgeRedaction(ctx context.Context, q querier, ev *newEvent, st addedState, known map[string]knownEvent) (redactionEffects, error) {
+	effects := redactionEffects{s: s, ev: ev}
+	e := &ev.Event
+	// A redaction naming itself is no redaction of another event; the
+	// contract leaves the redaction event itself unaffected.
+	if e.Type != pdu.TypeRedaction || e.Redacts == "" || e.Redacts == e.ID || e.Rejected {
+		return effects, nil
+	}
+	may, err := s.senderMayRedact(ctx, q, ev, st)
+	if err != nil {
+		return redactionEffects{}, err
+	}
+	if target, ok := known[e.Redacts]; ok {
+		if pdu.RedactionApplies(ev.version, e, may, &target.event) {
+			effects.target = target.event.ID
+		}
+		return effects, nil
+	}
+	effects.waitFor, effects.senderMayRedact = e.Redacts, may
+	return effects, nil
+}
+
+// pendingRedactionsApply reports whether a redaction waiting for ev applies
+// to it, and takes the waiting redactions of ev off the table: they have
+// been judged.
+func (s *Store) pendingRedactionsApply(ctx context.Context, tx *sql.Tx, ev *newEvent) (bool, error) {
+	rows, err := s.query(ctx, tx, `
+SELECT r.event_id, r.room_id, r.event_type, r.sender, r.redacts, r.rejected, p.sender_may_redact
+FROM pending_redactions p JOIN events r ON r.event_id = p.redaction_id
+WHERE p.target_id = $1`, ev.Event.ID)
+	if err != nil {
+		return false, fmt.Errorf("sqlstore: reading redactions of %s: %w", ev.Event.ID, err)
+	}
+	applies, waiting := false, false
+	err = func() error {
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				redaction fedhistory.Event
+				may       bool
+			)
+			if err := rows.Scan(&redaction.ID, &redaction.RoomID, &redaction.Type, &redaction.Sender,
+				&redaction.Redacts, &redaction.Rejected, &may); err != nil {
+				return err
+			}
+			waiting = true
+			if pdu.RedactionApplies(ev.version, &redaction, may, &ev.Event) {
+				applies = true
+			}
+		}
+		return rows.Err()
+	}()
+	if err != nil {
+		return false, fmt.Errorf("sqlstore: reading redactions of %s: %w", ev.Event.ID, err)
+	}
+	if waiting {
+		if _, err := s.exec(ctx, tx, `DELETE FROM pending_redactions WHERE target_id = $1`, ev.Event.ID); err != nil {
+			return false, fmt.Errorf("sqlstore: settling redactions of %s: %w", ev.Event.ID, err)
+		}
+	}
+	return applies, nil
+}
+
+// apply marks the redacted target and files ev under its awaited target.
+// It runs once ev is inserted (pending_redactions refers to it).
+func (e redactionEffects) apply(ctx context.Context, tx querier) error {
+	if e.target != "" {
+		if _, err := e.s.exec(ctx, tx, `UPDATE events SET redacted = TRUE WHERE event_id = $1`, e.target); err != nil {
+			return fmt.Errorf("sqlstore: redacting %s: %w", e.target, err)
+		}
+	}
+	if e.waitFor != "" {
+		if _, err := e.s.exec(ctx, tx, `
+INSERT INTO pending_redactions (target_id, redaction_id, sender_may_redact) VALUES ($1, $2, $3)`,
+			e.waitFor, e.ev.Event.ID, e.senderMayRedact); err != nil {
+			return fmt.Errorf("sqlstore: filing redaction %s: %w", e.ev.Event.ID, err)
+		}
+	}
+	return nil
+}
+
+// senderMayRedact reports whether the sender of ev has the power level
+// "redact" in the state before ev: never when that state is unknown (the
+// contract), and irrelevant in room versions 1 and 2, where a redaction
+// that passed the auth rules always applies.
+func (s *Store) senderMayRedact(ctx context.Context, q querier, ev *newEvent, st addedState) (bool, error) {
+	if !st.known || st.before == 0 || ev.version == "1" || ev.version == "2" {
+		return false, nil
+	}
+	events, err := s.stateEvents(ctx, q, ev.version, st.before, []stateKey{
+		{eventType: pdu.TypeCreate}, {eventType: pdu.TypePowerLevels},
+	})
+	if err != nil {
+		return false, fmt.Errorf("sqlstore: power levels before %s: %w", ev.Event.ID, err)
+	}
+	create := events[stateKey{eventType: pdu.TypeCreate}]
+	if create == nil {
+		return false, nil
+	}
+	// A nil power_levels event: the state has none.
+	return pdu.MayRedact(ev.version, create, events[stateKey{eventType: pdu.TypePowerLevels}], ev.Event.Sender), nil
+}
+
+// stateEvents returns the parsed events that group's state holds under
+// keys (absent keys are left out), in one query along the group's delta
+// chain.
+func (s *Store) stateEvents(ctx context.Context, q querier, version string, group int64, keys []stateKey) (map[stateKey]gomatrixserverlib.PDU, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", fedhistory.ErrUnsupportedRoomVersion, err)
+	}
+	wanted := make(map[stateKey]bool, len(keys))
+	var types []string
+	for _, k := range keys {
+		wanted[k] = true
+		types = append(types, k.eventType)
+	}
+	rows, err := s.query(ctx, q, `
+WITH RECURSIVE chain (group_id, dist) AS (
+	SELECT CAST($1 AS BIGINT), 0
+	UNION ALL
+	SELECT g.parent_id, c.dist + 1
+	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
+	WHERE g.parent_id IS NOT NULL
+)
+SELECT c.dist, e.event_type, e.state_key, e.event_id, ev.json
+FROM chain c
+JOIN state_group_entries e ON e.group_id = c.group_id
+LEFT JOIN events ev ON ev.event_id = e.event_id
+WHERE e.event_type IN (IDS($2))`, group, jsonList(types))
+	if err != nil {
+		return nil, fmt.Errorf("reading state group %d: %w", group, err)
+	}
+	var entries []groupEntry
+	err = func() error {
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				e       groupEntry
+				eventID sql.NullString
+			)
+			if err := rows.Scan(&e.dist, &e.key.eventType, &e.key.stateKey, &eventID, &e.content); err != nil {
+				return err
+			}
+			e.root, e.eventID, e.removed = group, eventID.String, !eventID.Valid
+			if wanted[e.key] {
+				entries = append(entries, e)
+			}
+		}
+		return rows.Err()
+	}()
+	if err != nil {
+		return nil, fmt.Errorf("reading state group %d: %w", group, err)
+	}
+	events := make(map[stateKey]gomatrixserverlib.PDU, len(keys))
+	for _, e := range nearestEntries(entries) {
+		if e.removed {
+			continue
+		}
+		parsed, err := s.parseStored(verImpl, e.eventID, e.content)
+		if err != nil {
+			return nil, err
+		}
+		events[e.key] = parsed
+	}
+	return events, nil
+}
