@@ -200,7 +200,7 @@ func benchDatabase(b testing.TB, dialect string, opts synthroom.Options, n int) 
 // openBenchStore opens (migrating) the benchmark database of dsn.
 func openBenchStore(b testing.TB, dsn string) *Store {
 	b.Helper()
-	s, err := Open(context.Background(), dsn)
+	s, err := Open(context.Background(), dsn, Options{Migrate: true})
 	require.NoError(b, err)
 	return s
 }

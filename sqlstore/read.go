@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/fedhistory/fedhistory"
 	"github.com/matrix-org/gomatrixserverlib"
@@ -19,6 +21,11 @@ func (s *Store) RoomVersion(ctx context.Context, roomID string) (string, error) 
 	if !s.storable(roomID) {
 		return "", fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
 	}
+	// A room's version never changes once stored: cached for good (an
+	// unknown room is not cached, since it may be added).
+	if version, _, ok := s.roomVersions.get(roomID); ok {
+		return version, nil
+	}
 	var version string
 	err := s.queryRow(ctx, s.db, `SELECT room_version FROM rooms WHERE room_id = $1`, roomID).Scan(&version)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -27,6 +34,7 @@ func (s *Store) RoomVersion(ctx context.Context, roomID string) (string, error) 
 	if err != nil {
 		return "", fmt.Errorf("sqlstore: reading room %q: %w", roomID, err)
 	}
+	s.roomVersions.put(roomID, version, len(roomID)+len(version)+entryOverhead)
 	return version, nil
 }
 
@@ -297,6 +305,12 @@ func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhi
 	if group == 0 {
 		return current, nil
 	}
+	key := currentStateKey{group: group, server: server}
+	if s.staleAfter > 0 {
+		if cached, stored, ok := s.currentStates.get(key); ok && time.Since(stored) < s.staleAfter {
+			return cloneCurrentState(cached), nil
+		}
+	}
 	rows, err := s.query(ctx, s.db, currentStateSQL[s.dialect],
 		group, s.serverParam(server), maxDeltaChain, chainRowsBound(1))
 	if err != nil {
@@ -340,7 +354,27 @@ func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhi
 			current.Memberships[e.key.stateKey] = e.membership
 		}
 	}
+	if s.staleAfter > 0 {
+		size := len(server) + len(current.ServerACL) + entryOverhead
+		for user, membership := range current.Memberships {
+			size += len(user) + len(membership) + 16
+		}
+		s.currentStates.put(key, cloneCurrentState(current), size)
+	}
 	return current, nil
+}
+
+// currentStateKey keys CurrentState's cache: the current state group and
+// the server whose memberships were read.
+type currentStateKey struct {
+	group  int64
+	server string
+}
+
+// cloneCurrentState copies c, so that neither the cache nor a caller sees
+// the other's changes.
+func cloneCurrentState(c *fedhistory.CurrentState) *fedhistory.CurrentState {
+	return &fedhistory.CurrentState{ServerACL: slices.Clone(c.ServerACL), Memberships: maps.Clone(c.Memberships)}
 }
 
 // currentGroup returns the room's version and its current state group (0:
@@ -447,16 +481,32 @@ func (s *Store) EraseUser(ctx context.Context, userID string) error {
 	if _, err := s.exec(ctx, s.db, `INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING`, userID); err != nil {
 		return fmt.Errorf("sqlstore: erasing %s: %w", userID, err)
 	}
+	s.erased.put(userID, true, len(userID)+entryOverhead)
 	return nil
 }
 
-// ErasedUsers returns the subset of userIDs that EraseUser has erased.
+// ErasedUsers returns the subset of userIDs that EraseUser has erased. The
+// answers are cached for Options.StaleAfter: an erasure through this Store
+// shows at once, one through another process (or another Store) within
+// StaleAfter. One query reads the users without a fresh answer, if any.
 func (s *Store) ErasedUsers(ctx context.Context, userIDs []string) (map[string]bool, error) {
 	erased := make(map[string]bool)
-	if len(userIDs) == 0 {
+	var unknown []string
+	for _, id := range userIDs {
+		if s.staleAfter > 0 {
+			if isErased, stored, ok := s.erased.get(id); ok && time.Since(stored) < s.staleAfter {
+				if isErased {
+					erased[id] = true
+				}
+				continue
+			}
+		}
+		unknown = append(unknown, id)
+	}
+	if len(unknown) == 0 {
 		return erased, nil
 	}
-	rows, err := s.query(ctx, s.db, `SELECT user_id FROM erased_users WHERE user_id IN (IDS($1))`, s.idList(userIDs))
+	rows, err := s.query(ctx, s.db, `SELECT user_id FROM erased_users WHERE user_id IN (IDS($1))`, s.idList(unknown))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading erased users: %w", err)
 	}
@@ -470,6 +520,11 @@ func (s *Store) ErasedUsers(ctx context.Context, userIDs []string) (map[string]b
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlstore: reading erased users: %w", err)
+	}
+	if s.staleAfter > 0 {
+		for _, id := range unknown {
+			s.erased.put(id, erased[id], len(id)+entryOverhead)
+		}
 	}
 	return erased, nil
 }
