@@ -77,14 +77,19 @@ func handlerRoomOptions() synthroom.Options {
 	}
 }
 
-// handlerRoomSizes are the rooms of the handler benchmarks.
+// handlerRoomSizes are the rooms of the handler benchmarks: 10^4 and 10^6
+// events of the handler room, and TestQueryPlans' room, short but with
+// 10^4 members and about 10^6 state entries (its database is shared with
+// that test).
 var handlerRoomSizes = []struct {
 	name  string
+	opts  func() synthroom.Options
 	n     int
 	large bool
 }{
-	{"events=1e4", 10_000, false},
-	{"events=1e6", 1_000_000, true},
+	{"events=1e4", handlerRoomOptions, 10_000, false},
+	{"events=1e6", handlerRoomOptions, 1_000_000, true},
+	{"state=1e6", planRoomOptions, planRoomEvents, false},
 }
 
 // benchRoomInfo is what a benchmark needs to know of a built room.
@@ -108,15 +113,15 @@ var benchFixtures struct {
 
 // handlerFixture returns the fixture of the dialect and room size, built
 // (or opened from the cache) once per process.
-func handlerFixture(b *testing.B, dialect string, n int) *benchFixture {
+func handlerFixture(b *testing.B, dialect, name string, opts synthroom.Options, n int) *benchFixture {
 	b.Helper()
 	benchFixtures.mu.Lock()
 	defer benchFixtures.mu.Unlock()
-	key := dialect + "/" + strconv.Itoa(n)
+	key := dialect + "/" + name
 	if f, ok := benchFixtures.fixtures[key]; ok {
 		return f
 	}
-	s, room := benchDatabase(b, dialect, handlerRoomOptions(), n)
+	s, room := benchDatabase(b, dialect, opts, n)
 	origins, err := benchsign.New(benchDestination, handlerOrigins)
 	require.NoError(b, err)
 	handler, err := fedhistory.New(fedhistory.Config{
@@ -254,7 +259,7 @@ func eachHandlerRoom(b *testing.B, bench func(b *testing.B, f *benchFixture)) {
 					if size.large && os.Getenv(largeBenchEnv) != "1" {
 						b.Skip(largeBenchEnv + "=1 builds the 10^6-event rooms")
 					}
-					bench(b, handlerFixture(b, d, size.n))
+					bench(b, handlerFixture(b, d, size.name, size.opts(), size.n))
 				})
 			}
 		})
