@@ -112,23 +112,35 @@ func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs 
 		targets []target
 		entries []groupEntry
 	)
+	// The chain rows say which groups each root inherits from and at what
+	// distance; the entries come once per group, however many roots share
+	// it (consecutive events share most of their chains).
+	type link struct {
+		root, group int64
+		dist        int
+	}
+	var links []link
+	byGroup := make(map[int64][]groupEntry)
 	for rows.Next() {
 		var (
 			kind                      int
-			g1, g2                    sql.NullInt64
+			g1, g2, g3                sql.NullInt64
 			eventType, eventID, extra sql.NullString
-			text                      string
+			text                      sql.NullString
 		)
-		if err := rows.Scan(&kind, &g1, &g2, &eventType, &text, &eventID, &extra); err != nil {
+		if err := rows.Scan(&kind, &g1, &g2, &g3, &eventType, &text, &eventID, &extra); err != nil {
 			return nil, fmt.Errorf("sqlstore: reading visibility: %w", err)
 		}
-		if kind == 0 {
-			targets = append(targets, target{id: text, before: g1.Int64, after: g2.Int64})
+		switch kind {
+		case 0:
+			targets = append(targets, target{id: text.String, before: g1.Int64, after: g2.Int64})
+			continue
+		case 2:
+			links = append(links, link{root: g1.Int64, dist: int(g2.Int64), group: g3.Int64})
 			continue
 		}
 		e := groupEntry{
-			root: g1.Int64, dist: int(g2.Int64),
-			key:     stateKey{eventType: eventType.String, stateKey: text},
+			key:     stateKey{eventType: eventType.String, stateKey: text.String},
 			eventID: eventID.String, removed: !eventID.Valid,
 		}
 		if e.key.eventType == typeHistoryVisibility {
@@ -136,7 +148,13 @@ func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs 
 		} else {
 			e.membership = extra.String
 		}
-		entries = append(entries, e)
+		byGroup[g1.Int64] = append(byGroup[g1.Int64], e)
+	}
+	for _, l := range links {
+		for _, e := range byGroup[l.group] {
+			e.root, e.dist = l.root, l.dist
+			entries = append(entries, e)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlstore: reading visibility: %w", err)
@@ -222,18 +240,18 @@ func chainCTE(d dialect, maxDist, maxRows string) string {
 )`
 }
 
-// entryProbes reads, for every links row c, the entry of the state event
-// (eventType, "") and the m.room.member entries of server, in columns
-// (root, dist, event_type, state_key, event_id) preceded by lead and
-// followed by the extra expressions over the entry e.
-func entryProbes(d dialect, lead, eventType, server, stateExtra, memberExtra string) string {
+// entryProbes reads, for every row c of from (which has a group_id), the
+// entry of the state event (eventType, "") and the m.room.member entries of
+// server, in columns head (over c), then (event_type, state_key, event_id),
+// then the extra expressions over the entry e.
+func entryProbes(d dialect, head, from, eventType, server, stateExtra, memberExtra string) string {
 	columns := "e.event_type, e.state_key, e.event_id"
-	return `SELECT ` + lead + `c.root, c.dist, ` + columns + `, ` + stateExtra + `
-FROM links c ` + probe(d, columns, "state_group_entries", "e",
+	return `SELECT ` + head + columns + `, ` + stateExtra + `
+FROM ` + from + ` c ` + probe(d, columns, "state_group_entries", "e",
 		"e.group_id = c.group_id AND e.event_type = '"+eventType+"' AND e.state_key = ''", true) + `
 UNION ALL
-SELECT ` + lead + `c.root, c.dist, ` + columns + `, ` + memberExtra + `
-FROM links c ` + probe(d, columns, "state_group_entries", "e",
+SELECT ` + head + columns + `, ` + memberExtra + `
+FROM ` + from + ` c ` + probe(d, columns, "state_group_entries", "e",
 		"e.group_id = c.group_id AND e.member_server = "+server+" AND e.event_type = 'm.room.member'", false)
 }
 
@@ -254,18 +272,23 @@ WITH RECURSIVE targets AS (
 	SELECT before_group FROM targets WHERE before_group IS NOT NULL
 	UNION
 	SELECT after_group FROM targets WHERE after_group IS NOT NULL
-), ` + chainCTE(d, "$4", "$5") + `
-SELECT 0, t.before_group, t.after_group, NULL, t.event_id, NULL, NULL
+), ` + chainCTE(d, "$4", "$5") + `, groups AS (
+	SELECT DISTINCT group_id FROM links
+)
+SELECT 0, t.before_group, t.after_group, NULL, NULL, t.event_id, NULL, NULL
 FROM targets t
 UNION ALL
-` + entryProbes(d, "1, ", typeHistoryVisibility, "$3",
+SELECT 2, c.root, c.dist, c.group_id, NULL, NULL, NULL, NULL
+FROM links c
+UNION ALL
+` + entryProbes(d, "1, c.group_id, NULL, NULL, ", "groups", typeHistoryVisibility, "$3",
 			"(SELECT ev.history_visibility FROM events ev WHERE ev.event_id = e.event_id)",
 			"(SELECT ev.membership FROM events ev WHERE ev.event_id = e.event_id)")
 		currentStateSQL[d] = `
 WITH RECURSIVE roots (group_id) AS (
 	SELECT CAST($1 AS BIGINT)
 ), ` + chainCTE(d, "$3", "$4") + `
-` + entryProbes(d, "", typeServerACL, "$2",
+` + entryProbes(d, "c.root, c.dist, ", "links", typeServerACL, "$2",
 			"NULL, (SELECT ev.json FROM events ev WHERE ev.event_id = e.event_id)",
 			"(SELECT ev.membership FROM events ev WHERE ev.event_id = e.event_id), NULL")
 	}
