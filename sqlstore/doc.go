@@ -7,23 +7,27 @@
 // Its answers are memstore's, event for event (the tests compare the two
 // stores on the same rooms, and run the storetest conformance suite on both
 // dialects): Add takes events in topological order, parses them with
-// gomatrixserverlib for their room version, and works out the room state
+// package internal/pdu, as memstore does, and works out the room state
 // before and after every event, with the room version's state resolution
-// (package internal/stateres, which memstore uses too) where the
-// DAG merges.
+// (package internal/stateres, which memstore uses too) where the DAG
+// merges.
 //
 // # Schema
 //
 // Open applies the schema migrations (a schema_version table; see migrate).
-// events holds every PDU byte for byte with its metadata, indexed by
-// (room_id, event_id) and (room_id, depth); edges holds one row per
-// prev_event; auth_edges the auth events state resolution walks;
-// forward_extremities the current DAG heads.
+// events holds every PDU byte for byte with its metadata (origin_server_ts
+// included, indexed with room_id, depth and event_id for the timestamp
+// lookup), indexed by (room_id, event_id) and (room_id, depth); edges holds
+// one row per prev_event; auth_edges every event's links to the auth events
+// held in its room when it was added (state resolution follows those
+// between state events); forward_extremities the current DAG heads. A
+// version 1 database is upgraded in place (see upgradeToV2).
 //
 // Room state is stored as state groups: a group is a parent group plus the
 // (type, state_key) → event_id entries that differ from it. A state event's
 // after-state is a new group with one entry; a message shares the group of
-// the state before it. After maxDeltaChain deltas a group is stored as a
+// the state before it; a state given by AddOptions.StateBefore is a
+// snapshot group. After maxDeltaChain deltas a group is stored as a
 // snapshot instead, so that reading any group touches at most
 // maxDeltaChain+1 groups, in one recursive query. Entries of m.room.member
 // keep the user's server (port included) in an indexed column, so that the
@@ -31,6 +35,29 @@
 // ask for, are an equality filter. Visibility answers for a whole batch of
 // events, before and after each, in one query; CurrentState in two, or one
 // when its answer for the current state group and server is cached.
+//
+// # Unknown state
+//
+// The store never invents state ("State" on fedhistory.EventStore):
+// events.state_known is false for an outlier and for an event after a gap
+// (a prev_event not held in the room, an outlier prev_event, one whose own
+// state is unknown, or no prev_events at all, bar the create event) unless
+// AddOptions.StateBefore gave its state. Its before_group and after_group
+// are then NULL and mean nothing (for a known state NULL is the empty
+// state). Visibility answers such an event Known false, and CurrentState
+// answers fedhistory.ErrStateUnknown when any forward extremity's state is
+// unknown, or when the room has none.
+//
+// # Redactions
+//
+// events.redacted marks an event a held redaction applies to ("Redactions"
+// on fedhistory.EventStore, with package pdu's rules). A redaction is
+// judged once, when both it and its target are held: whether its sender
+// may redact others' events (pdu.MayRedact) is decided with the state
+// before it when it is added, and kept in pending_redactions, keyed by the
+// target's ID, while the target is not held; adding the target applies and
+// removes the waiting rows. Events and the walks' results carry the flag;
+// the handler serves a redacted event in its room version's redacted form.
 //
 // # Walks
 //

@@ -2,17 +2,21 @@ package sqlstore
 
 import (
 	"context"
-	"github.com/fedhistory/fedhistory"
+	"strings"
 	"testing"
 
-	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 )
 
 // FuzzAdd feeds arbitrary bytes to Add, on a store that already holds a
-// real room. Add must answer with an event ID or an error, never panic, and
-// an event it accepts must be served back byte for byte; the reads of its
-// room must not fail (CurrentState may, on state resolution over nonsense).
+// real room, with an arbitrary StateBefore (stateBefore: comma-separated
+// IDs, "-" for none). Add must answer with an event ID or an error, never
+// panic, and an event it accepts must be served back byte for byte, with a
+// known state when it was given one; the reads of its room must not fail
+// (CurrentState may, on state resolution over nonsense or unknown state).
 func FuzzAdd(f *testing.F) {
 	b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: "10"})
 	require.NoError(f, err)
@@ -20,12 +24,19 @@ func FuzzAdd(f *testing.F) {
 	_, err = b.Message(b.Creator(), "hello")
 	require.NoError(f, err)
 	room := b.Room()
-	for _, ev := range room.Events {
-		f.Add("10", []byte(ev.JSON))
+	var stateIDs []string
+	for _, ev := range room.Events[:len(room.Events)-1] {
+		stateIDs = append(stateIDs, ev.ID)
 	}
-	f.Add("1", []byte(`{"event_id":"$a:b","room_id":"!r:b","type":"m.room.member","state_key":"@x:y","sender":"@x:y","content":{"membership":7},"prev_events":[["$p:b",{}]],"auth_events":[],"depth":1}`))
-	f.Add("12", []byte(`{"type":"m.room.create","state_key":"","sender":"@a:b","content":{"additional_creators":"x"},"prev_events":[],"auth_events":[],"depth":1}`))
-	f.Add("11", []byte(`{"room_id":"!r:b","type":"m.room.redaction","sender":"@a:b","content":{"redacts":["x"]},"prev_events":[],"auth_events":[],"depth":1}`))
+	for _, ev := range room.Events {
+		f.Add("10", []byte(ev.JSON), "-")
+		f.Add("10", []byte(ev.JSON), strings.Join(stateIDs, ","))
+	}
+	f.Add("10", []byte(room.Events[len(room.Events)-1].JSON), "")
+	f.Add("10", []byte(room.Events[len(room.Events)-1].JSON), stateIDs[0]+","+stateIDs[0])
+	f.Add("1", []byte(`{"event_id":"$a:b","room_id":"!r:b","type":"m.room.member","state_key":"@x:y","sender":"@x:y","content":{"membership":7},"prev_events":[["$p:b",{}]],"auth_events":[],"depth":1}`), "-")
+	f.Add("12", []byte(`{"type":"m.room.create","state_key":"","sender":"@a:b","content":{"additional_creators":"x"},"prev_events":[],"auth_events":[],"depth":1}`), "-")
+	f.Add("11", []byte(`{"room_id":"!r:b","type":"m.room.redaction","sender":"@a:b","content":{"redacts":["x"]},"prev_events":[],"auth_events":[],"depth":1}`), "-")
 
 	s, err := Open(context.Background(), "sqlite::memory:")
 	require.NoError(f, err)
@@ -36,8 +47,15 @@ func FuzzAdd(f *testing.F) {
 		require.NoError(f, err)
 	}
 
-	f.Fuzz(func(t *testing.T, version string, pdu []byte) {
-		for _, opts := range []fedhistory.AddOptions{{}, {Rejected: true}, {Outlier: true}} {
+	f.Fuzz(func(t *testing.T, version string, pdu []byte, stateBefore string) {
+		var given []string
+		if stateBefore != "-" {
+			given = strings.Split(stateBefore, ",")
+			if stateBefore == "" {
+				given = []string{}
+			}
+		}
+		for _, opts := range []fedhistory.AddOptions{{StateBefore: given}, {Rejected: true, StateBefore: given}, {Outlier: true}} {
 			id, err := s.Add(ctx, version, pdu, opts)
 			if err != nil {
 				continue
@@ -48,8 +66,11 @@ func FuzzAdd(f *testing.F) {
 			require.NoError(t, err)
 			require.Len(t, events, 1)
 			require.Equal(t, pdu, []byte(events[0].JSON))
-			_, err = s.Visibility(ctx, roomID, "b", []string{id})
+			vis, err := s.Visibility(ctx, roomID, "b", []string{id})
 			require.NoError(t, err)
+			if opts.StateBefore != nil {
+				require.True(t, vis[0].Known, "an event given its state has a known state")
+			}
 			_, err = walkBackfill(ctx, s, roomID, []string{id}, 5)
 			require.NoError(t, err)
 			_, _ = s.CurrentState(ctx, roomID, "b")

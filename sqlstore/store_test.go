@@ -52,6 +52,15 @@ func scenarioRoom(t testing.TB, version string, seed int64) (*roomgen.Room, map[
 			Content: map[string]string{"membership": "join", "displayname": fmt.Sprint("carol ", i)}}))
 	}
 	must(b.Message(bob, "before the fork"))
+	// Redactions: by the room's creator, who may redact anything; by dave,
+	// who may not and is not of carol's server (it applies in room versions
+	// 1 and 2 only).
+	secret, err := b.Message(bob, "my password is hunter2")
+	require.NoError(t, err)
+	must(b.Redact(alice, secret.ID))
+	carols, err := b.Message(carol, "carol's message")
+	require.NoError(t, err)
+	must(b.Redact(dave, carols.ID))
 
 	// A fork whose branches change state concurrently. Room version 12's
 	// state resolution cannot be driven by roomgen to a conflict on one key
@@ -78,6 +87,8 @@ func scenarioRoom(t testing.TB, version string, seed int64) (*roomgen.Room, map[
 	gap, err := b.Message(dave, "never stored")
 	require.NoError(t, err)
 	must(b.Message(alice, "after the gap"))
+	// A redaction whose target the store never holds: it waits for good.
+	must(b.Redact(alice, gap.ID))
 
 	// Two forward extremities whose states disagree.
 	other = b.Fork()

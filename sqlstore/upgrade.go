@@ -50,6 +50,8 @@ ORDER BY e.event_nid`)
 			if ev.parsed, err = pdu.Parse(ev.version, data); err != nil {
 				return err
 			}
+			// Keep the metadata only: the whole database passes through here.
+			ev.parsed.PDU, ev.parsed.Event.JSON = nil, nil
 			ev.parsed.Event.Rejected, ev.parsed.Event.Outlier = rejected, outlier
 			ev.st.before = before.Int64
 			events = append(events, ev)
