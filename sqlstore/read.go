@@ -214,10 +214,19 @@ func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs 
 
 // probe joins the rows of alias c to the rows of table that match where
 // (which names the table's alias and c's columns): at most one row (one)
-// or any number.
-func probe(d dialect, columns, table, alias, where string, one bool) string {
+// or any number. On SQLite, c's loop stays outside (CROSS JOIN), and index
+// (if not "") names the index to probe:
+// its planner, without statistics, would otherwise pick the primary key
+// for (group_id, event_type = 'm.room.member') and read every member of a
+// snapshot group instead of the server's few.
+func probe(d dialect, columns, table, alias, where string, one bool, index string) string {
 	if d == sqlite {
-		return "JOIN " + table + " " + alias + " ON " + where
+		hint := ""
+		if index != "" {
+			hint = " INDEXED BY " + index
+		}
+		// CROSS JOIN: SQLite keeps the written loop order, c outside.
+		return "CROSS JOIN " + table + " " + alias + hint + " ON " + where
 	}
 	fence := "OFFSET 0"
 	if one {
@@ -233,7 +242,7 @@ func chainCTE(d dialect, maxDist, maxRows string) string {
 	SELECT group_id, group_id, 0 FROM roots
 	UNION ALL
 	SELECT c.root, g.parent_id, c.dist + 1
-	FROM chain c ` + probe(d, "g.parent_id", "state_groups", "g", "g.group_id = c.group_id", true) + `
+	FROM chain c ` + probe(d, "g.parent_id", "state_groups", "g", "g.group_id = c.group_id", true, "") + `
 	WHERE g.parent_id IS NOT NULL AND c.dist < ` + maxDist + `
 ), links AS (
 	SELECT root, group_id, dist FROM chain LIMIT ` + maxRows + `
@@ -248,11 +257,12 @@ func entryProbes(d dialect, head, from, eventType, server, stateExtra, memberExt
 	columns := "e.event_type, e.state_key, e.event_id"
 	return `SELECT ` + head + columns + `, ` + stateExtra + `
 FROM ` + from + ` c ` + probe(d, columns, "state_group_entries", "e",
-		"e.group_id = c.group_id AND e.event_type = '"+eventType+"' AND e.state_key = ''", true) + `
+		"e.group_id = c.group_id AND e.event_type = '"+eventType+"' AND e.state_key = ''", true, "") + `
 UNION ALL
 SELECT ` + head + columns + `, ` + memberExtra + `
 FROM ` + from + ` c ` + probe(d, columns, "state_group_entries", "e",
-		"e.group_id = c.group_id AND e.member_server = "+server+" AND e.event_type = 'm.room.member'", false)
+		"e.group_id = c.group_id AND e.member_server = "+server+" AND e.event_type = 'm.room.member'", false,
+		"state_group_entries_member_server")
 }
 
 // visibilitySQL and currentStateSQL are Visibility's and CurrentState's
