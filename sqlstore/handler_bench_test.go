@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -352,4 +353,34 @@ func answerPDUs(b *testing.B, rec *httptest.ResponseRecorder, key string) []json
 	var pdus []json.RawMessage
 	require.NoError(b, json.Unmarshal(answer[key], &pdus))
 	return pdus
+}
+
+// BenchmarkSQLBackfillHandlerParallel is BenchmarkSQLBackfillHandler from
+// 16 concurrent goroutines, each signing as its own origin (so no
+// per-origin limit is shared), reporting requests per second.
+func BenchmarkSQLBackfillHandlerParallel(b *testing.B) {
+	eachHandlerRoom(b, func(b *testing.B, f *benchFixture) {
+		q := url.Values{"v": {f.room.IDs[len(f.room.IDs)-1]}, "limit": {strconv.Itoa(handlerBackfillLimit)}}
+		target := "/_matrix/federation/v1/backfill/" + url.PathEscape(f.room.RoomID) + "?" + q.Encode()
+		requests := make(chan *http.Request, len(handlerOrigins))
+		for _, origin := range handlerOrigins {
+			req := httptest.NewRequest(http.MethodGet, target, nil)
+			require.NoError(b, f.origins.Sign(req, origin, benchDestination))
+			requests <- req
+		}
+		b.SetParallelism(max(1, len(handlerOrigins)/runtime.GOMAXPROCS(0)))
+		start := time.Now()
+		b.RunParallel(func(pb *testing.PB) {
+			req := <-requests
+			for pb.Next() {
+				rec := httptest.NewRecorder()
+				f.handler.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					b.Errorf("status %d: %s", rec.Code, rec.Body.Bytes())
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+	})
 }
