@@ -15,7 +15,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"log/slog"
@@ -36,6 +35,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/benchsign"
 	"github.com/fedhistory/fedhistory/internal/synthroom"
 	"github.com/fedhistory/fedhistory/memstore"
 	"github.com/fedhistory/fedhistory/sign"
@@ -161,20 +161,10 @@ func sharedBenchServer(tb testing.TB) *benchServer {
 // origin's key pinned, in front of room.
 func newBenchServer(tb testing.TB, room *benchRoom, mutate ...func(*fedhistory.Config)) *benchServer {
 	tb.Helper()
-	s := &benchServer{room: room, keys: map[string]*sign.SigningKey{}}
-	static := map[string]map[string]ed25519.PublicKey{}
-	for _, origin := range benchOrigins {
-		seed := sha256.Sum256([]byte("fedhistory benchmark key of " + origin))
-		key, err := sign.GenerateKey(bytes.NewReader(bytes.Repeat(seed[:], 8)))
-		require.NoError(tb, err)
-		s.keys[origin] = key
-		static[origin] = map[string]ed25519.PublicKey{key.ID: key.Public()}
-	}
-	verifier, err := sign.NewVerifier(sign.VerifierConfig{
-		ServerNames: []string{ourServer}, StaticKeys: static, DisableKeyFetching: true,
-		Logger: slog.New(slog.DiscardHandler),
-	})
+	origins, err := benchsign.New(ourServer, benchOrigins)
 	require.NoError(tb, err)
+	s := &benchServer{room: room, keys: origins.Keys}
+	verifier := origins.Verifier
 	cfg := fedhistory.Config{
 		ServerName:    ourServer,
 		Store:         room.store,

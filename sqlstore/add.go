@@ -92,6 +92,8 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("sqlstore: committing %d events: %w", len(parsed), err)
 	}
+	// A redaction among them may have emptied a cached server ACL.
+	s.currentStates.clear()
 	return ids, nil
 }
 

@@ -32,7 +32,7 @@ func TestConcurrentWritersAndReaders(t *testing.T) {
 			ctx := context.Background()
 			var stores []*Store
 			for range 2 {
-				s, err := Open(ctx, dsn)
+				s, err := Open(ctx, dsn, Options{Migrate: true})
 				require.NoError(t, err)
 				t.Cleanup(func() { s.Close() })
 				stores = append(stores, s)

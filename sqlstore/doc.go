@@ -38,7 +38,8 @@
 // keep the user's server (port included) in an indexed column, so that the
 // memberships of one server's users, all that visibility and authorisation
 // ask for, are an equality filter. Visibility answers for a whole batch of
-// events, before and after each, in one query; CurrentState in two.
+// events, before and after each, in one query; CurrentState in two, or one
+// when its answer for the current state group and server is cached.
 //
 // # Unknown state
 //
@@ -76,13 +77,29 @@
 // Several processes (several "fedhistory serve" instances, or homeserver
 // workers) can share one PostgreSQL database: the fedhistory handler keeps
 // no state of its own between requests (rate limits and concurrency caps
-// are per instance), and this store keeps only caches of immutable data
-// (parsed state events; the resolved state for one set of forward
-// extremities, which is keyed by that set and so never stale). So instances
+// are per instance), and this store caches only what cannot change or may
+// lag by Options.StaleAfter (see Store): parsed state events and room
+// versions for good; the resolved state for one set of forward extremities,
+// keyed by that set and so never stale; CurrentState's answers per state
+// group and server (an ACL can be emptied by a redaction: every Add through
+// the Store clears them, another process's within StaleAfter); erasures
+// (EraseUser through the Store at once, another process's within
+// StaleAfter). So instances
 // scale out behind any load balancer, with no session affinity. Writers are
 // safe too: migrations run under a PostgreSQL advisory lock, so instances
 // that start together migrate once; adds to one room are serialised by a
 // per-room advisory transaction lock, so that concurrent writers keep the
 // forward extremities right. An SQLite database is for one process (WAL
 // mode lets its readers run while it writes).
+//
+// # Serving without writing
+//
+// Open never changes the schema unless asked (Options.Migrate; Migrate;
+// "fedhistory migrate"), and the reads write nothing, so a Store can serve
+// from a read-only role or a read replica (TestServingOnAReadOnlyConnection).
+// One exception: CurrentState of a room with several forward extremities
+// whose resolution no process has stored yet stores it as a state group,
+// which fails on a read-only connection; a writable process (the
+// homeserver adding the events, or any Store on the primary) stores it on
+// its first CurrentState of that room.
 package sqlstore

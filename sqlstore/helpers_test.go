@@ -27,7 +27,7 @@ var dialects = []string{"sqlite", "postgres"}
 func openTestStore(t testing.TB, dialect string) *Store {
 	t.Helper()
 	dsn := testDSN(t, dialect)
-	s, err := Open(context.Background(), dsn)
+	s, err := Open(context.Background(), dsn, Options{Migrate: true})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	return s

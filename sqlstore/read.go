@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/fedhistory/fedhistory"
 	"github.com/matrix-org/gomatrixserverlib"
@@ -19,6 +21,11 @@ func (s *Store) RoomVersion(ctx context.Context, roomID string) (string, error) 
 	if !s.storable(roomID) {
 		return "", fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
 	}
+	// A room's version never changes once stored: cached for good (an
+	// unknown room is not cached, since it may be added).
+	if version, _, ok := s.roomVersions.get(roomID); ok {
+		return version, nil
+	}
 	var version string
 	err := s.queryRow(ctx, s.db, `SELECT room_version FROM rooms WHERE room_id = $1`, roomID).Scan(&version)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -27,6 +34,7 @@ func (s *Store) RoomVersion(ctx context.Context, roomID string) (string, error) 
 	if err != nil {
 		return "", fmt.Errorf("sqlstore: reading room %q: %w", roomID, err)
 	}
+	s.roomVersions.put(roomID, version, len(roomID)+len(version)+entryOverhead)
 	return version, nil
 }
 
@@ -90,31 +98,8 @@ func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs 
 	if len(eventIDs) == 0 || !s.storable(roomID) {
 		return result, nil
 	}
-	rows, err := s.query(ctx, s.db, `
-WITH RECURSIVE targets AS (
-	SELECT event_id, before_group, after_group FROM events
-	WHERE room_id = $1 AND state_known AND event_id IN (IDS($2))
-), roots (group_id) AS (
-	SELECT before_group FROM targets WHERE before_group IS NOT NULL
-	UNION
-	SELECT after_group FROM targets WHERE after_group IS NOT NULL
-), chain (root, group_id, dist) AS (
-	SELECT group_id, group_id, 0 FROM roots
-	UNION ALL
-	SELECT c.root, g.parent_id, c.dist + 1
-	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
-	WHERE g.parent_id IS NOT NULL
-)
-SELECT 0, t.event_id, t.before_group, t.after_group, NULL, NULL, NULL, NULL
-FROM targets t
-UNION ALL
-SELECT 1, e.state_key, c.root, c.dist, e.event_type, e.event_id, ev.membership, ev.history_visibility
-FROM chain c
-JOIN state_group_entries e ON e.group_id = c.group_id
-LEFT JOIN events ev ON ev.event_id = e.event_id
-WHERE (e.event_type = 'm.room.history_visibility' AND e.state_key = '')
-   OR (e.event_type = 'm.room.member' AND e.member_server = $3)`,
-		roomID, s.idList(eventIDs), s.serverParam(server))
+	rows, err := s.query(ctx, s.db, visibilitySQL[s.dialect],
+		roomID, s.idList(eventIDs), s.serverParam(server), maxDeltaChain, chainRowsBound(2*len(eventIDs)))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading visibility of %d events: %w", len(eventIDs), err)
 	}
@@ -127,26 +112,49 @@ WHERE (e.event_type = 'm.room.history_visibility' AND e.state_key = '')
 		targets []target
 		entries []groupEntry
 	)
+	// The chain rows say which groups each root inherits from and at what
+	// distance; the entries come once per group, however many roots share
+	// it (consecutive events share most of their chains).
+	type link struct {
+		root, group int64
+		dist        int
+	}
+	var links []link
+	byGroup := make(map[int64][]groupEntry)
 	for rows.Next() {
 		var (
-			kind                                       int
-			text                                       string
-			g1, g2                                     sql.NullInt64
-			eventType, eventID, membership, visibility sql.NullString
+			kind                      int
+			g1, g2, g3                sql.NullInt64
+			eventType, eventID, extra sql.NullString
+			text                      sql.NullString
 		)
-		if err := rows.Scan(&kind, &text, &g1, &g2, &eventType, &eventID, &membership, &visibility); err != nil {
+		if err := rows.Scan(&kind, &g1, &g2, &g3, &eventType, &text, &eventID, &extra); err != nil {
 			return nil, fmt.Errorf("sqlstore: reading visibility: %w", err)
 		}
-		if kind == 0 {
-			targets = append(targets, target{id: text, before: g1.Int64, after: g2.Int64})
+		switch kind {
+		case 0:
+			targets = append(targets, target{id: text.String, before: g1.Int64, after: g2.Int64})
+			continue
+		case 2:
+			links = append(links, link{root: g1.Int64, dist: int(g2.Int64), group: g3.Int64})
 			continue
 		}
-		entries = append(entries, groupEntry{
-			root: g1.Int64, dist: int(g2.Int64),
-			key:     stateKey{eventType: eventType.String, stateKey: text},
+		e := groupEntry{
+			key:     stateKey{eventType: eventType.String, stateKey: text.String},
 			eventID: eventID.String, removed: !eventID.Valid,
-			membership: membership.String, historyVisibility: visibility.String,
-		})
+		}
+		if e.key.eventType == typeHistoryVisibility {
+			e.historyVisibility = extra.String
+		} else {
+			e.membership = extra.String
+		}
+		byGroup[g1.Int64] = append(byGroup[g1.Int64], e)
+	}
+	for _, l := range links {
+		for _, e := range byGroup[l.group] {
+			e.root, e.dist = l.root, l.dist
+			entries = append(entries, e)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlstore: reading visibility: %w", err)
@@ -189,6 +197,119 @@ WHERE (e.event_type = 'm.room.history_visibility' AND e.state_key = '')
 	return result, nil
 }
 
+// The state queries read a group's entries along its delta chain. Written
+// as a plain recursive CTE joined to state_group_entries, PostgreSQL
+// misestimates the chain (by two orders of magnitude at 10^6 events: it
+// cannot know that a chain is at most maxDeltaChain+1 groups long), and
+// answers with hash joins over sequential scans of state_groups,
+// state_group_entries and events; an OR across two columns in the filter
+// also kept it off the (group_id, member_server) index. So each lookup is
+// an equality probe per chain row that the planner cannot turn into a
+// join: on PostgreSQL a LATERAL subquery with LIMIT or OFFSET (which it
+// never flattens), on SQLite (which has no LATERAL, and whose planner,
+// without statistics, probes the index of a plain join anyway) a plain
+// join; the events' fields are scalar subqueries. The chain is also
+// bounded, by depth (dist < maxDeltaChain, which newGroup guarantees) and
+// by a LIMIT on the materialised chain.
+
+// probe joins the rows of alias c to the rows of table that match where
+// (which names the table's alias and c's columns): at most one row (one)
+// or any number. On SQLite, c's loop stays outside (CROSS JOIN), and index
+// (if not "") names the index to probe:
+// its planner, without statistics, would otherwise pick the primary key
+// for (group_id, event_type = 'm.room.member') and read every member of a
+// snapshot group instead of the server's few.
+func probe(d dialect, columns, table, alias, where string, one bool, index string) string {
+	if d == sqlite {
+		hint := ""
+		if index != "" {
+			hint = " INDEXED BY " + index
+		}
+		// CROSS JOIN: SQLite keeps the written loop order, c outside.
+		return "CROSS JOIN " + table + " " + alias + hint + " ON " + where
+	}
+	fence := "OFFSET 0"
+	if one {
+		fence = "LIMIT 1"
+	}
+	return "CROSS JOIN LATERAL (SELECT " + columns + " FROM " + table + " " + alias + " WHERE " + where + " " + fence + ") " + alias
+}
+
+// chainCTE is the recursive chain of groups from the roots CTE: (root,
+// group_id, dist) rows, bounded by $maxDist and $maxRows.
+func chainCTE(d dialect, maxDist, maxRows string) string {
+	return `chain (root, group_id, dist) AS (
+	SELECT group_id, group_id, 0 FROM roots
+	UNION ALL
+	SELECT c.root, g.parent_id, c.dist + 1
+	FROM chain c ` + probe(d, "g.parent_id", "state_groups", "g", "g.group_id = c.group_id", true, "") + `
+	WHERE g.parent_id IS NOT NULL AND c.dist < ` + maxDist + `
+), links AS (
+	SELECT root, group_id, dist FROM chain LIMIT ` + maxRows + `
+)`
+}
+
+// entryProbes reads, for every row c of from (which has a group_id), the
+// entry of the state event (eventType, "") and the m.room.member entries of
+// server, in columns head (over c), then (event_type, state_key, event_id),
+// then the extra expressions over the entry e.
+func entryProbes(d dialect, head, from, eventType, server, stateExtra, memberExtra string) string {
+	columns := "e.event_type, e.state_key, e.event_id"
+	return `SELECT ` + head + columns + `, ` + stateExtra + `
+FROM ` + from + ` c ` + probe(d, columns, "state_group_entries", "e",
+		"e.group_id = c.group_id AND e.event_type = '"+eventType+"' AND e.state_key = ''", true, "") + `
+UNION ALL
+SELECT ` + head + columns + `, ` + memberExtra + `
+FROM ` + from + ` c ` + probe(d, columns, "state_group_entries", "e",
+		"e.group_id = c.group_id AND e.member_server = "+server+" AND e.event_type = 'm.room.member'", false,
+		"state_group_entries_member_server")
+}
+
+// visibilitySQL and currentStateSQL are Visibility's and CurrentState's
+// statements per dialect.
+var (
+	visibilitySQL   [2]string
+	currentStateSQL [2]string
+)
+
+func init() {
+	for _, d := range []dialect{sqlite, postgres} {
+		visibilitySQL[d] = `
+WITH RECURSIVE targets AS (
+	SELECT event_id, before_group, after_group FROM events
+	WHERE room_id = $1 AND state_known AND event_id IN (IDS($2))
+), roots (group_id) AS (
+	SELECT before_group FROM targets WHERE before_group IS NOT NULL
+	UNION
+	SELECT after_group FROM targets WHERE after_group IS NOT NULL
+), ` + chainCTE(d, "$4", "$5") + `, groups AS (
+	SELECT DISTINCT group_id FROM links
+)
+SELECT 0, t.before_group, t.after_group, NULL, NULL, t.event_id, NULL, NULL
+FROM targets t
+UNION ALL
+SELECT 2, c.root, c.dist, c.group_id, NULL, NULL, NULL, NULL
+FROM links c
+UNION ALL
+` + entryProbes(d, "1, c.group_id, NULL, NULL, ", "groups", typeHistoryVisibility, "$3",
+			"(SELECT ev.history_visibility FROM events ev WHERE ev.event_id = e.event_id)",
+			"(SELECT ev.membership FROM events ev WHERE ev.event_id = e.event_id)")
+		currentStateSQL[d] = `
+WITH RECURSIVE roots (group_id) AS (
+	SELECT CAST($1 AS BIGINT)
+), ` + chainCTE(d, "$3", "$4") + `
+` + entryProbes(d, "c.root, c.dist, ", "links", typeServerACL, "$2",
+			"NULL, (SELECT ev.json FROM events ev WHERE ev.event_id = e.event_id)",
+			"(SELECT ev.membership FROM events ev WHERE ev.event_id = e.event_id), NULL")
+	}
+}
+
+// chainRowsBound is the most chain rows the state queries can meet when
+// reading roots state groups: maxDeltaChain+1 per root.
+func chainRowsBound(roots int) int {
+	return max(roots, 1) * (maxDeltaChain + 1)
+}
+
 // serverParam is server as a query parameter: NULL, which equals nothing,
 // for a server name the database cannot hold (and so has no users of).
 func (s *Store) serverParam(server string) sql.NullString {
@@ -217,21 +338,14 @@ func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhi
 	if group == 0 {
 		return current, nil
 	}
-	rows, err := s.query(ctx, s.db, `
-WITH RECURSIVE chain (group_id, dist) AS (
-	SELECT CAST($1 AS BIGINT), 0
-	UNION ALL
-	SELECT g.parent_id, c.dist + 1
-	FROM chain c JOIN state_groups g ON g.group_id = c.group_id
-	WHERE g.parent_id IS NOT NULL
-)
-SELECT c.dist, e.event_type, e.state_key, e.event_id, ev.membership,
-	CASE WHEN e.event_type = 'm.room.server_acl' THEN ev.json END
-FROM chain c
-JOIN state_group_entries e ON e.group_id = c.group_id
-LEFT JOIN events ev ON ev.event_id = e.event_id
-WHERE (e.event_type = 'm.room.server_acl' AND e.state_key = '')
-   OR (e.event_type = 'm.room.member' AND e.member_server = $2)`, group, s.serverParam(server))
+	key := currentStateKey{group: group, server: server}
+	if s.staleAfter > 0 {
+		if cached, stored, ok := s.currentStates.get(key); ok && time.Since(stored) < s.staleAfter {
+			return cloneCurrentState(cached), nil
+		}
+	}
+	rows, err := s.query(ctx, s.db, currentStateSQL[s.dialect],
+		group, s.serverParam(server), maxDeltaChain, chainRowsBound(1))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading current state of %s: %w", roomID, err)
 	}
@@ -243,7 +357,8 @@ WHERE (e.event_type = 'm.room.server_acl' AND e.state_key = '')
 				e                   groupEntry
 				eventID, membership sql.NullString
 			)
-			if err := rows.Scan(&e.dist, &e.key.eventType, &e.key.stateKey, &eventID, &membership, &e.content); err != nil {
+			var root int64
+			if err := rows.Scan(&root, &e.dist, &e.key.eventType, &e.key.stateKey, &eventID, &membership, &e.content); err != nil {
 				return err
 			}
 			e.root, e.eventID, e.removed, e.membership = group, eventID.String, !eventID.Valid, membership.String
@@ -272,7 +387,27 @@ WHERE (e.event_type = 'm.room.server_acl' AND e.state_key = '')
 			current.Memberships[e.key.stateKey] = e.membership
 		}
 	}
+	if s.staleAfter > 0 {
+		size := len(server) + len(current.ServerACL) + entryOverhead
+		for user, membership := range current.Memberships {
+			size += len(user) + len(membership) + 16
+		}
+		s.currentStates.put(key, cloneCurrentState(current), size)
+	}
 	return current, nil
+}
+
+// currentStateKey keys CurrentState's cache: the current state group and
+// the server whose memberships were read.
+type currentStateKey struct {
+	group  int64
+	server string
+}
+
+// cloneCurrentState copies c, so that neither the cache nor a caller sees
+// the other's changes.
+func cloneCurrentState(c *fedhistory.CurrentState) *fedhistory.CurrentState {
+	return &fedhistory.CurrentState{ServerACL: slices.Clone(c.ServerACL), Memberships: maps.Clone(c.Memberships)}
 }
 
 // currentGroup returns the room's version and its current state group (0:
@@ -379,16 +514,32 @@ func (s *Store) EraseUser(ctx context.Context, userID string) error {
 	if _, err := s.exec(ctx, s.db, `INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING`, userID); err != nil {
 		return fmt.Errorf("sqlstore: erasing %s: %w", userID, err)
 	}
+	s.erased.put(userID, true, len(userID)+entryOverhead)
 	return nil
 }
 
-// ErasedUsers returns the subset of userIDs that EraseUser has erased.
+// ErasedUsers returns the subset of userIDs that EraseUser has erased. The
+// answers are cached for Options.StaleAfter: an erasure through this Store
+// shows at once, one through another process (or another Store) within
+// StaleAfter. One query reads the users without a fresh answer, if any.
 func (s *Store) ErasedUsers(ctx context.Context, userIDs []string) (map[string]bool, error) {
 	erased := make(map[string]bool)
-	if len(userIDs) == 0 {
+	var unknown []string
+	for _, id := range userIDs {
+		if s.staleAfter > 0 {
+			if isErased, stored, ok := s.erased.get(id); ok && time.Since(stored) < s.staleAfter {
+				if isErased {
+					erased[id] = true
+				}
+				continue
+			}
+		}
+		unknown = append(unknown, id)
+	}
+	if len(unknown) == 0 {
 		return erased, nil
 	}
-	rows, err := s.query(ctx, s.db, `SELECT user_id FROM erased_users WHERE user_id IN (IDS($1))`, s.idList(userIDs))
+	rows, err := s.query(ctx, s.db, `SELECT user_id FROM erased_users WHERE user_id IN (IDS($1))`, s.idList(unknown))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading erased users: %w", err)
 	}
@@ -402,6 +553,11 @@ func (s *Store) ErasedUsers(ctx context.Context, userIDs []string) (map[string]b
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlstore: reading erased users: %w", err)
+	}
+	if s.staleAfter > 0 {
+		for _, id := range unknown {
+			s.erased.put(id, erased[id], len(id)+entryOverhead)
+		}
 	}
 	return erased, nil
 }

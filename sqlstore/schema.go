@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -216,6 +217,35 @@ func (s *Store) migrate(ctx context.Context) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("sqlstore: committing migrations: %w", err)
+	}
+	return nil
+}
+
+// checkSchema reads the schema version, and only reads: it fails with
+// ErrSchemaTooOld when the database is behind this build (or has no schema
+// yet), ErrSchemaTooNew when it is ahead.
+func (s *Store) checkSchema(ctx context.Context) error {
+	exists := `SELECT to_regclass('schema_version') IS NOT NULL`
+	if s.dialect == sqlite {
+		exists = `SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')`
+	}
+	var found bool
+	if err := s.db.QueryRowContext(ctx, exists).Scan(&found); err != nil {
+		return fmt.Errorf("sqlstore: looking for schema_version: %w", err)
+	}
+	version := 0
+	if found {
+		err := s.db.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("sqlstore: reading schema_version: %w", err)
+		}
+	}
+	switch {
+	case version < len(migrations):
+		return fmt.Errorf("%w: database is at version %d, this build needs %d: run `fedhistory migrate --db …` (or sqlstore.Migrate) with a role that may change the schema",
+			ErrSchemaTooOld, version, len(migrations))
+	case version > len(migrations):
+		return fmt.Errorf("%w: database is at version %d, this build knows %d", ErrSchemaTooNew, version, len(migrations))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,10 @@ var (
 	ErrUnsupportedDSN = errors.New("sqlstore: unsupported DSN")
 	// ErrSchemaTooNew: the database was migrated by a newer build.
 	ErrSchemaTooNew = errors.New("sqlstore: database schema is newer than this build")
+	// ErrSchemaTooOld: the database's schema is behind this build (or
+	// absent) and Open was not asked to migrate it; run Migrate (the
+	// command line's "fedhistory migrate --db …").
+	ErrSchemaTooOld = errors.New("sqlstore: database schema is older than this build")
 )
 
 // Store is a fedhistory.EventStore on a SQL database. It is safe for
@@ -51,13 +56,102 @@ type Store struct {
 	currentMu sync.Mutex
 	current   map[string]*resolvedCurrent
 
+	// observe, when set (by tests), sees every counted statement as the
+	// database receives it: the text after rebind and the arguments.
+	observe func(query string, args []any)
+
+	// Answer caches, each bounded by Options.CacheBytes (see cache.go):
+	//   - roomVersions: a room's version never changes once stored;
+	//   - erased: whether a user is erased, for Options.StaleAfter (another
+	//     process may erase a user; EraseUser here updates the entry);
+	//   - currentStates: CurrentState's answer per (current state group,
+	//     server). A state group's entries never change, and neither do the
+	//     memberships of its events; the ACL's content can, when a redaction
+	//     of the ACL event arrives, so entries also expire after StaleAfter,
+	//     and every Add through this Store clears the cache.
+	staleAfter    time.Duration
+	roomVersions  *lru[string, string]
+	erased        *lru[string, bool]
+	currentStates *lru[currentStateKey, *fedhistory.CurrentState]
+
+	// statements are SQLite's prepared statements by query text: the
+	// SQLite driver prepares every statement anew, while pgx keeps a
+	// statement cache per connection itself.
+	statements sync.Map // string → *sql.Stmt
+
 	// walkRowLimit caps the rows of one walk candidate query (see walk.go);
 	// tests lower it to exercise the walks' fallback.
 	walkRowLimit int
 }
 
-// Open opens (creating if need be) the database named by dsn and brings its
-// schema up to date:
+// Options configure Open. Their zero values are safe defaults: a pool
+// sized for the machine, caches of a few MiB, and no writes.
+type Options struct {
+	// Migrate brings the schema up to date before the Store is returned.
+	// Without it Open only reads the schema version, and fails with
+	// ErrSchemaTooOld when the database is behind: a server that only
+	// serves never writes, so it can run with a read-only role or on a read
+	// replica. An in-memory SQLite database is always migrated (it starts
+	// empty and lives only as long as the Store).
+	Migrate bool
+
+	// MaxOpenConns caps the connections to the database; 0 means
+	// 2×GOMAXPROCS+8, and a value set here is never exceeded. Keep the sum
+	// over every process sharing a PostgreSQL server below its
+	// max_connections.
+	MaxOpenConns int
+	// MaxIdleConns is how many connections stay open when idle; 0 means
+	// MaxOpenConns, so that a steady load never opens and closes
+	// connections (database/sql's default keeps 2).
+	MaxIdleConns int
+	// ConnMaxLifetime and ConnMaxIdleTime retire connections, so that a
+	// pool follows a database failover or a changed DNS record; 0 means 30
+	// and 5 minutes, a negative value never.
+	ConnMaxLifetime time.Duration
+	ConnMaxIdleTime time.Duration
+
+	// CacheBytes bounds each of the Store's answer caches (see Store); 0
+	// means 8 MiB.
+	CacheBytes int
+	// StaleAfter is how long the answers that another process can change
+	// stay cached: erasures (ErasedUsers) and the current server ACL, which
+	// a redaction can empty. 0 means 30 seconds; a negative value disables
+	// those caches. Changes made through this Store take effect at once.
+	StaleAfter time.Duration
+}
+
+// Defaults of Options.
+const (
+	defaultConnMaxLifetime = 30 * time.Minute
+	defaultConnMaxIdleTime = 5 * time.Minute
+	defaultCacheBytes      = 8 << 20
+	defaultStaleAfter      = 30 * time.Second
+)
+
+// withDefaults fills in the zero fields.
+func (o Options) withDefaults() Options {
+	if o.MaxOpenConns <= 0 {
+		o.MaxOpenConns = 2*runtime.GOMAXPROCS(0) + 8
+	}
+	if o.MaxIdleConns <= 0 || o.MaxIdleConns > o.MaxOpenConns {
+		o.MaxIdleConns = o.MaxOpenConns
+	}
+	if o.ConnMaxLifetime == 0 {
+		o.ConnMaxLifetime = defaultConnMaxLifetime
+	}
+	if o.ConnMaxIdleTime == 0 {
+		o.ConnMaxIdleTime = defaultConnMaxIdleTime
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = defaultCacheBytes
+	}
+	if o.StaleAfter == 0 {
+		o.StaleAfter = defaultStaleAfter
+	}
+	return o
+}
+
+// Open opens the database named by dsn:
 //
 //   - "sqlite:/path/to/file.db" (or "sqlite:relative.db") opens an SQLite
 //     database file, in WAL mode; "sqlite::memory:" a private in-memory
@@ -66,18 +160,32 @@ type Store struct {
 //     pgx connection string: search_path and other run-time parameters may
 //     be given as query parameters).
 //
-// Migrations are idempotent, and several processes may open the same
-// database at once (see migrate).
-func Open(ctx context.Context, dsn string) (*Store, error) {
+// Without opts.Migrate (or Migrate beforehand), the schema must be current:
+// Open then only reads, and fails with ErrSchemaTooOld or ErrSchemaTooNew.
+// Migrations are idempotent, and several processes may migrate the same
+// database at once (see migrate). At most one Options may be given.
+func Open(ctx context.Context, dsn string, opts ...Options) (*Store, error) {
+	var o Options
+	switch len(opts) {
+	case 0:
+	case 1:
+		o = opts[0]
+	default:
+		return nil, errors.New("sqlstore: Open takes at most one Options")
+	}
+	o = o.withDefaults()
 	var (
 		db  *sql.DB
 		d   dialect
 		err error
 	)
+	memory := false
 	switch {
 	case strings.HasPrefix(dsn, "sqlite:"):
 		d = sqlite
-		db, err = openSQLite(strings.TrimPrefix(dsn, "sqlite:"))
+		path := strings.TrimPrefix(dsn, "sqlite:")
+		memory = path == ":memory:"
+		db, err = openSQLite(path)
 	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
 		d = postgres
 		db, err = sql.Open("pgx", dsn)
@@ -87,16 +195,50 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: opening %s database: %w", d, err)
 	}
-	s := &Store{db: db, dialect: d, current: make(map[string]*resolvedCurrent), walkRowLimit: maxWalkRows}
+	if !memory {
+		configurePool(db, o)
+	}
+	s := &Store{
+		db: db, dialect: d, current: make(map[string]*resolvedCurrent), walkRowLimit: maxWalkRows,
+		staleAfter:    o.StaleAfter,
+		roomVersions:  newLRU[string, string](o.CacheBytes),
+		erased:        newLRU[string, bool](o.CacheBytes),
+		currentStates: newLRU[currentStateKey, *fedhistory.CurrentState](o.CacheBytes),
+	}
 	if err := ping(ctx, db, d); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("sqlstore: connecting to %s database: %w", d, err)
 	}
-	if err := s.migrate(ctx); err != nil {
+	if o.Migrate || memory {
+		err = s.migrate(ctx)
+	} else {
+		err = s.checkSchema(ctx)
+	}
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// Migrate brings the schema of the database named by dsn up to date (see
+// Open for the DSNs), creating it in an empty database. Serving processes
+// never do this themselves: run it (or "fedhistory migrate --db …") with a
+// role that may change the schema before starting them.
+func Migrate(ctx context.Context, dsn string) error {
+	s, err := Open(ctx, dsn, Options{Migrate: true, MaxOpenConns: 1})
+	if err != nil {
+		return err
+	}
+	return s.Close()
+}
+
+// configurePool applies the pool options to db.
+func configurePool(db *sql.DB, o Options) {
+	db.SetMaxOpenConns(o.MaxOpenConns)
+	db.SetMaxIdleConns(o.MaxIdleConns)
+	db.SetConnMaxLifetime(max(o.ConnMaxLifetime, 0))
+	db.SetConnMaxIdleTime(max(o.ConnMaxIdleTime, 0))
 }
 
 // ping makes the first connection. For SQLite it retries while the file is
@@ -166,6 +308,10 @@ func openSQLite(path string) (*sql.DB, error) {
 
 // Close closes the database.
 func (s *Store) Close() error {
+	s.statements.Range(func(_, stmt any) bool {
+		stmt.(*sql.Stmt).Close()
+		return true
+	})
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("sqlstore: closing: %w", err)
 	}
@@ -187,17 +333,58 @@ type querier interface {
 // a transaction), after expanding the query's macros for the dialect.
 func (s *Store) query(ctx context.Context, q querier, query string, args ...any) (*sql.Rows, error) {
 	s.queries.Add(1)
-	return q.QueryContext(ctx, s.dialect.rebind(query), args...)
+	query = s.dialect.rebind(query)
+	if s.observe != nil {
+		s.observe(query, args)
+	}
+	if stmt := s.prepared(ctx, q, query); stmt != nil {
+		return stmt.QueryContext(ctx, args...)
+	}
+	return q.QueryContext(ctx, query, args...)
 }
 
 func (s *Store) queryRow(ctx context.Context, q querier, query string, args ...any) *sql.Row {
 	s.queries.Add(1)
-	return q.QueryRowContext(ctx, s.dialect.rebind(query), args...)
+	query = s.dialect.rebind(query)
+	if s.observe != nil {
+		s.observe(query, args)
+	}
+	if stmt := s.prepared(ctx, q, query); stmt != nil {
+		return stmt.QueryRowContext(ctx, args...)
+	}
+	return q.QueryRowContext(ctx, query, args...)
 }
 
 func (s *Store) exec(ctx context.Context, q querier, query string, args ...any) (sql.Result, error) {
 	s.queries.Add(1)
-	return q.ExecContext(ctx, s.dialect.rebind(query), args...)
+	query = s.dialect.rebind(query)
+	if s.observe != nil {
+		s.observe(query, args)
+	}
+	return q.ExecContext(ctx, query, args...)
+}
+
+// prepared returns SQLite's prepared statement of query when q is the
+// database itself (a transaction's statements stay unprepared: they write,
+// rarely), or nil. database/sql prepares a Stmt once per connection and
+// keeps it; query is a constant (see dialect.rebind), so the map holds one
+// entry per statement of the store.
+func (s *Store) prepared(ctx context.Context, q querier, query string) *sql.Stmt {
+	if s.dialect != sqlite || q != querier(s.db) {
+		return nil
+	}
+	if stmt, ok := s.statements.Load(query); ok {
+		return stmt.(*sql.Stmt)
+	}
+	stmt, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil // the unprepared statement reports the error
+	}
+	if existing, loaded := s.statements.LoadOrStore(query, stmt); loaded {
+		stmt.Close()
+		return existing.(*sql.Stmt)
+	}
+	return stmt
 }
 
 // jsonList encodes ids as the JSON array that the IDS($n) macro expects.

@@ -332,17 +332,11 @@ func TestOpen(t *testing.T) {
 	for _, d := range dialects {
 		t.Run("reopening keeps the data and migrates once: "+d, func(t *testing.T) {
 			dsn := testDSN(t, d)
-			// Concurrent opens of one fresh database: the migration lock
-			// makes exactly one of them create the schema.
+			// Concurrent migrations of one fresh database: the migration
+			// lock makes exactly one of them create the schema.
 			errs := make(chan error, 4)
 			for range cap(errs) {
-				go func() {
-					s, err := Open(ctx, dsn)
-					if err == nil {
-						err = s.Close()
-					}
-					errs <- err
-				}()
+				go func() { errs <- Migrate(ctx, dsn) }()
 			}
 			for range cap(errs) {
 				require.NoError(t, <-errs)
@@ -366,14 +360,32 @@ func TestOpen(t *testing.T) {
 	}
 	t.Run("a database from a newer build", func(t *testing.T) {
 		dsn := testDSN(t, "sqlite")
-		s, err := Open(ctx, dsn)
+		s, err := Open(ctx, dsn, Options{Migrate: true})
 		require.NoError(t, err)
 		_, err = s.db.ExecContext(ctx, `UPDATE schema_version SET version = 999`)
 		require.NoError(t, err)
 		require.NoError(t, s.Close())
 		_, err = Open(ctx, dsn)
 		require.True(t, errors.Is(err, ErrSchemaTooNew), "got %v", err)
+		require.ErrorIs(t, Migrate(ctx, dsn), ErrSchemaTooNew)
 	})
+	for _, d := range dialects {
+		t.Run("serving never migrates: "+d, func(t *testing.T) {
+			dsn := testDSN(t, d)
+			_, err := Open(ctx, dsn)
+			require.ErrorIs(t, err, ErrSchemaTooOld)
+			require.ErrorContains(t, err, "fedhistory migrate --db")
+			// Open only looked: the database has no table yet.
+			raw, err := Open(ctx, dsn, Options{Migrate: false, MaxOpenConns: 1})
+			require.ErrorIs(t, err, ErrSchemaTooOld)
+			require.Nil(t, raw)
+			require.ErrorContains(t, err, "at version 0")
+			require.NoError(t, Migrate(ctx, dsn))
+			s, err := Open(ctx, dsn)
+			require.NoError(t, err)
+			require.NoError(t, s.Close())
+		})
+	}
 }
 
 // TestStringsTheDatabaseCannotHold: IDs with NUL characters or invalid UTF-8,

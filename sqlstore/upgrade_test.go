@@ -34,7 +34,7 @@ func TestUpgradeFromV1(t *testing.T) {
 			t.Run(d+" v"+version, func(t *testing.T) {
 				ctx := context.Background()
 				dsn := testDSN(t, d)
-				s, err := Open(ctx, dsn)
+				s, err := Open(ctx, dsn, Options{Migrate: true})
 				require.NoError(t, err)
 				mem := memstore.New()
 				addRoom(t, s, mem, room, skip)
@@ -46,7 +46,7 @@ func TestUpgradeFromV1(t *testing.T) {
 				}
 				require.NoError(t, s.Close())
 
-				s, err = Open(ctx, dsn)
+				s, err = Open(ctx, dsn, Options{Migrate: true})
 				require.NoError(t, err)
 				defer s.Close()
 				requireSameAsMemstore(t, s, mem, room)

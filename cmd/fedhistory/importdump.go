@@ -72,7 +72,7 @@ or a failed add (an event already in the database, say) imports nothing.`); err 
 		reading.done()
 	}
 
-	store, err := sqlstore.Open(ctx, *dsn)
+	store, err := sqlstore.Open(ctx, *dsn, sqlstore.Options{Migrate: true})
 	if err != nil {
 		return fmt.Errorf("opening --db: %w", err)
 	}

@@ -113,6 +113,7 @@ func subcommands() []subcommand {
 		{"gen", "write a signed synthetic room dump", runGen},
 		{"keygen", "write a new signing key", runKeygen},
 		{"import", "import room dumps into a SQL database for serve --db", runImport},
+		{"migrate", "create or update the schema of a SQL database for serve --db", runMigrate},
 		{"version", "print the version of fedhistory", runVersion},
 	}
 }

@@ -33,6 +33,7 @@ func runServe(ctx context.Context, out streams, args []string) error {
 	fs.Var(&trust, "trust", "`SERVER=KEYID:BASE64KEY` pin a public key of a server, whose keys are then never fetched (repeatable)")
 	fs.Var(&resolve, "resolve", "`SERVER=HOST:PORT` fetch that server's keys from that address, over plain HTTP unless given as an https:// URL (repeatable)")
 	dsn := fs.String("db", "", "`DSN` a SQL database, sqlite:FILE or postgres://…, to serve the rooms of instead of loading them into memory (fill it with fedhistory import)")
+	dbMaxConns := fs.Int("db-max-conns", 0, "`N` the most connections to --db (default: 2×GOMAXPROCS+8); keep the sum over every instance below PostgreSQL's max_connections")
 	maxBackfill := fs.Int("max-backfill", 0, "`N` the cap on backfill's limit (default: fedhistory's, 100)")
 	maxMissing := fs.Int("max-missing", 0, "`N` the cap on get_missing_events' limit (default: fedhistory's, 20)")
 	drainTimeout := fs.Duration("drain-timeout", defaultDrainTimeout, "`DURATION` how long requests in flight may run on after SIGINT or SIGTERM; those still running then are cancelled and answered 503")
@@ -158,7 +159,9 @@ trace of a traceparent header, and each request's log line carries its trace_id.
 
 	var store fedhistory.EventStore
 	if *dsn != "" {
-		db, err := sqlstore.Open(ctx, *dsn)
+		// Serving only reads: Open checks the schema version and says to
+		// run fedhistory migrate when it is behind.
+		db, err := sqlstore.Open(ctx, *dsn, sqlstore.Options{MaxOpenConns: *dbMaxConns})
 		if err != nil {
 			return fmt.Errorf("opening --db: %w", err)
 		}

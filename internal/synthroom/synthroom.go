@@ -41,6 +41,10 @@ const (
 	Forked
 )
 
+// defaultJoinServers is the number of servers joins spread over when
+// Options.JoinServers is 0.
+const defaultJoinServers = 1000
+
 // blockSize is the number of events in one block of the Forked shape.
 const blockSize = 5
 
@@ -57,10 +61,22 @@ type Options struct {
 	// server that will ask for history.
 	Members []string
 	// JoinEvery > 0 makes every JoinEvery-th synthetic event the join of a
-	// new user, "@joinerN:joinerM.example" (M cycling through ten servers,
-	// none of them a server of Members), so that the room state grows with
-	// the room as real rooms' does.
+	// new user, "@joinerN:joinerM.example" (M cycling through JoinServers
+	// servers, none of them a server of Members), so that the room state
+	// grows with the room as real rooms' does.
 	JoinEvery int
+	// JoinServers is the number of servers the joining users spread over;
+	// 0 means 1000. A SQL store indexes memberships by server, so a
+	// realistic spread matters to its plans.
+	JoinServers int
+	// StateEvery > 0 makes every StateEvery-th synthetic event (unless it
+	// is a join) a change of room state, in turn: the history visibility
+	// set to "shared", set back to HistoryVisibility (or "joined" when
+	// that is ""), and a server ACL allowing every server. The room's
+	// state chain then holds many versions of the keys every visibility
+	// and ACL check reads. In the Forked shape these changes sit on
+	// branches, so that merges need state resolution.
+	StateEvery int
 }
 
 // Generator produces the events of one synthetic room in topological order:
@@ -71,6 +87,8 @@ type Generator struct {
 	setup   []roomgen.Event
 	message template
 	join    template
+	// changes are the state changes StateEvery cycles through.
+	changes []template
 
 	n          int    // synthetic events generated so far
 	setupDepth int64  // depth of the last setup event
@@ -102,6 +120,30 @@ func New(opts Options) (*Generator, error) {
 			return nil, fmt.Errorf("synthroom: joining %s: %w", user, err)
 		}
 	}
+	var changes []roomgen.Event
+	if opts.StateEvery > 0 {
+		final := opts.HistoryVisibility
+		if final == "" {
+			final = "joined"
+		}
+		// Built in the order they will cycle in, so that the setup ends
+		// with the history visibility the room is meant to have.
+		shared, err := b.HistoryVisibility(b.Creator(), "shared")
+		if err != nil {
+			return nil, fmt.Errorf("synthroom: %w", err)
+		}
+		restored, err := b.HistoryVisibility(b.Creator(), final)
+		if err != nil {
+			return nil, fmt.Errorf("synthroom: %w", err)
+		}
+		acl, err := b.State(b.Creator(), "m.room.server_acl", "", map[string]any{
+			"allow": []string{"*"}, "deny": []string{}, "allow_ip_literals": true,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("synthroom: %w", err)
+		}
+		changes = []roomgen.Event{shared, restored, acl}
+	}
 	// The message template: a first message measures the JSON around the
 	// body, the second is padded to the wanted size.
 	probe, err := b.Message(b.Creator(), "x")
@@ -124,6 +166,13 @@ func New(opts Options) (*Generator, error) {
 	}
 	if g.join, err = compile(join.JSON, true); err != nil {
 		return nil, err
+	}
+	for _, change := range changes {
+		t, err := compile(change.JSON, false)
+		if err != nil {
+			return nil, err
+		}
+		g.changes = append(g.changes, t)
 	}
 	g.last = join.ID
 	g.setupDepth = join.Depth
@@ -174,9 +223,21 @@ func (g *Generator) Next(dst []byte) (eventID string, pdu []byte) {
 	}
 	g.last = eventID
 
-	if g.opts.JoinEvery > 0 && i%g.opts.JoinEvery == g.opts.JoinEvery-1 {
-		user := "@joiner" + strconv.Itoa(i) + ":joiner" + strconv.Itoa(i%10) + ".example"
+	if every := g.opts.JoinEvery; every > 0 && i%every == every-1 {
+		servers := g.opts.JoinServers
+		if servers <= 0 {
+			servers = defaultJoinServers
+		}
+		// The joins' own count picks the server: i itself would put every
+		// join on the same server whenever JoinEvery is a multiple of the
+		// number of servers.
+		server := (i / every) % servers
+		user := "@joiner" + strconv.Itoa(i) + ":joiner" + strconv.Itoa(server) + ".example"
 		return eventID, g.join.fill(dst[:0], eventID, prevs, depth, user)
+	}
+	if every := g.opts.StateEvery; every > 0 && i%every == every-1 {
+		change := g.changes[(i/every)%len(g.changes)]
+		return eventID, change.fill(dst[:0], eventID, prevs, depth, "")
 	}
 	return eventID, g.message.fill(dst[:0], eventID, prevs, depth, "")
 }

@@ -3,6 +3,7 @@ package synthroom_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -104,13 +105,13 @@ func TestJoinsAndHistoryVisibility(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "m.room.message", events[0].Type)
 	require.Equal(t, "m.room.member", events[1].Type)
-	require.Equal(t, "@joiner1:joiner1.example", *events[1].StateKey)
-	require.Equal(t, "@joiner1:joiner1.example", events[1].Sender)
-	require.Equal(t, "@joiner3:joiner3.example", *events[3].StateKey)
+	require.Equal(t, "@joiner1:joiner0.example", *events[1].StateKey)
+	require.Equal(t, "@joiner1:joiner0.example", events[1].Sender)
+	require.Equal(t, "@joiner3:joiner1.example", *events[3].StateKey)
 
-	current, err := store.CurrentState(ctx, g.RoomID(), "joiner3.example")
+	current, err := store.CurrentState(ctx, g.RoomID(), "joiner1.example")
 	require.NoError(t, err)
-	require.Equal(t, map[string]string{"@joiner3:joiner3.example": "join"}, current.Memberships)
+	require.Equal(t, map[string]string{"@joiner3:joiner1.example": "join"}, current.Memberships)
 
 	visibility, err := store.Visibility(ctx, g.RoomID(), "hs2.example", ids[:1])
 	require.NoError(t, err)
@@ -118,4 +119,45 @@ func TestJoinsAndHistoryVisibility(t *testing.T) {
 	require.True(t, visibility[0].Known)
 	require.Equal(t, "joined", visibility[0].Before.HistoryVisibility)
 	require.Equal(t, map[string]string{"@bob:hs2.example": "join"}, visibility[0].Before.Memberships)
+}
+
+func TestJoinsSpreadOverServers(t *testing.T) {
+	g, err := synthroom.New(synthroom.Options{JoinEvery: 10, JoinServers: 3})
+	require.NoError(t, err)
+	store, ids := load(t, g, 60)
+	events, err := store.Events(context.Background(), g.RoomID(), ids)
+	require.NoError(t, err)
+	var servers []string
+	for _, ev := range events {
+		if ev.Type == "m.room.member" {
+			servers = append(servers, (*ev.StateKey)[strings.IndexByte(*ev.StateKey, ':')+1:])
+		}
+	}
+	require.Equal(t, []string{"joiner0.example", "joiner1.example", "joiner2.example",
+		"joiner0.example", "joiner1.example", "joiner2.example"}, servers)
+}
+
+func TestStateChanges(t *testing.T) {
+	g, err := synthroom.New(synthroom.Options{
+		HistoryVisibility: "joined",
+		Members:           []string{"@bob:hs2.example"},
+		StateEvery:        2,
+	})
+	require.NoError(t, err)
+	store, ids := load(t, g, 6)
+	ctx := context.Background()
+	events, err := store.Events(ctx, g.RoomID(), ids)
+	require.NoError(t, err)
+	require.Equal(t, []string{"m.room.message", "m.room.history_visibility", "m.room.message",
+		"m.room.history_visibility", "m.room.message", "m.room.server_acl"},
+		[]string{events[0].Type, events[1].Type, events[2].Type, events[3].Type, events[4].Type, events[5].Type})
+
+	visibility, err := store.Visibility(ctx, g.RoomID(), "hs2.example", ids)
+	require.NoError(t, err)
+	require.Equal(t, "shared", visibility[1].After.HistoryVisibility)
+	require.Equal(t, "joined", visibility[3].After.HistoryVisibility)
+
+	current, err := store.CurrentState(ctx, g.RoomID(), "hs2.example")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"allow":["*"],"deny":[],"allow_ip_literals":true}`, string(current.ServerACL))
 }
