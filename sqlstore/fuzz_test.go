@@ -38,7 +38,7 @@ func FuzzAdd(f *testing.F) {
 	f.Add("12", []byte(`{"type":"m.room.create","state_key":"","sender":"@a:b","content":{"additional_creators":"x"},"prev_events":[],"auth_events":[],"depth":1}`), "-")
 	f.Add("11", []byte(`{"room_id":"!r:b","type":"m.room.redaction","sender":"@a:b","content":{"redacts":["x"]},"prev_events":[],"auth_events":[],"depth":1}`), "-")
 
-	s, err := Open(context.Background(), "sqlite::memory:")
+	s, err := Open(context.Background(), "sqlite::memory:", Options{})
 	require.NoError(f, err)
 	f.Cleanup(func() { s.Close() })
 	ctx := context.Background()

@@ -17,12 +17,12 @@ func TestServingOnAReadOnlyConnection(t *testing.T) {
 	dsn := testDSN(t, "postgres")
 	ctx := context.Background()
 	require.NoError(t, Migrate(ctx, dsn))
-	writer, err := Open(ctx, dsn)
+	writer, err := Open(ctx, dsn, Options{})
 	require.NoError(t, err)
 	defer writer.Close()
 
 	readOnly := dsn + "&options=-c%20default_transaction_read_only%3Don"
-	reader, err := Open(ctx, readOnly)
+	reader, err := Open(ctx, readOnly, Options{})
 	require.NoError(t, err)
 	defer reader.Close()
 	require.Error(t, reader.EraseUser(ctx, bob), "the connection refuses writes")

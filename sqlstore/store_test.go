@@ -314,14 +314,14 @@ func TestOpen(t *testing.T) {
 	ctx := context.Background()
 	t.Run("unsupported DSNs", func(t *testing.T) {
 		for _, dsn := range []string{"", "mysql://localhost/db", "sqlite:", "/tmp/file.db"} {
-			_, err := Open(ctx, dsn)
+			_, err := Open(ctx, dsn, Options{})
 			require.Error(t, err, dsn)
 		}
-		_, err := Open(ctx, "mysql://localhost/db")
+		_, err := Open(ctx, "mysql://localhost/db", Options{})
 		require.ErrorIs(t, err, ErrUnsupportedDSN)
 	})
 	t.Run("in-memory SQLite", func(t *testing.T) {
-		s, err := Open(ctx, "sqlite::memory:")
+		s, err := Open(ctx, "sqlite::memory:", Options{})
 		require.NoError(t, err)
 		defer s.Close()
 		room, skip := scenarioRoom(t, "11", 1)
@@ -341,12 +341,12 @@ func TestOpen(t *testing.T) {
 			for range cap(errs) {
 				require.NoError(t, <-errs)
 			}
-			s, err := Open(ctx, dsn)
+			s, err := Open(ctx, dsn, Options{})
 			require.NoError(t, err)
 			require.NoError(t, s.EraseUser(ctx, bob))
 			require.NoError(t, s.Close())
 
-			s, err = Open(ctx, dsn)
+			s, err = Open(ctx, dsn, Options{})
 			require.NoError(t, err)
 			defer s.Close()
 			var version, rows int
@@ -365,14 +365,14 @@ func TestOpen(t *testing.T) {
 		_, err = s.db.ExecContext(ctx, `UPDATE schema_version SET version = 999`)
 		require.NoError(t, err)
 		require.NoError(t, s.Close())
-		_, err = Open(ctx, dsn)
+		_, err = Open(ctx, dsn, Options{})
 		require.True(t, errors.Is(err, ErrSchemaTooNew), "got %v", err)
 		require.ErrorIs(t, Migrate(ctx, dsn), ErrSchemaTooNew)
 	})
 	for _, d := range dialects {
 		t.Run("serving never migrates: "+d, func(t *testing.T) {
 			dsn := testDSN(t, d)
-			_, err := Open(ctx, dsn)
+			_, err := Open(ctx, dsn, Options{})
 			require.ErrorIs(t, err, ErrSchemaTooOld)
 			require.ErrorContains(t, err, "fedhistory migrate --db")
 			// Open only looked: the database has no table yet.
@@ -381,7 +381,7 @@ func TestOpen(t *testing.T) {
 			require.Nil(t, raw)
 			require.ErrorContains(t, err, "at version 0")
 			require.NoError(t, Migrate(ctx, dsn))
-			s, err := Open(ctx, dsn)
+			s, err := Open(ctx, dsn, Options{})
 			require.NoError(t, err)
 			require.NoError(t, s.Close())
 		})
@@ -442,4 +442,23 @@ func TestStringsTheDatabaseCannotHold(t *testing.T) {
 			require.Empty(t, erased)
 		}
 	})
+}
+
+// TestPostgresSessionsRunWithoutJIT: the store's PostgreSQL sessions have
+// jit=off (its recursive lookups were compiled for longer than they ran),
+// unless the DSN sets jit itself.
+func TestPostgresSessionsRunWithoutJIT(t *testing.T) {
+	dsn := testDSN(t, "postgres")
+	ctx := context.Background()
+	for _, tc := range []struct{ dsn, want string }{
+		{dsn, "off"},
+		{dsn + "&jit=on", "on"},
+	} {
+		s, err := Open(ctx, tc.dsn, Options{Migrate: true})
+		require.NoError(t, err)
+		var jit string
+		require.NoError(t, s.db.QueryRowContext(ctx, `SHOW jit`).Scan(&jit))
+		require.Equal(t, tc.want, jit, tc.dsn)
+		require.NoError(t, s.Close())
+	}
 }

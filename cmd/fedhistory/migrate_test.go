@@ -17,7 +17,7 @@ func TestMigrate(t *testing.T) {
 	dsn := "sqlite:" + filepath.Join(dir, "history.db")
 	ctx := context.Background()
 
-	_, err := sqlstore.Open(ctx, dsn)
+	_, err := sqlstore.Open(ctx, dsn, sqlstore.Options{})
 	require.ErrorIs(t, err, sqlstore.ErrSchemaTooOld)
 	require.ErrorContains(t, err, "fedhistory migrate --db")
 
@@ -25,7 +25,7 @@ func TestMigrate(t *testing.T) {
 		res := mustRun(t, dir, "migrate", "--db", dsn)
 		require.Contains(t, res.stdout, "the schema is up to date")
 	}
-	store, err := sqlstore.Open(ctx, dsn)
+	store, err := sqlstore.Open(ctx, dsn, sqlstore.Options{})
 	require.NoError(t, err)
 	require.NoError(t, store.Close())
 
