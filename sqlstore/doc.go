@@ -97,9 +97,7 @@
 // Open never changes the schema unless asked (Options.Migrate; Migrate;
 // "fedhistory migrate"), and the reads write nothing, so a Store can serve
 // from a read-only role or a read replica (TestServingOnAReadOnlyConnection).
-// One exception: CurrentState of a room with several forward extremities
-// whose resolution no process has stored yet stores it as a state group,
-// which fails on a read-only connection; a writable process (the
-// homeserver adding the events, or any Store on the primary) stores it on
-// its first CurrentState of that room.
+// That includes a room with several forward extremities: CurrentState
+// resolves their states in memory, once per set of extremities and process,
+// and stores nothing.
 package sqlstore

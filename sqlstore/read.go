@@ -316,23 +316,26 @@ func (s *Store) serverParam(server string) sql.NullString {
 	return sql.NullString{String: server, Valid: s.storable(server)}
 }
 
-// resolvedCurrent is a room's current state group for one set of forward
-// extremities.
+// resolvedCurrent is a room's current state for one set of several forward
+// extremities, resolved in memory.
 type resolvedCurrent struct {
 	extremities string // sorted, joined by newlines
-	group       int64
+	state       stateMap
 }
 
 // CurrentState returns the current server ACL of roomID and the current
 // memberships of server's users: the state after the room's forward
 // extremities, resolved with the room version's state resolution when they
 // disagree. It costs two queries; a fork costs one state resolution per new
-// set of forward extremities and process, whose result is stored as a state
-// group.
+// set of forward extremities and process, kept in memory (never stored: a
+// read writes nothing, so that a Store can serve from a read replica).
 func (s *Store) CurrentState(ctx context.Context, roomID, server string) (*fedhistory.CurrentState, error) {
-	version, group, err := s.currentGroup(ctx, roomID)
+	version, group, resolved, err := s.currentGroup(ctx, roomID)
 	if err != nil {
 		return nil, err
+	}
+	if resolved != nil {
+		return s.currentFromResolved(ctx, roomID, version, resolved, server)
 	}
 	current := &fedhistory.CurrentState{Memberships: make(map[string]string)}
 	if group == 0 {
@@ -411,11 +414,12 @@ func cloneCurrentState(c *fedhistory.CurrentState) *fedhistory.CurrentState {
 }
 
 // currentGroup returns the room's version and its current state group (0:
-// the empty state), or an error wrapping fedhistory.ErrRoomNotFound or
+// the empty state), or, when several forward extremities disagree, their
+// resolved state; or an error wrapping fedhistory.ErrRoomNotFound or
 // fedhistory.ErrStateUnknown.
-func (s *Store) currentGroup(ctx context.Context, roomID string) (string, int64, error) {
+func (s *Store) currentGroup(ctx context.Context, roomID string) (string, int64, *resolvedCurrent, error) {
 	if !s.storable(roomID) {
-		return "", 0, fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
+		return "", 0, nil, fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
 	}
 	rows, err := s.query(ctx, s.db, `
 SELECT r.room_version, fe.event_id, ev.after_group, ev.state_known
@@ -424,7 +428,7 @@ LEFT JOIN forward_extremities fe ON fe.room_id = r.room_id
 LEFT JOIN events ev ON ev.event_id = fe.event_id
 WHERE r.room_id = $1`, roomID)
 	if err != nil {
-		return "", 0, fmt.Errorf("sqlstore: reading forward extremities of %s: %w", roomID, err)
+		return "", 0, nil, fmt.Errorf("sqlstore: reading forward extremities of %s: %w", roomID, err)
 	}
 	var (
 		version     string
@@ -456,20 +460,20 @@ WHERE r.room_id = $1`, roomID)
 		return rows.Err()
 	}()
 	if err != nil {
-		return "", 0, fmt.Errorf("sqlstore: reading forward extremities of %s: %w", roomID, err)
+		return "", 0, nil, fmt.Errorf("sqlstore: reading forward extremities of %s: %w", roomID, err)
 	}
 	if !found {
-		return "", 0, fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
+		return "", 0, nil, fmt.Errorf("sqlstore: room %q: %w", roomID, fedhistory.ErrRoomNotFound)
 	}
 	// Never invent state: the current state is unknown when any forward
 	// extremity's state is, or when there is none (only outliers or
 	// rejected events so far).
 	if unknownAt != "" {
-		return "", 0, fmt.Errorf("sqlstore: current state of %s: state after forward extremity %s: %w",
+		return "", 0, nil, fmt.Errorf("sqlstore: current state of %s: state after forward extremity %s: %w",
 			roomID, unknownAt, fedhistory.ErrStateUnknown)
 	}
 	if len(extremities) == 0 {
-		return "", 0, fmt.Errorf("sqlstore: current state of %s: no forward extremity: %w", roomID, fedhistory.ErrStateUnknown)
+		return "", 0, nil, fmt.Errorf("sqlstore: current state of %s: no forward extremity: %w", roomID, fedhistory.ErrStateUnknown)
 	}
 	// Sorted, as memstore does, so that the result does not depend on the
 	// order the database returns rows in.
@@ -481,32 +485,81 @@ WHERE r.room_id = $1`, roomID)
 		}
 	}
 	if len(groups) == 1 {
-		return version, groups[0], nil
+		return version, groups[0], nil, nil
 	}
 
+	// Several forward extremities: their states resolved, in memory (a
+	// read never writes, so that a Store can serve from a read replica),
+	// once per set of extremities and process.
 	key := strings.Join(extremities, "\n")
-	s.currentMu.Lock()
-	cached := s.current[roomID]
-	s.currentMu.Unlock()
-	if cached != nil && cached.extremities == key {
-		return version, cached.group, nil
+	if cached, _, ok := s.current.get(roomID); ok && cached.extremities == key {
+		return version, 0, cached, nil
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	resolved, err := s.resolveStates(ctx, s.db, gomatrixserverlib.RoomVersion(version), groups)
 	if err != nil {
-		return "", 0, fmt.Errorf("sqlstore: resolving current state of %s: %w", roomID, err)
+		return "", 0, nil, fmt.Errorf("sqlstore: resolving current state of %s: %w", roomID, err)
 	}
-	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	group, err := s.resolveGroups(ctx, tx, gomatrixserverlib.RoomVersion(version), roomID, groups)
+	cached := &resolvedCurrent{extremities: key, state: resolved.state}
+	// A map entry (key, value and bucket share) is about 64 bytes besides
+	// its strings. A room whose resolved state is larger than
+	// Options.CacheBytes is resolved on every request.
+	size := len(roomID) + len(key) + entryOverhead
+	for k, id := range resolved.state {
+		size += len(k.eventType) + len(k.stateKey) + len(id) + 64
+	}
+	s.current.put(roomID, cached, size)
+	return version, 0, cached, nil
+}
+
+// currentFromResolved is CurrentState over a state resolved in memory: the
+// ACL and server's members' events read in one query.
+func (s *Store) currentFromResolved(ctx context.Context, roomID, version string, resolved *resolvedCurrent, server string) (*fedhistory.CurrentState, error) {
+	current := &fedhistory.CurrentState{Memberships: make(map[string]string)}
+	var ids []string
+	for key, id := range resolved.state {
+		if key == (stateKey{eventType: typeServerACL}) {
+			ids = append(ids, id)
+		} else if srv := memberServer(key); srv != nil && *srv == server {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return current, nil
+	}
+	rows, err := s.query(ctx, s.db, `SELECT event_id, event_type, state_key, membership, json FROM events WHERE event_id IN (IDS($1))`, s.idList(ids))
 	if err != nil {
-		return "", 0, fmt.Errorf("sqlstore: resolving current state of %s: %w", roomID, err)
+		return nil, fmt.Errorf("sqlstore: reading current state of %s: %w", roomID, err)
 	}
-	if err := tx.Commit(); err != nil {
-		return "", 0, fmt.Errorf("sqlstore: storing current state of %s: %w", roomID, err)
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id, eventType, key string
+			membership         sql.NullString
+			data               []byte
+		)
+		if err := rows.Scan(&id, &eventType, &key, &membership, &data); err != nil {
+			return nil, fmt.Errorf("sqlstore: reading current state of %s: %w", roomID, err)
+		}
+		if eventType != typeServerACL {
+			if membership.String != "" {
+				current.Memberships[key] = membership.String
+			}
+			continue
+		}
+		verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+		if err != nil {
+			return nil, fmt.Errorf("sqlstore: room %s: %w", roomID, err)
+		}
+		pdu, err := s.parseStored(verImpl, id, data)
+		if err != nil {
+			return nil, fmt.Errorf("sqlstore: current server ACL of %s: %w", roomID, err)
+		}
+		current.ServerACL = slices.Clone(json.RawMessage(pdu.Content()))
 	}
-	s.currentMu.Lock()
-	s.current[roomID] = &resolvedCurrent{extremities: key, group: group}
-	s.currentMu.Unlock()
-	return version, group, nil
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlstore: reading current state of %s: %w", roomID, err)
+	}
+	return current, nil
 }
 
 // EraseUser marks userID as erased (GDPR): ErasedUsers reports it from now on.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fedhistory/fedhistory/internal/roomgen"
 	"github.com/fedhistory/fedhistory/memstore"
 )
 
@@ -35,4 +36,47 @@ func TestServingOnAReadOnlyConnection(t *testing.T) {
 			requireSameAsMemstore(t, reader, mem, room)
 		}
 	}
+}
+
+// TestForkedRoomOnAReadOnlyConnection: the current state of a room whose
+// forward extremities disagree (one branch set an ACL, the other saw a
+// user leave) is resolved in memory: a reader that may not write answers
+// CurrentState exactly like memstore, for a server on each side.
+func TestForkedRoomOnAReadOnlyConnection(t *testing.T) {
+	dsn := testDSN(t, "postgres")
+	ctx := context.Background()
+	require.NoError(t, Migrate(ctx, dsn))
+	writer, err := Open(ctx, dsn, Options{})
+	require.NoError(t, err)
+	defer writer.Close()
+	reader, err := Open(ctx, dsn+"&options=-c%20default_transaction_read_only%3Don", Options{})
+	require.NoError(t, err)
+	defer reader.Close()
+
+	b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: "10", Seed: 7, Creator: "@zoe:hs1.example"})
+	require.NoError(t, err)
+	require.NoError(t, b.StandardSetup())
+	must := func(_ roomgen.Event, err error) { t.Helper(); require.NoError(t, err) }
+	for _, user := range []string{bob, carol, dave} {
+		must(b.Join(user))
+	}
+	other := b.Fork()
+	must(b.State(b.Creator(), "m.room.server_acl", "", map[string]any{"allow": []string{"*"}, "deny": []string{"hs4.example"}}))
+	require.NoError(t, b.Branch(other))
+	must(b.Leave(carol))
+	room := b.Room()
+	mem := memstore.New()
+	addRoom(t, writer, mem, room, nil)
+
+	for _, server := range []string{"hs2.example", "other:8448", "other", "hs4.example"} {
+		want, err := mem.CurrentState(ctx, room.ID, server)
+		require.NoError(t, err)
+		for i := range 2 { // computed, then cached
+			got, err := reader.CurrentState(ctx, room.ID, server)
+			require.NoError(t, err, "server %s, call %d", server, i)
+			require.Equal(t, want, got, "server %s, call %d", server, i)
+		}
+	}
+	require.NotNil(t, func() []byte { c, _ := reader.CurrentState(ctx, room.ID, "hs2.example"); return c.ServerACL }(),
+		"the resolved state keeps the ACL one branch set")
 }

@@ -51,11 +51,10 @@ type Store struct {
 	// change, so a parsed event stays valid for good.
 	pdus pduCache
 
-	// current caches each room's resolved current state for one set of
-	// forward extremities, so that a forked room does not run state
-	// resolution on every request. Keyed by room ID.
-	currentMu sync.Mutex
-	current   map[string]*resolvedCurrent
+	// current caches each forked room's resolved current state for one set
+	// of forward extremities, so that a forked room does not run state
+	// resolution on every request. Keyed by room ID, bounded by bytes.
+	current *lru[string, *resolvedCurrent]
 
 	// observe, when set (by tests), sees every counted statement as the
 	// database receives it: the text after rebind and the arguments.
@@ -112,7 +111,9 @@ type Options struct {
 	ConnMaxIdleTime time.Duration
 
 	// CacheBytes bounds each of the Store's answer caches (see Store); 0
-	// means 8 MiB.
+	// means 8 MiB. One of them holds the resolved current state of rooms
+	// with several forward extremities (about 150 bytes per state entry): a
+	// forked room whose state does not fit is resolved on every request.
 	CacheBytes int
 	// StaleAfter is how long the answers that another process can change
 	// stay cached: erasures (ErasedUsers) and the current server ACL, which
@@ -198,7 +199,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		configurePool(db, o)
 	}
 	s := &Store{
-		db: db, dialect: d, current: make(map[string]*resolvedCurrent), walkRowLimit: maxWalkRows,
+		db: db, dialect: d, current: newLRU[string, *resolvedCurrent](o.CacheBytes), walkRowLimit: maxWalkRows,
 		staleAfter:    o.StaleAfter,
 		roomVersions:  newLRU[string, string](o.CacheBytes),
 		erased:        newLRU[string, bool](o.CacheBytes),
