@@ -15,18 +15,8 @@ import (
 // or with default_transaction_read_only set on the serving role) opens and
 // answers every read exactly like memstore.
 func TestServingOnAReadOnlyConnection(t *testing.T) {
-	dsn := testDSN(t, "postgres")
-	ctx := context.Background()
-	require.NoError(t, Migrate(ctx, dsn))
-	writer, err := Open(ctx, dsn, Options{})
-	require.NoError(t, err)
-	defer writer.Close()
-
-	readOnly := dsn + "&options=-c%20default_transaction_read_only%3Don"
-	reader, err := Open(ctx, readOnly, Options{})
-	require.NoError(t, err)
-	defer reader.Close()
-	require.Error(t, reader.EraseUser(ctx, bob), "the connection refuses writes")
+	writer, reader := openWriterAndReader(t)
+	require.Error(t, reader.EraseUser(context.Background(), bob), "the connection refuses writes")
 
 	for i, version := range []string{"1", "11"} {
 		for seed := range int64(2) {
@@ -43,15 +33,8 @@ func TestServingOnAReadOnlyConnection(t *testing.T) {
 // user leave) is resolved in memory: a reader that may not write answers
 // CurrentState exactly like memstore, for a server on each side.
 func TestForkedRoomOnAReadOnlyConnection(t *testing.T) {
-	dsn := testDSN(t, "postgres")
 	ctx := context.Background()
-	require.NoError(t, Migrate(ctx, dsn))
-	writer, err := Open(ctx, dsn, Options{})
-	require.NoError(t, err)
-	defer writer.Close()
-	reader, err := Open(ctx, dsn+"&options=-c%20default_transaction_read_only%3Don", Options{})
-	require.NoError(t, err)
-	defer reader.Close()
+	writer, reader := openWriterAndReader(t)
 
 	b, err := roomgen.NewBuilder(roomgen.BuilderOptions{Version: "10", Seed: 7, Creator: "@zoe:hs1.example"})
 	require.NoError(t, err)
@@ -79,4 +62,22 @@ func TestForkedRoomOnAReadOnlyConnection(t *testing.T) {
 	}
 	require.NotNil(t, func() []byte { c, _ := reader.CurrentState(ctx, room.ID, "hs2.example"); return c.ServerACL }(),
 		"the resolved state keeps the ACL one branch set")
+}
+
+// openWriterAndReader migrates a fresh PostgreSQL schema and opens two
+// stores on it: one that may write, and one whose every transaction is
+// read only, as on a read replica or with default_transaction_read_only
+// set on the serving role. Both close when the test ends.
+func openWriterAndReader(t *testing.T) (writer, reader *Store) {
+	t.Helper()
+	dsn := testDSN(t, "postgres")
+	ctx := context.Background()
+	require.NoError(t, Migrate(ctx, dsn))
+	writer, err := Open(ctx, dsn, Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { writer.Close() })
+	reader, err = Open(ctx, dsn+"&options=-c%20default_transaction_read_only%3Don", Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { reader.Close() })
+	return writer, reader
 }
