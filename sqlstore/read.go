@@ -496,7 +496,7 @@ WHERE r.room_id = $1`, roomID)
 		return "", 0, fmt.Errorf("sqlstore: resolving current state of %s: %w", roomID, err)
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	group, err := s.resolveGroups(ctx, tx, gomatrixserverlib.RoomVersion(version), roomID, groups)
+	group, err := s.resolveGroups(ctx, tx, groupCache{}, gomatrixserverlib.RoomVersion(version), roomID, groups)
 	if err != nil {
 		return "", 0, fmt.Errorf("sqlstore: resolving current state of %s: %w", roomID, err)
 	}

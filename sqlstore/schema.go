@@ -157,6 +157,12 @@ WHERE NOT (event_type = 'm.room.create' AND state_key = '') AND event_id IN (
 	SELECT event_id FROM unknown
 );
 `,
+	// 3: levelled state groups (see newGroup): a delta group's level, which
+	// says what its entries are relative to. Groups of version 2 are level
+	// 0 deltas or snapshots (no parent), which is what they are.
+	`
+ALTER TABLE state_groups ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // upgrades are the steps of a migration that need Go (parsing stored JSON,
