@@ -26,7 +26,8 @@ CREATE TABLE rooms (
 -- parent's state with its own entries applied. chain_length counts the
 -- deltas down to the nearest snapshot (a group without parent, which holds
 -- the whole state), so reading a group never costs more than
--- maxDeltaChain+1 groups' entries.
+-- maxDeltaChain+1 groups' entries. (Since version 3 the chains are
+-- levelled: see newGroup.)
 CREATE TABLE state_groups (
 	group_id     ID_PRIMARY_KEY,
 	room_id      TEXT NOT NULL,
