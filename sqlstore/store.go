@@ -361,44 +361,28 @@ func (s *Store) exec(ctx context.Context, q querier, query string, args ...any) 
 	if s.observe != nil {
 		s.observe(query, args)
 	}
-	if stmt := s.prepared(ctx, q, query); stmt != nil {
-		return stmt.ExecContext(ctx, args...)
-	}
 	return q.ExecContext(ctx, query, args...)
 }
 
-// prepared returns SQLite's prepared statement of query, on the database or
-// bound to a transaction (an import runs every statement of Add thousands
-// of times in one transaction, and parsing them was a third of its CPU),
-// or nil on PostgreSQL. database/sql prepares a Stmt once per connection
-// and keeps it, also when a transaction binds it (Tx.StmtContext reuses the
-// connection's); query is a constant (see dialect.rebind), so the map holds
-// one entry per statement of the store.
+// prepared returns SQLite's prepared statement of query when q is the
+// database itself (a transaction's statements stay unprepared: they write,
+// rarely), or nil. database/sql prepares a Stmt once per connection and
+// keeps it; query is a constant (see dialect.rebind), so the map holds one
+// entry per statement of the store.
 func (s *Store) prepared(ctx context.Context, q querier, query string) *sql.Stmt {
-	if s.dialect != sqlite {
+	if s.dialect != sqlite || q != querier(s.db) {
 		return nil
 	}
-	tx, inTx := q.(*sql.Tx)
-	if !inTx && q != querier(s.db) {
-		return nil
+	if stmt, ok := s.statements.Load(query); ok {
+		return stmt.(*sql.Stmt)
 	}
-	var stmt *sql.Stmt
-	if cached, ok := s.statements.Load(query); ok {
-		stmt = cached.(*sql.Stmt)
-	} else {
-		prepared, err := s.db.PrepareContext(ctx, query)
-		if err != nil {
-			return nil // the unprepared statement reports the error
-		}
-		if existing, loaded := s.statements.LoadOrStore(query, prepared); loaded {
-			prepared.Close()
-			stmt = existing.(*sql.Stmt)
-		} else {
-			stmt = prepared
-		}
+	stmt, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil // the unprepared statement reports the error
 	}
-	if inTx {
-		return tx.StmtContext(ctx, stmt)
+	if existing, loaded := s.statements.LoadOrStore(query, stmt); loaded {
+		stmt.Close()
+		return existing.(*sql.Stmt)
 	}
 	return stmt
 }
