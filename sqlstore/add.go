@@ -83,8 +83,11 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		}
 	}
 	ids := make([]string, len(parsed))
+	// The state groups the batch reads and writes, so that one event's
+	// state change builds on the previous one without reading it back.
+	groups := make(groupCache)
 	for i, ev := range parsed {
-		if err := s.addInTx(ctx, tx, ev); err != nil {
+		if err := s.addInTx(ctx, tx, groups, ev); err != nil {
 			return nil, err
 		}
 		ids[i] = ev.Event.ID
@@ -168,7 +171,7 @@ type knownEvent struct {
 	afterGroup int64 // 0: the empty state; meaningful when stateKnown
 }
 
-func (s *Store) addInTx(ctx context.Context, tx *sql.Tx, ev *newEvent) error {
+func (s *Store) addInTx(ctx context.Context, tx *sql.Tx, groups groupCache, ev *newEvent) error {
 	if err := s.checkStorable(ev); err != nil {
 		return err
 	}
@@ -201,7 +204,7 @@ func (s *Store) addInTx(ctx context.Context, tx *sql.Tx, ev *newEvent) error {
 			fedhistory.ErrRoomVersionMismatch, e.ID, ev.version, e.RoomID, roomVersion)
 	}
 
-	st, err := s.stateOnAdd(ctx, tx, ev, known)
+	st, err := s.stateOnAdd(ctx, tx, groups, ev, known)
 	if err != nil {
 		return err
 	}

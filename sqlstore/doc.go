@@ -32,9 +32,14 @@
 // (type, state_key) → event_id entries that differ from it. A state event's
 // after-state is a new group with one entry; a message shares the group of
 // the state before it; a state given by AddOptions.StateBefore is a
-// snapshot group. After maxDeltaChain deltas a group is stored as a
-// snapshot instead, so that reading any group touches at most
-// maxDeltaChain+1 groups, in one recursive query. Entries of m.room.member
+// snapshot group. Deltas are levelled (see groupsPerLevel in state.go): a
+// chain holds at most 8 deltas of each of 5 levels, a level k delta holding
+// the changes of up to 8^k level 0 ones, so reading any group touches at
+// most 41 groups (below the maxDeltaChain+1 the read queries assume), in
+// one recursive query, while an import writes state rows in proportion to
+// its state changes (at most 5 copies of each), not a copy of the whole
+// state every few changes. A snapshot is written only every 8^5 changes, or
+// when a delta would outgrow the state. Entries of m.room.member
 // keep the user's server (port included) in an indexed column, so that the
 // memberships of one server's users, all that visibility and authorisation
 // ask for, are an equality filter. Visibility answers for a whole batch of

@@ -26,7 +26,8 @@ CREATE TABLE rooms (
 -- parent's state with its own entries applied. chain_length counts the
 -- deltas down to the nearest snapshot (a group without parent, which holds
 -- the whole state), so reading a group never costs more than
--- maxDeltaChain+1 groups' entries.
+-- maxDeltaChain+1 groups' entries. (Since version 3 the chains are
+-- levelled: see newGroup.)
 CREATE TABLE state_groups (
 	group_id     ID_PRIMARY_KEY,
 	room_id      TEXT NOT NULL,
@@ -156,6 +157,12 @@ WHERE NOT (event_type = 'm.room.create' AND state_key = '') AND event_id IN (
 	)
 	SELECT event_id FROM unknown
 );
+`,
+	// 3: levelled state groups (see newGroup): a delta group's level, which
+	// says what its entries are relative to. Groups of version 2 are level
+	// 0 deltas or snapshots (no parent), which is what they are.
+	`
+ALTER TABLE state_groups ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
 `,
 }
 

@@ -146,63 +146,254 @@ func nearestEntries(entries []groupEntry) []groupEntry {
 	return out
 }
 
+// Levelled delta chains. A state group is either a snapshot (no parent: it
+// holds the whole state) or a delta of some level: its entries are the
+// difference between its state and its parent's. A level 0 delta is one
+// state change (or one resolution) on the previous group; once a chain ends
+// in groupsPerLevel level 0 deltas, the next group is a level 1 delta
+// instead, holding every change since the nearest group of level 1 or more
+// (or the snapshot), which becomes its parent; and so on up to level
+// deltaLevels-1. So a chain holds at most groupsPerLevel groups of each
+// level, levels never decreasing towards the snapshot: reading a group
+// touches at most deltaLevels*groupsPerLevel+1 groups (41 <= maxDeltaChain,
+// which the reads rely on). A level k delta is written once per
+// groupsPerLevel^k changes and holds at most that many entries, so every
+// change is copied at most deltaLevels times: an import writes state rows
+// in proportion to its state changes, where snapshots every maxDeltaChain
+// changes copied the whole state each time (quadratic in the room's size).
+// A new snapshot is written only when every level is full (after
+// groupsPerLevel^deltaLevels = 32,768 changes) or when a delta would hold
+// more entries than the whole state.
+const (
+	groupsPerLevel = 8
+	deltaLevels    = 5
+)
+
+// groupInfo is what newGroup needs of a stored state group.
+type groupInfo struct {
+	id     int64
+	parent int64 // 0: a snapshot
+	level  int
+	chain  int // groups between it and its snapshot
+	// entries are the group's rows: a nil event ID removes a key.
+	entries map[stateKey]*string
+	// size is the number of keys of the group's whole state.
+	size int
+}
+
+// groupCache holds the groups one transaction has read or written, so that
+// an import's state changes, one after the other, cost no reads.
+type groupCache map[int64]*groupInfo
+
+// groupChain returns group and its ancestors, nearest first, up to its
+// snapshot, reading those not in cache (in one recursive query).
+func (s *Store) groupChain(ctx context.Context, q querier, cache groupCache, group int64) ([]*groupInfo, error) {
+	var chain []*groupInfo
+	for g := group; g != 0; {
+		info, ok := cache[g]
+		if !ok {
+			if err := s.loadGroupChain(ctx, q, cache, g); err != nil {
+				return nil, err
+			}
+			info = cache[g]
+		}
+		chain = append(chain, info)
+		g = info.parent
+	}
+	return chain, nil
+}
+
+// loadGroupChain reads group and its ancestors into cache.
+func (s *Store) loadGroupChain(ctx context.Context, q querier, cache groupCache, group int64) error {
+	rows, err := s.query(ctx, q, `
+WITH RECURSIVE chain (group_id) AS (
+	SELECT CAST($1 AS BIGINT)
+	UNION ALL
+	SELECT g.parent_id FROM chain c JOIN state_groups g ON g.group_id = c.group_id
+	WHERE g.parent_id IS NOT NULL
+)
+SELECT g.group_id, g.parent_id, g.level, g.chain_length, e.event_type, e.state_key, e.event_id
+FROM chain c JOIN state_groups g ON g.group_id = c.group_id
+LEFT JOIN state_group_entries e ON e.group_id = g.group_id`, group)
+	if err != nil {
+		return fmt.Errorf("reading state group %d: %w", group, err)
+	}
+	defer rows.Close()
+	loaded := make(map[int64]*groupInfo)
+	for rows.Next() {
+		var (
+			id                 int64
+			parent             sql.NullInt64
+			level, chainLength int
+			eventType, key     sql.NullString
+			eventID            sql.NullString
+		)
+		if err := rows.Scan(&id, &parent, &level, &chainLength, &eventType, &key, &eventID); err != nil {
+			return fmt.Errorf("reading state group %d: %w", group, err)
+		}
+		info := loaded[id]
+		if info == nil {
+			info = &groupInfo{id: id, parent: parent.Int64, level: level, chain: chainLength, entries: make(map[stateKey]*string)}
+			loaded[id] = info
+		}
+		if eventType.Valid {
+			var ref *string
+			if eventID.Valid {
+				ref = &eventID.String
+			}
+			info.entries[stateKey{eventType: eventType.String, stateKey: key.String}] = ref
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading state group %d: %w", group, err)
+	}
+	// Sizes, from the snapshot down.
+	var order []*groupInfo
+	for g := group; g != 0; {
+		info, ok := loaded[g]
+		if !ok {
+			if cached, ok := cache[g]; ok {
+				info = cached
+			} else {
+				return fmt.Errorf("reading state group %d: its ancestor %d is missing", group, g)
+			}
+		}
+		order = append(order, info)
+		g = info.parent
+	}
+	for i := len(order) - 1; i >= 0; i-- {
+		info := order[i]
+		if _, done := cache[info.id]; done {
+			continue
+		}
+		info.size = sizeAfter(order[i+1:], info.entries)
+		cache[info.id] = info
+	}
+	return nil
+}
+
+// lookupState returns the event ID of key in the state of chain[0] (nil: no
+// such key).
+func lookupState(chain []*groupInfo, key stateKey) *string {
+	for _, g := range chain {
+		if id, ok := g.entries[key]; ok {
+			return id
+		}
+	}
+	return nil
+}
+
+// sizeAfter is the number of keys of the state of chain[0] (the empty state
+// if chain is empty) changed by entries.
+func sizeAfter(chain []*groupInfo, entries map[stateKey]*string) int {
+	size := 0
+	if len(chain) > 0 {
+		size = chain[0].size
+	}
+	for key, id := range entries {
+		had := lookupState(chain, key) != nil
+		switch {
+		case had && id == nil:
+			size--
+		case !had && id != nil:
+			size++
+		}
+	}
+	return size
+}
+
+// wholeState is the state of chain[0].
+func wholeState(chain []*groupInfo) map[stateKey]*string {
+	state := make(map[stateKey]*string)
+	for i := len(chain) - 1; i >= 0; i-- {
+		for key, id := range chain[i].entries {
+			if id == nil {
+				delete(state, key)
+			} else {
+				state[key] = id
+			}
+		}
+	}
+	return state
+}
+
 // newGroup stores the state group parent (0: the empty state) changed by
-// delta (a nil event ID removes a key) and returns its ID. It stores a
-// snapshot of the whole state instead of a delta when the parent's chain is
-// already maxDeltaChain long.
-func (s *Store) newGroup(ctx context.Context, q querier, roomID string, parent int64, delta map[stateKey]*string) (int64, error) {
-	chain := 0
-	if parent != 0 {
-		var parentChain int
-		if err := s.queryRow(ctx, q, `SELECT chain_length FROM state_groups WHERE group_id = $1`, parent).Scan(&parentChain); err != nil {
-			return 0, fmt.Errorf("reading state group %d: %w", parent, err)
-		}
-		chain = parentChain + 1
+// delta (a nil event ID removes a key) and returns its ID: a delta whose
+// level and parent keep the chains levelled (see groupsPerLevel), or a
+// snapshot.
+func (s *Store) newGroup(ctx context.Context, q querier, cache groupCache, roomID string, parent int64, delta map[stateKey]*string) (int64, error) {
+	chain, err := s.groupChain(ctx, q, cache, parent)
+	if err != nil {
+		return 0, err
 	}
-	if chain > maxDeltaChain {
-		states, err := s.loadStates(ctx, q, []int64{parent})
-		if err != nil {
-			return 0, err
+	size := sizeAfter(chain, delta)
+	info := &groupInfo{size: size}
+	perLevel := make([]int, deltaLevels)
+	for _, g := range chain {
+		if g.parent != 0 && g.level < deltaLevels {
+			perLevel[g.level]++
 		}
-		full := make(map[stateKey]*string, len(states[parent])+len(delta))
-		for key, id := range states[parent] {
-			full[key] = &id
+	}
+	level := slices.IndexFunc(perLevel, func(n int) bool { return n < groupsPerLevel })
+	switch {
+	case parent == 0:
+		info.entries = delta
+	case level == 0:
+		info.parent, info.chain, info.entries = parent, chain[0].chain+1, delta
+	case level > 0:
+		// The new parent: the nearest group of this level or above (or the
+		// snapshot). The entries: every change below it, and delta.
+		base := slices.IndexFunc(chain, func(g *groupInfo) bool { return g.parent == 0 || g.level >= level })
+		entries := make(map[stateKey]*string)
+		for i := base - 1; i >= 0; i-- {
+			maps.Copy(entries, chain[i].entries)
 		}
+		maps.Copy(entries, delta)
+		baseChain := chain[base:]
+		maps.DeleteFunc(entries, func(key stateKey, id *string) bool {
+			was := lookupState(baseChain, key)
+			return (was == nil && id == nil) || (was != nil && id != nil && *was == *id)
+		})
+		info.parent, info.level, info.chain, info.entries = baseChain[0].id, level, baseChain[0].chain+1, entries
+	}
+	if info.parent == 0 && parent != 0 || len(info.entries) > size {
+		// Every level full, or a delta larger than the state: a snapshot.
+		full := wholeState(chain)
 		maps.Copy(full, delta)
-		delta, parent, chain = full, 0, 0
+		info.parent, info.level, info.chain, info.entries = 0, 0, 0, full
 	}
-	if parent == 0 {
+	if info.parent == 0 {
 		// A snapshot: removals of keys nothing defines are pointless.
-		delta = maps.Clone(delta)
-		maps.DeleteFunc(delta, func(_ stateKey, id *string) bool { return id == nil })
+		info.entries = maps.Clone(info.entries)
+		maps.DeleteFunc(info.entries, func(_ stateKey, id *string) bool { return id == nil })
 	}
 
-	var group int64
-	err := s.queryRow(ctx, q, `INSERT INTO state_groups (room_id, parent_id, chain_length) VALUES ($1, $2, $3) RETURNING group_id`,
-		roomID, sql.NullInt64{Int64: parent, Valid: parent != 0}, chain).Scan(&group)
+	err = s.queryRow(ctx, q, `INSERT INTO state_groups (room_id, parent_id, chain_length, level) VALUES ($1, $2, $3, $4) RETURNING group_id`,
+		roomID, sql.NullInt64{Int64: info.parent, Valid: info.parent != 0}, info.chain, info.level).Scan(&info.id)
 	if err != nil {
 		return 0, fmt.Errorf("creating state group: %w", err)
 	}
-	keys := slices.SortedFunc(maps.Keys(delta), stateKey.compare)
+	keys := slices.SortedFunc(maps.Keys(info.entries), stateKey.compare)
 	rows := make([][]any, len(keys))
 	for i, key := range keys {
-		rows[i] = []any{group, key.eventType, key.stateKey, delta[key], memberServer(key)}
+		rows[i] = []any{info.id, key.eventType, key.stateKey, info.entries[key], memberServer(key)}
 	}
 	if err := s.insertRows(ctx, q, `INSERT INTO state_group_entries (group_id, event_type, state_key, event_id, member_server) VALUES `, rows); err != nil {
-		return 0, fmt.Errorf("filling state group %d: %w", group, err)
+		return 0, fmt.Errorf("filling state group %d: %w", info.id, err)
 	}
-	return group, nil
+	cache[info.id] = info
+	return info.id, nil
 }
 
 // resolveGroups merges two or more distinct state groups (0: the empty
 // state) with the room version's state resolution. It returns groups[0]
 // when the result is that state, else a new group stored as a delta from it.
-func (s *Store) resolveGroups(ctx context.Context, q querier, version gomatrixserverlib.RoomVersion, roomID string, groups []int64) (int64, error) {
+func (s *Store) resolveGroups(ctx context.Context, q querier, cache groupCache, version gomatrixserverlib.RoomVersion, roomID string, groups []int64) (int64, error) {
 	resolved, err := s.resolveStates(ctx, q, version, groups)
 	if err != nil {
 		return 0, err
 	}
-	return s.storeResolved(ctx, q, roomID, groups[0], resolved.base, resolved.state)
+	return s.storeResolved(ctx, q, cache, roomID, groups[0], resolved.base, resolved.state)
 }
 
 type resolution struct {
@@ -325,7 +516,7 @@ WHERE x.state_key IS NOT NULL`,
 
 // storeResolved returns base's group when resolved equals it, else a new
 // group holding resolved as a delta from base.
-func (s *Store) storeResolved(ctx context.Context, q querier, roomID string, baseGroup int64, base, resolved stateMap) (int64, error) {
+func (s *Store) storeResolved(ctx context.Context, q querier, cache groupCache, roomID string, baseGroup int64, base, resolved stateMap) (int64, error) {
 	delta := make(map[stateKey]*string)
 	for key := range base {
 		if _, ok := resolved[key]; !ok {
@@ -340,7 +531,7 @@ func (s *Store) storeResolved(ctx context.Context, q querier, roomID string, bas
 	if len(delta) == 0 {
 		return baseGroup, nil
 	}
-	return s.newGroup(ctx, q, roomID, baseGroup, delta)
+	return s.newGroup(ctx, q, cache, roomID, baseGroup, delta)
 }
 
 // parseStored parses a stored event for state resolution, through the
@@ -387,7 +578,7 @@ func (st addedState) afterColumn() sql.NullInt64 {
 // of whose prev_events the store holds in the room, as non-outliers with a
 // known state; unknown otherwise. known holds what the store has of ev's
 // prev_events.
-func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, ev *newEvent, known map[string]knownEvent) (addedState, error) {
+func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, cache groupCache, ev *newEvent, known map[string]knownEvent) (addedState, error) {
 	e := &ev.Event
 	var (
 		st  addedState
@@ -398,7 +589,7 @@ func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, ev *newEvent, known 
 		return addedState{}, fmt.Errorf("%w: given for the outlier %s, whose state is unknown by definition",
 			fedhistory.ErrInvalidStateBefore, e.ID)
 	case ev.opts.StateBefore != nil:
-		st.before, err = s.givenStateGroup(ctx, tx, e.RoomID, ev.opts.StateBefore)
+		st.before, err = s.givenStateGroup(ctx, tx, cache, e.RoomID, ev.opts.StateBefore)
 		if err != nil {
 			return addedState{}, fmt.Errorf("sqlstore: state before %s: %w", e.ID, err)
 		}
@@ -409,7 +600,7 @@ func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, ev *newEvent, known 
 	case pdu.IsCreate(e):
 		st.known = true // the empty state
 	default:
-		st.before, st.known, err = s.derivedStateGroup(ctx, tx, ev, known)
+		st.before, st.known, err = s.derivedStateGroup(ctx, tx, cache, ev, known)
 		if err != nil {
 			return addedState{}, fmt.Errorf("sqlstore: state before %s: %w", e.ID, err)
 		}
@@ -421,7 +612,7 @@ func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, ev *newEvent, known 
 	if e.StateKey != nil && !e.Rejected {
 		id := e.ID
 		delta := map[stateKey]*string{{eventType: e.Type, stateKey: *e.StateKey}: &id}
-		if st.after, err = s.newGroup(ctx, tx, e.RoomID, st.before, delta); err != nil {
+		if st.after, err = s.newGroup(ctx, tx, cache, e.RoomID, st.before, delta); err != nil {
 			return addedState{}, fmt.Errorf("sqlstore: state after %s: %w", e.ID, err)
 		}
 	}
@@ -434,7 +625,7 @@ func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, ev *newEvent, known 
 // or has an unknown state, and when there are none: only a create event may
 // lack prev_events, and without any there is nothing to derive a state
 // from, so fail closed.
-func (s *Store) derivedStateGroup(ctx context.Context, tx *sql.Tx, ev *newEvent, known map[string]knownEvent) (int64, bool, error) {
+func (s *Store) derivedStateGroup(ctx context.Context, tx *sql.Tx, cache groupCache, ev *newEvent, known map[string]knownEvent) (int64, bool, error) {
 	e := &ev.Event
 	if len(e.PrevEvents) == 0 {
 		return 0, false, nil
@@ -452,7 +643,7 @@ func (s *Store) derivedStateGroup(ctx context.Context, tx *sql.Tx, ev *newEvent,
 	if len(groups) == 1 {
 		return groups[0], true, nil
 	}
-	group, err := s.resolveGroups(ctx, tx, gomatrixserverlib.RoomVersion(ev.version), e.RoomID, groups)
+	group, err := s.resolveGroups(ctx, tx, cache, gomatrixserverlib.RoomVersion(ev.version), e.RoomID, groups)
 	if err != nil {
 		return 0, false, err
 	}
@@ -464,7 +655,7 @@ func (s *Store) derivedStateGroup(ctx context.Context, tx *sql.Tx, ev *newEvent,
 // fedhistory.ErrInvalidStateBefore: every ID must be a state event held in
 // roomID, outliers included, not rejected, at most one per (type,
 // state_key).
-func (s *Store) givenStateGroup(ctx context.Context, tx *sql.Tx, roomID string, ids []string) (int64, error) {
+func (s *Store) givenStateGroup(ctx context.Context, tx *sql.Tx, cache groupCache, roomID string, ids []string) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
@@ -494,5 +685,5 @@ func (s *Store) givenStateGroup(ctx context.Context, tx *sql.Tx, roomID string, 
 		holder[key] = id
 		state[key] = &ev.event.ID
 	}
-	return s.newGroup(ctx, tx, roomID, 0, state)
+	return s.newGroup(ctx, tx, cache, roomID, 0, state)
 }
