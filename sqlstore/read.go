@@ -209,7 +209,8 @@ func (s *Store) Visibility(ctx context.Context, roomID, server string, eventIDs 
 // never flattens), on SQLite (which has no LATERAL, and whose planner,
 // without statistics, probes the index of a plain join anyway) a plain
 // join; the events' fields are scalar subqueries. The chain is also
-// bounded, by depth (dist < maxDeltaChain, which newGroup guarantees) and
+// bounded, by depth (dist < maxDeltaChain, which the levelled chains of
+// newGroup keep to) and
 // by a LIMIT on the materialised chain.
 
 // probe joins the rows of alias c to the rows of table that match where
