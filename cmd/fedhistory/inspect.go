@@ -21,14 +21,23 @@ answer, or with --raw the answer's bytes as received. An error answer prints
 its errcode and error on stderr ("HTTP 404: M_NOT_FOUND: …") and exits with
 status 1.`
 
-// answerBody returns the body of a 2xx answer to summarise, or the error
-// answer as an error. With raw it writes the body to stdout instead and
-// returns done: there is nothing left to print.
-func answerBody(stdout io.Writer, resp *response, raw bool) (body []byte, done bool, err error) {
+// ask sends the request call makes with the flags' client, and returns the
+// body of a 2xx answer to summarise, or the error answer as an error. With
+// --raw it writes the body to stdout instead and returns done: there is
+// nothing left to print. done is also true whenever err is set.
+func (f *clientFlags) ask(stdout io.Writer, call func(*federationClient) (*response, error)) (body []byte, done bool, err error) {
+	client, err := f.client()
+	if err != nil {
+		return nil, true, err
+	}
+	resp, err := call(client)
+	if err != nil {
+		return nil, true, err
+	}
 	if err := resp.asError(); err != nil {
 		return nil, true, err
 	}
-	if raw {
+	if f.raw {
 		_, err := stdout.Write(resp.Body)
 		return nil, true, err
 	}
@@ -80,15 +89,9 @@ func runStateIDs(ctx context.Context, out streams, args []string) error {
 	if err := requireFlags(fs, append(requiredClientFlags, "event")...); err != nil {
 		return err
 	}
-	client, err := flags.client()
-	if err != nil {
-		return err
-	}
-	resp, err := client.StateIDs(ctx, flags.room, *event)
-	if err != nil {
-		return err
-	}
-	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	body, done, err := flags.ask(out.stdout, func(client *federationClient) (*response, error) {
+		return client.StateIDs(ctx, flags.room, *event)
+	})
 	if done {
 		return err
 	}
@@ -133,15 +136,9 @@ func runState(ctx context.Context, out streams, args []string) error {
 	if err := checkRoomVersionFlag(*version); err != nil {
 		return err
 	}
-	client, err := flags.client()
-	if err != nil {
-		return err
-	}
-	resp, err := client.State(ctx, flags.room, *event)
-	if err != nil {
-		return err
-	}
-	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	body, done, err := flags.ask(out.stdout, func(client *federationClient) (*response, error) {
+		return client.State(ctx, flags.room, *event)
+	})
 	if done {
 		return err
 	}
@@ -186,15 +183,9 @@ func runEventAuth(ctx context.Context, out streams, args []string) error {
 	if err := checkRoomVersionFlag(*version); err != nil {
 		return err
 	}
-	client, err := flags.client()
-	if err != nil {
-		return err
-	}
-	resp, err := client.EventAuth(ctx, flags.room, *event)
-	if err != nil {
-		return err
-	}
-	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	body, done, err := flags.ask(out.stdout, func(client *federationClient) (*response, error) {
+		return client.EventAuth(ctx, flags.room, *event)
+	})
 	if done {
 		return err
 	}
@@ -236,15 +227,9 @@ func runEvent(ctx context.Context, out streams, args []string) error {
 	if err := checkRoomVersionFlag(*version); err != nil {
 		return err
 	}
-	client, err := flags.client()
-	if err != nil {
-		return err
-	}
-	resp, err := client.Event(ctx, *event)
-	if err != nil {
-		return err
-	}
-	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	body, done, err := flags.ask(out.stdout, func(client *federationClient) (*response, error) {
+		return client.Event(ctx, *event)
+	})
 	if done {
 		return err
 	}
@@ -325,15 +310,9 @@ func runTimestamp(ctx context.Context, out streams, args []string) error {
 	if *dir != "f" && *dir != "b" {
 		return usageErrorf(`--dir %q: want f (forwards) or b (backwards)`, *dir)
 	}
-	client, err := flags.client()
-	if err != nil {
-		return err
-	}
-	resp, err := client.TimestampToEvent(ctx, flags.room, ts, *dir)
-	if err != nil {
-		return err
-	}
-	body, done, err := answerBody(out.stdout, resp, flags.raw)
+	body, done, err := flags.ask(out.stdout, func(client *federationClient) (*response, error) {
+		return client.TimestampToEvent(ctx, flags.room, ts, *dir)
+	})
 	if done {
 		return err
 	}
