@@ -531,20 +531,31 @@ func BenchmarkStateIDsHandler(b *testing.B) {
 			s := newBenchServer(b, room, func(cfg *fedhistory.Config) { cfg.StateCacheBytes = tc.cacheBytes })
 			req := s.signedGet(b, benchOrigins[0], fedhistory.Prefix+"/state_ids/"+url.PathEscape(room.roomID)+
 				"?event_id="+url.QueryEscape(room.newest))
-			rec := httptest.NewRecorder()
-			s.handler.ServeHTTP(rec, req)
-			require.Equal(b, http.StatusOK, rec.Code, "body: %.200s", rec.Body.Bytes())
-			var answer struct {
-				PDUIDs       []string `json:"pdu_ids"`
-				AuthChainIDs []string `json:"auth_chain_ids"`
-			}
-			require.NoError(b, json.Unmarshal(rec.Body.Bytes(), &answer))
+			answer, size := s.stateIDs(b, req)
 			require.Greater(b, len(answer.PDUIDs), members)
 			b.ReportMetric(float64(len(answer.PDUIDs)+len(answer.AuthChainIDs)), "ids/op")
-			b.SetBytes(int64(rec.Body.Len()))
+			b.SetBytes(int64(size))
 			serveLoop(b, s.handler, req)
 		})
 	}
+}
+
+// stateIDsAnswer is a /state_ids answer.
+type stateIDsAnswer struct {
+	PDUIDs       []string `json:"pdu_ids"`
+	AuthChainIDs []string `json:"auth_chain_ids"`
+}
+
+// stateIDs serves req, a signed /state_ids request, which must succeed,
+// and returns the answer and its size in bytes.
+func (s *benchServer) stateIDs(tb testing.TB, req *http.Request) (stateIDsAnswer, int) {
+	tb.Helper()
+	rec := httptest.NewRecorder()
+	s.handler.ServeHTTP(rec, req)
+	require.Equal(tb, http.StatusOK, rec.Code, "body: %.200s", rec.Body.Bytes())
+	var answer stateIDsAnswer
+	require.NoError(tb, json.Unmarshal(rec.Body.Bytes(), &answer))
+	return answer, rec.Body.Len()
 }
 
 // largeBenchmarks reports whether the 10^6-event rooms may be built.
