@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/fedhistory/fedhistory/internal/matrixerr"
+	"github.com/fedhistory/fedhistory/internal/setting"
 )
 
 // Prefix is the path under which the history endpoints live. The handler
@@ -165,17 +166,17 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Authenticator == nil {
 		return cfg, errors.New("fedhistory: Config.Authenticator is required (use sign.NewVerifier)")
 	}
-	setDefault(&cfg.MaxBackfillLimit, DefaultMaxBackfillLimit)
-	setDefault(&cfg.MaxBackfillSeeds, DefaultMaxBackfillSeeds)
-	setDefault(&cfg.MaxMissingEvents, DefaultMaxMissingEvents)
-	setDefault(&cfg.MaxMissingEventIDs, DefaultMaxMissingEventIDs)
-	setDefault(&cfg.MaxRequestBodyBytes, DefaultMaxRequestBodyBytes)
-	setDefault(&cfg.MaxConcurrentPerOrigin, DefaultMaxConcurrentPerOrigin)
-	setDefault(&cfg.MaxQueuedPerOrigin, DefaultMaxQueuedPerOrigin)
-	setDefault(&cfg.MaxInFlight, DefaultMaxInFlight)
-	setDefault(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
-	setDefault(&cfg.RequestTimeout, DefaultRequestTimeout)
-	setDefault(&cfg.StateCacheBytes, DefaultStateCacheBytes)
+	setting.Default(&cfg.MaxBackfillLimit, DefaultMaxBackfillLimit)
+	setting.Default(&cfg.MaxBackfillSeeds, DefaultMaxBackfillSeeds)
+	setting.Default(&cfg.MaxMissingEvents, DefaultMaxMissingEvents)
+	setting.Default(&cfg.MaxMissingEventIDs, DefaultMaxMissingEventIDs)
+	setting.Default(&cfg.MaxRequestBodyBytes, DefaultMaxRequestBodyBytes)
+	setting.Default(&cfg.MaxConcurrentPerOrigin, DefaultMaxConcurrentPerOrigin)
+	setting.Default(&cfg.MaxQueuedPerOrigin, DefaultMaxQueuedPerOrigin)
+	setting.Default(&cfg.MaxInFlight, DefaultMaxInFlight)
+	setting.Default(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	setting.Default(&cfg.RequestTimeout, DefaultRequestTimeout)
+	setting.Default(&cfg.StateCacheBytes, DefaultStateCacheBytes)
 	if cfg.MaxWalkVisits < 0 {
 		cfg.MaxWalkVisits = 0
 	}
@@ -186,13 +187,6 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Now = time.Now
 	}
 	return cfg, nil
-}
-
-// setDefault replaces a zero or negative limit with its default.
-func setDefault[T int | int64 | time.Duration](v *T, def T) {
-	if *v <= 0 {
-		*v = def
-	}
 }
 
 // Handler serves the history endpoints. It is an http.Handler for the whole

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/fedhistory/fedhistory/internal/setting"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
@@ -198,25 +199,15 @@ func newVerifier(cfg VerifierConfig, nw network) (*Verifier, error) {
 		now = time.Now
 	}
 	timeout := cfg.KeyFetchTimeout
-	if timeout <= 0 {
-		timeout = DefaultKeyFetchTimeout
-	}
+	setting.Default(&timeout, DefaultKeyFetchTimeout)
 	failureTTL := cfg.FailureCacheTTL
-	if failureTTL <= 0 {
-		failureTTL = DefaultFailureCacheTTL
-	}
+	setting.Default(&failureTTL, DefaultFailureCacheTTL)
 	maxServers := cfg.MaxCachedServers
-	if maxServers <= 0 {
-		maxServers = DefaultMaxCachedServers
-	}
+	setting.Default(&maxServers, DefaultMaxCachedServers)
 	maxPerOrigin := cfg.MaxPendingPerOrigin
-	if maxPerOrigin <= 0 {
-		maxPerOrigin = DefaultMaxPendingPerOrigin
-	}
+	setting.Default(&maxPerOrigin, DefaultMaxPendingPerOrigin)
 	maxPending := cfg.MaxPendingKeyFetches
-	if maxPending <= 0 {
-		maxPending = DefaultMaxPendingKeyFetches
-	}
+	setting.Default(&maxPending, DefaultMaxPendingKeyFetches)
 
 	keys := &keyring{
 		static:       static,

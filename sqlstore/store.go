@@ -21,6 +21,7 @@ import (
 	sqlitedriver "modernc.org/sqlite"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/setting"
 	"github.com/matrix-org/gomatrixserverlib"
 )
 
@@ -132,9 +133,7 @@ const (
 
 // withDefaults fills in the zero fields.
 func (o Options) withDefaults() Options {
-	if o.MaxOpenConns <= 0 {
-		o.MaxOpenConns = 2*runtime.GOMAXPROCS(0) + 8
-	}
+	setting.Default(&o.MaxOpenConns, 2*runtime.GOMAXPROCS(0)+8)
 	if o.MaxIdleConns <= 0 || o.MaxIdleConns > o.MaxOpenConns {
 		o.MaxIdleConns = o.MaxOpenConns
 	}
@@ -144,9 +143,7 @@ func (o Options) withDefaults() Options {
 	if o.ConnMaxIdleTime == 0 {
 		o.ConnMaxIdleTime = defaultConnMaxIdleTime
 	}
-	if o.CacheBytes <= 0 {
-		o.CacheBytes = defaultCacheBytes
-	}
+	setting.Default(&o.CacheBytes, defaultCacheBytes)
 	if o.StaleAfter == 0 {
 		o.StaleAfter = defaultStaleAfter
 	}
