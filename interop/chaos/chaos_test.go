@@ -20,6 +20,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fedhistory/fedhistory/interop/internal/serveproc"
+
 	"github.com/fedhistory/fedhistory/sign"
 )
 
@@ -97,7 +99,7 @@ type suite struct {
 	cfg      settings
 	pg       *postgres
 	proxy    *latencyProxy
-	srv      *server
+	srv      *serveproc.Server
 	driver   *driver
 	stats    *http.Client
 	baseline runtimeStats
@@ -124,15 +126,15 @@ func TestChaos(t *testing.T) {
 	hangingKeys := startHangingKeyServer(t)
 
 	dir := t.TempDir()
-	binary := buildCommand(t, dir)
+	binary := serveproc.Build(t, dir)
 	genArgs := []string{"gen", "--out", filepath.Join(dir, "room.jsonl"), "--events", strconv.Itoa(cfg.events),
 		"--fork-every", "9", "--seed", "1", "--server-name", serverName}
 	for _, origin := range pinnedOrigins {
 		genArgs = append(genArgs, "--other-server", origin)
 	}
-	run(t, dir, binary, genArgs...)
+	serveproc.Run(t, dir, binary, genArgs...)
 	r := readRoom(t, filepath.Join(dir, "room.jsonl"))
-	run(t, dir, binary, "import", "--db", dsn(pg.addr()), "--room", filepath.Join(dir, "room.jsonl"))
+	serveproc.Run(t, dir, binary, "import", "--db", dsn(pg.addr()), "--room", filepath.Join(dir, "room.jsonl"))
 
 	hangingNames := make([]string, cfg.hangingOrigins)
 	for i := range hangingNames {
@@ -151,8 +153,8 @@ func TestChaos(t *testing.T) {
 		serveArgs = append(serveArgs, "--resolve", name+"="+hangingKeys)
 	}
 	s := &suite{t: t, cfg: cfg, pg: pg, proxy: proxy, stats: &http.Client{Timeout: 30 * time.Second}}
-	s.srv = startServe(t, dir, binary, serveArgs...)
-	s.driver = newDriver(s.srv.federationURL, serverName, r, pinned)
+	s.srv = serveproc.Start(t, dir, binary, serveArgs...)
+	s.driver = newDriver(s.srv.FederationURL, serverName, r, pinned)
 	s.digest = pg.digest(t)
 
 	// The baseline: after a first load, idle, after GCs.
@@ -206,7 +208,7 @@ func TestChaos(t *testing.T) {
 	}
 
 	if keep := os.Getenv("FEDHISTORY_CHAOS_LOGS"); keep != "" {
-		for _, path := range []string{s.srv.logPath, pg.logPath} {
+		for _, path := range []string{s.srv.LogPath, pg.logPath} {
 			data, err := os.ReadFile(path)
 			require.NoError(t, err)
 			require.NoError(t, os.WriteFile(filepath.Join(keep, filepath.Base(path)), data, 0o644))
@@ -244,7 +246,7 @@ func (s *suite) hangingLoad(claimed []string) func(*testing.T) func(*testing.T) 
 func (s *suite) runFault(f fault) bool {
 	t := s.t
 	t.Run(f.name, func(t *testing.T) {
-		errorLines := len(logLines(t, s.srv.logPath, "level=ERROR"))
+		errorLines := len(logLines(t, s.srv.LogPath, "level=ERROR"))
 		ctx, stopLoad := context.WithCancel(context.Background())
 		loadDone := make(chan struct{})
 		go func() {
@@ -258,14 +260,14 @@ func (s *suite) runFault(f fault) bool {
 		time.Sleep(f.hold)
 		end(t)
 		faultEnd := time.Now()
-		require.True(t, s.srv.running(), "serve exited during the fault; see %s", s.srv.logPath)
+		require.True(t, s.srv.Running(), "serve exited during the fault; see %s", s.srv.LogPath)
 
 		probed := s.driver.probe(t, s.cfg.recoveryBound)
 		time.Sleep(s.cfg.settle)
 		stopLoad()
 		<-loadDone
 		phaseEnd := time.Now()
-		require.True(t, s.srv.running(), "serve exited after the fault; see %s", s.srv.logPath)
+		require.True(t, s.srv.Running(), "serve exited after the fault; see %s", s.srv.LogPath)
 
 		outcomes := s.driver.window(faultStart.Add(-s.cfg.warm), phaseEnd)
 		// Recovered: the probe got a 200 and no pinned request failed
@@ -289,7 +291,7 @@ func (s *suite) runFault(f fault) bool {
 		row := timelineRow{fault: f.name, start: faultStart.Sub(s.epoch), end: faultEnd.Sub(s.epoch),
 			answers: classCounts(outcomes), recovery: recovery.Round(10 * time.Millisecond).String(),
 			before: s.baseline, after: after, pinnedFailuresRecovered: failuresAfterProbe,
-			errorLogLines: len(logLines(t, s.srv.logPath, "level=ERROR")) - errorLines}
+			errorLogLines: len(logLines(t, s.srv.LogPath, "level=ERROR")) - errorLines}
 		s.rows = append(s.rows, row)
 
 		requireValidAnswers(t, outcomes)
@@ -306,7 +308,7 @@ func (s *suite) runFault(f fault) bool {
 			"heap in use: baseline %s, after %s", mib(s.baseline.HeapInuse), mib(after.HeapInuse))
 		require.Equal(t, s.digest, s.pg.digest(t), "the database changed")
 	})
-	return !t.Failed() && s.srv.running()
+	return !t.Failed() && s.srv.Running()
 }
 
 // goroutineSlack and heapSlack are what a settled server may hold beyond
@@ -357,9 +359,9 @@ func (s *suite) sigtermUnderLoad() {
 		}()
 		time.Sleep(s.cfg.warm)
 		faultStart := time.Now()
-		require.NoError(t, s.srv.cmd.Process.Signal(syscall.SIGTERM))
+		require.NoError(t, s.srv.Cmd.Process.Signal(syscall.SIGTERM))
 		select {
-		case <-s.srv.exited:
+		case <-s.srv.Exited():
 		case <-time.After(s.cfg.drainTimeout + time.Minute):
 			t.Fatalf("serve did not exit within a minute of its drain timeout after SIGTERM")
 		}
@@ -370,7 +372,7 @@ func (s *suite) sigtermUnderLoad() {
 		<-loadDone
 		outcomes := s.driver.window(faultStart.Add(-s.cfg.warm), time.Now())
 		s.rows = append(s.rows, timelineRow{fault: fmt.Sprintf("SIGTERM under load (database +%s per chunk, --drain-timeout %s)", s.cfg.drainLatency, s.cfg.drainTimeout),
-			start: faultStart.Sub(s.epoch), end: faultEnd.Sub(s.epoch), answers: classCounts(outcomes), recovery: "exit " + strconv.Itoa(s.srv.cmd.ProcessState.ExitCode()),
+			start: faultStart.Sub(s.epoch), end: faultEnd.Sub(s.epoch), answers: classCounts(outcomes), recovery: "exit " + strconv.Itoa(s.srv.Cmd.ProcessState.ExitCode()),
 			before: s.baseline, errorLogLines: -1})
 
 		var invalid []string
@@ -380,7 +382,7 @@ func (s *suite) sigtermUnderLoad() {
 			}
 		}
 		require.Empty(t, invalid, "requests that got no valid answer around SIGTERM")
-		require.Equal(t, 0, s.srv.cmd.ProcessState.ExitCode(), "serve's exit status after SIGTERM; see %s", s.srv.logPath)
+		require.Equal(t, 0, s.srv.Cmd.ProcessState.ExitCode(), "serve's exit status after SIGTERM; see %s", s.srv.LogPath)
 		require.Equal(t, s.digest, s.pg.digest(t), "the database changed")
 	})
 }

@@ -3,7 +3,6 @@
 package loadtest_test
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -13,9 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -26,6 +23,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedhistory/fedhistory/interop/internal/serveproc"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/fedhistory/fedhistory/internal/roomdump"
@@ -76,13 +75,13 @@ func TestLoad(t *testing.T) {
 	events := envInt(t, "FEDHISTORY_LOAD_EVENTS", defaultEvents)
 	dir := t.TempDir()
 
-	binary := buildCommand(t, dir)
+	binary := serveproc.Build(t, dir)
 	args := []string{"gen", "--out", filepath.Join(dir, "room.jsonl"), "--events", strconv.Itoa(events),
 		"--fork-every", "9", "--seed", "1", "--server-name", serverName}
 	for _, origin := range origins {
 		args = append(args, "--other-server", origin)
 	}
-	run(t, dir, binary, args...)
+	serveproc.Run(t, dir, binary, args...)
 	room := readRoom(t, filepath.Join(dir, "room.jsonl"))
 
 	keys := map[string]*sign.SigningKey{}
@@ -94,7 +93,7 @@ func TestLoad(t *testing.T) {
 		keys[origin] = key
 		serveArgs = append(serveArgs, "--trust", origin+"="+key.ID+":"+base64.RawStdEncoding.EncodeToString(key.Public()))
 	}
-	srv := startServe(t, dir, binary, serveArgs...)
+	srv := serveproc.Start(t, dir, binary, serveArgs...)
 
 	transport := &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}
 	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
@@ -102,7 +101,7 @@ func TestLoad(t *testing.T) {
 
 	// Warm up (first use of every code path, the limiter's maps, the
 	// connection pool), then measure the baseline after a forced GC.
-	warm := newTargeter(srv.federationURL, room, keys, 1)
+	warm := newTargeter(srv.FederationURL, room, keys, 1)
 	for range 50 {
 		var target vegeta.Target
 		require.NoError(t, warm.next(&target))
@@ -114,8 +113,8 @@ func TestLoad(t *testing.T) {
 		resp.Body.Close()
 	}
 	transport.CloseIdleConnections()
-	before := settledStats(t, statsClient, srv.debugURL, 0)
-	saveHeapProfile(t, statsClient, srv.debugURL, "before")
+	before := settledStats(t, statsClient, srv.DebugURL, 0)
+	saveHeapProfile(t, statsClient, srv.DebugURL, "before")
 
 	// Sample the server while under load.
 	var during []serverStats
@@ -130,7 +129,7 @@ func TestLoad(t *testing.T) {
 			case <-stopSampling:
 				return
 			case <-ticker.C:
-				if stats, err := readStats(statsClient, srv.debugURL, false); err == nil {
+				if stats, err := readStats(statsClient, srv.DebugURL, false); err == nil {
 					during = append(during, stats)
 				}
 			}
@@ -138,7 +137,7 @@ func TestLoad(t *testing.T) {
 	}()
 
 	attacker := vegeta.NewAttacker(vegeta.Timeout(30*time.Second), vegeta.Client(client))
-	targeter := newTargeter(srv.federationURL, room, keys, 2)
+	targeter := newTargeter(srv.FederationURL, room, keys, 2)
 	byKind := map[requestKind]*vegeta.Metrics{}
 	for kind := range expectedStatus {
 		byKind[kind] = &vegeta.Metrics{}
@@ -171,9 +170,9 @@ func TestLoad(t *testing.T) {
 
 	// Let the server's connection goroutines end with our connections.
 	transport.CloseIdleConnections()
-	after := settledStats(t, statsClient, srv.debugURL, before.Goroutines)
-	saveHeapProfile(t, statsClient, srv.debugURL, "after")
-	exitCode := srv.stop(t)
+	after := settledStats(t, statsClient, srv.DebugURL, before.Goroutines)
+	saveHeapProfile(t, statsClient, srv.DebugURL, "after")
+	exitCode := stop(t, srv)
 
 	report := formatReport(duration, rate, events, &valid, byKind, unexpected, before, during, after)
 	t.Log("\n" + report)
@@ -183,7 +182,7 @@ func TestLoad(t *testing.T) {
 
 	require.Empty(t, examples, "requests that did not get what they must")
 	require.Equal(t, 0, exitCode, "serve did not shut down cleanly")
-	logErrors := srv.logLines(t, "level=ERROR")
+	logErrors := logLines(t, srv, "level=ERROR")
 	require.Empty(t, logErrors, "the server logged errors")
 	// Flat: what the attack left behind once idle connections are gone and
 	// a GC ran. A leak of one goroutine or a few hundred bytes per request
@@ -450,100 +449,18 @@ func round(d time.Duration) time.Duration {
 
 func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
-// buildCommand builds the fedhistory command into dir.
-func buildCommand(t *testing.T, dir string) string {
-	t.Helper()
-	binary := filepath.Join(dir, "fedhistory")
-	out, err := exec.Command("go", "build", "-o", binary, "github.com/fedhistory/fedhistory/cmd/fedhistory").CombinedOutput()
-	require.NoError(t, err, "building fedhistory: %s", out)
-	return binary
-}
-
-func run(t *testing.T, dir, binary string, args ...string) {
-	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "fedhistory %v: %s", args, out)
-}
-
-// server is a running "fedhistory serve".
-type server struct {
-	cmd                     *exec.Cmd
-	federationURL, debugURL string
-	logPath                 string
-	exited                  chan struct{}
-}
-
-var (
-	servingLine = regexp.MustCompile(`^fedhistory: serving \S+ on (http://127\.0\.0\.1:\d+)$`)
-	debugLine   = regexp.MustCompile(`^fedhistory: debug server on (http://127\.0\.0\.1:\d+)$`)
-)
-
-func startServe(t *testing.T, dir, binary string, args ...string) *server {
-	t.Helper()
-	s := &server{logPath: filepath.Join(dir, "serve.log"), exited: make(chan struct{})}
-	logFile, err := os.Create(s.logPath)
-	require.NoError(t, err)
-	t.Cleanup(func() { logFile.Close() })
-	s.cmd = exec.Command(binary, args...)
-	s.cmd.Dir = dir
-	s.cmd.Stderr = logFile
-	stdout, err := s.cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, s.cmd.Start())
-	go func() {
-		_ = s.cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-s.exited:
-		default:
-			_ = s.cmd.Process.Signal(syscall.SIGTERM)
-			<-s.exited
-		}
-	})
-
-	lines := make(chan string, 2)
-	go func() {
-		scanner := bufio.NewScanner(stdout)
-		for scanner.Scan() {
-			lines <- scanner.Text()
-		}
-		close(lines)
-	}()
-	next := func() string {
-		select {
-		case line, ok := <-lines:
-			require.True(t, ok, "serve stopped before it was ready; see %s", s.logPath)
-			return line
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("serve did not become ready; see %s", s.logPath)
-			return ""
-		}
-	}
-	m := servingLine.FindStringSubmatch(next())
-	require.NotNil(t, m)
-	s.federationURL = m[1]
-	m = debugLine.FindStringSubmatch(next())
-	require.NotNil(t, m)
-	s.debugURL = m[1]
-	return s
-}
-
 // stop sends SIGTERM and returns the exit status.
-func (s *server) stop(t *testing.T) int {
+func stop(t *testing.T, s *serveproc.Server) int {
 	t.Helper()
-	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
-	<-s.exited
-	return s.cmd.ProcessState.ExitCode()
+	require.NoError(t, s.Cmd.Process.Signal(syscall.SIGTERM))
+	<-s.Exited()
+	return s.Cmd.ProcessState.ExitCode()
 }
 
 // logLines returns the server's log lines that contain substr.
-func (s *server) logLines(t *testing.T, substr string) []string {
+func logLines(t *testing.T, s *serveproc.Server, substr string) []string {
 	t.Helper()
-	data, err := os.ReadFile(s.logPath)
+	data, err := os.ReadFile(s.LogPath)
 	require.NoError(t, err)
 	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
