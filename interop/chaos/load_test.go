@@ -234,14 +234,14 @@ func classify(kind requestKind, status int, body []byte, serverName string) (cla
 	class = strconv.Itoa(status) + " " + *matrixError.Errcode
 	// The request itself decides these answers, whatever the faults:
 	// authentication comes first, so an unsigned request is refused
-	// before anything can be busy; a bad limit is found once the origin's
-	// turn comes, so while it waits for one it may be refused for load or
-	// cancelled at shutdown instead.
+	// before anything can be busy, and a bad limit is found by parsing,
+	// before the request queues for its origin's turn (so never 429); only
+	// a shutdown that cancels it first answers 503 instead.
 	switch {
 	case kind == kindUnsigned && status != http.StatusUnauthorized:
 		return class, fmt.Sprintf("unsigned: status %d, want 401", status)
-	case kind == kindBadLimit && status != http.StatusBadRequest && status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable:
-		return class, fmt.Sprintf("bad limit: status %d, want 400 (or 429, 503 while waiting for its turn)", status)
+	case kind == kindBadLimit && status != http.StatusBadRequest && status != http.StatusServiceUnavailable:
+		return class, fmt.Sprintf("bad limit: status %d, want 400 (or 503 when shutdown cancelled it)", status)
 	}
 	return class, ""
 }
