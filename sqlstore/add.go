@@ -7,8 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"runtime"
 	"slices"
-	"strings"
+	"sync"
 
 	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/pdu"
@@ -52,16 +53,19 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		return nil, nil
 	}
 	// Parse everything before taking any lock.
-	parsed := make([]*newEvent, len(events))
-	for i, p := range events {
-		ev, err := parseNewEvent(p)
-		if err != nil {
-			return nil, err
-		}
-		parsed[i] = ev
+	parsed, err := parseAll(events)
+	if err != nil {
+		return nil, err
 	}
 
-	tx, err := s.db.BeginTx(ctx, nil)
+	// One connection, so that COPY (which database/sql does not know) can
+	// run inside the transaction.
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: connecting: %w", err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: beginning transaction: %w", err)
 	}
@@ -82,15 +86,24 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 			}
 		}
 	}
+	w := newBatchWriter(s, conn, tx)
 	ids := make([]string, len(parsed))
-	// The state groups the batch reads and writes, so that one event's
-	// state change builds on the previous one without reading it back.
-	groups := make(groupCache)
-	for i, ev := range parsed {
-		if err := s.addInTx(ctx, tx, groups, ev); err != nil {
+	for start := 0; start < len(parsed); start += s.addChunk {
+		chunk := parsed[start:min(start+s.addChunk, len(parsed))]
+		if err := w.prefetch(ctx, chunk); err != nil {
 			return nil, err
 		}
-		ids[i] = ev.Event.ID
+		for i, ev := range chunk {
+			if err := w.add(ctx, ev); err != nil {
+				return nil, err
+			}
+			ids[start+i] = ev.Event.ID
+			// The rows are written: only the metadata stays in memory.
+			chunk[i] = nil
+		}
+		if err := w.flush(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("sqlstore: committing %d events: %w", len(parsed), err)
@@ -99,6 +112,42 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 	s.currentStates.clear()
 	return ids, nil
 }
+
+// parseAll parses events on every core: gomatrixserverlib's parse (which
+// hashes every event of room version 3 and later to learn its ID) is the
+// largest CPU cost of an import, about 30 µs per event. It fails with the
+// error of the first event in order that does not parse, as a loop would.
+func parseAll(events []Pending) ([]*newEvent, error) {
+	parsed := make([]*newEvent, len(events))
+	workers := min(runtime.GOMAXPROCS(0), (len(events)+parseShare-1)/parseShare)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for worker := range workers {
+		wg.Go(func() {
+			// Contiguous shares, so that the first failing share holds the
+			// first failing event.
+			lo, hi := worker*len(events)/workers, (worker+1)*len(events)/workers
+			for i := lo; i < hi; i++ {
+				ev, err := parseNewEvent(events[i])
+				if err != nil {
+					errs[worker] = err
+					return
+				}
+				parsed[i] = ev
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return parsed, nil
+}
+
+// parseShare is the fewest events worth a goroutine of parseAll.
+const parseShare = 256
 
 // roomLockClass is the first key of the per-room advisory locks
 // ("fh" in ASCII), which keeps them apart from other applications' locks.
@@ -122,6 +171,9 @@ func parseNewEvent(p Pending) (*newEvent, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Nothing reads gomatrixserverlib's parse once the metadata is out, and
+	// an import holds every event of the batch until it is written.
+	parsed.PDU = nil
 	return &newEvent{Parsed: parsed, version: p.RoomVersion, opts: p.Options}, nil
 }
 
@@ -161,7 +213,8 @@ func (s *Store) checkStorable(ev *newEvent) error {
 	return nil
 }
 
-// knownEvent is what addInTx needs to know of an event already stored.
+// knownEvent is what add needs to know of an event already stored (or
+// added earlier in the batch).
 type knownEvent struct {
 	// event carries ID, RoomID, Type, StateKey, Sender and Rejected: what
 	// the redaction rules read of a target.
@@ -171,116 +224,61 @@ type knownEvent struct {
 	afterGroup int64 // 0: the empty state; meaningful when stateKnown
 }
 
-func (s *Store) addInTx(ctx context.Context, tx *sql.Tx, groups groupCache, ev *newEvent) error {
-	if err := s.checkStorable(ev); err != nil {
+// add works out ev's rows, in memory, and buffers them for flush.
+func (w *batchWriter) add(ctx context.Context, ev *newEvent) error {
+	if err := w.s.checkStorable(ev); err != nil {
 		return err
 	}
 	e := &ev.Event
 	e.Rejected, e.Outlier = ev.opts.Rejected, ev.opts.Outlier
-	// One query for the event itself (a duplicate?), its prev_events, its
-	// auth_events and the target of a redaction.
-	lookup := append(append([]string{e.ID}, e.PrevEvents...), ev.AuthEvents...)
-	if e.Redacts != "" {
-		lookup = append(lookup, e.Redacts)
-	}
-	known, err := s.knownEvents(ctx, tx, lookup)
-	if err != nil {
-		return err
-	}
-	if _, dup := known[e.ID]; dup {
+	if _, dup := w.known[e.ID]; dup {
 		return fmt.Errorf("%w: %s", fedhistory.ErrDuplicateEvent, e.ID)
 	}
-	var roomVersion string
-	err = s.queryRow(ctx, tx, `SELECT room_version FROM rooms WHERE room_id = $1`, e.RoomID).Scan(&roomVersion)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		if _, err := s.exec(ctx, tx, `INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)`, e.RoomID, ev.version); err != nil {
-			return fmt.Errorf("sqlstore: creating room %s: %w", e.RoomID, err)
-		}
-	case err != nil:
-		return fmt.Errorf("sqlstore: reading room %s: %w", e.RoomID, err)
-	case roomVersion != ev.version:
-		return fmt.Errorf("%w: event %s is version %s, room %s is version %s",
-			fedhistory.ErrRoomVersionMismatch, e.ID, ev.version, e.RoomID, roomVersion)
+	if err := w.checkRoomVersion(ctx, ev); err != nil {
+		return err
 	}
-
-	st, err := s.stateOnAdd(ctx, tx, groups, ev, known)
+	st, err := w.stateOnAdd(ctx, ev)
 	if err != nil {
 		return err
 	}
-	redactions, err := s.redactionsOnAdd(ctx, tx, ev, st, known)
+	self := w.pendingRedactionsApply(ev)
+	effects, err := w.judgeRedaction(ctx, ev, st)
 	if err != nil {
 		return err
 	}
 
-	_, err = s.exec(ctx, tx, `
-INSERT INTO events (event_id, room_id, depth, prev_events, event_type, state_key, sender, redacts,
-	rejected, outlier, membership, history_visibility, before_group, after_group, json,
-	origin_server_ts, state_known, redacted)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+	row := &eventRow{args: []any{
 		e.ID, e.RoomID, e.Depth, jsonList(e.PrevEvents), e.Type, e.StateKey, e.Sender, e.Redacts,
 		e.Rejected, e.Outlier, ev.membership(), ev.historyVisibility(), st.beforeColumn(), st.afterColumn(), e.JSON,
-		e.OriginServerTS, st.known, redactions.self)
-	if err != nil {
-		if isUniqueViolation(err) {
-			// Another process added the same event ID (in another room: the
-			// room lock serialises adds to one room) after our check.
-			return fmt.Errorf("%w: %s", fedhistory.ErrDuplicateEvent, e.ID)
-		}
-		return fmt.Errorf("sqlstore: inserting %s: %w", e.ID, err)
-	}
-	if err := redactions.apply(ctx, tx); err != nil {
-		return err
-	}
-
-	edges := make([][]any, len(e.PrevEvents))
+		e.OriginServerTS, st.known, self,
+	}}
+	w.eventRows = append(w.eventRows, row)
+	w.unflushed[e.ID] = row
+	w.applyRedaction(ev, effects)
 	for i, prev := range e.PrevEvents {
-		edges[i] = []any{e.ID, i, prev, e.RoomID}
-	}
-	if err := s.insertRows(ctx, tx, `INSERT INTO edges (event_id, ord, prev_event_id, room_id) VALUES `, edges); err != nil {
-		return fmt.Errorf("sqlstore: inserting prev_events of %s: %w", e.ID, err)
+		w.edgeRows = append(w.edgeRows, []any{e.ID, i, prev, e.RoomID})
 	}
 	// As in memstore: the auth chain links of an event are its auth events
 	// held in its room when it is added, whatever their kind. (State
 	// resolution follows only those between state events.)
-	var auths [][]any
-	seen := make(map[string]bool)
+	seen := make(map[string]bool, len(ev.AuthEvents))
 	for _, id := range ev.AuthEvents {
-		if a, ok := known[id]; ok && a.event.RoomID == e.RoomID && !seen[id] {
+		if a, ok := w.known[id]; ok && a.event.RoomID == e.RoomID && !seen[id] {
 			seen[id] = true
-			auths = append(auths, []any{e.ID, id})
+			w.authRows = append(w.authRows, []any{e.ID, id})
 		}
 	}
-	if err := s.insertRows(ctx, tx, `INSERT INTO auth_edges (event_id, auth_event_id) VALUES `, auths); err != nil {
-		return fmt.Errorf("sqlstore: inserting auth_events of %s: %w", e.ID, err)
+	w.known[e.ID] = knownEvent{
+		event: fedhistory.Event{
+			ID: e.ID, RoomID: e.RoomID, Type: e.Type, StateKey: e.StateKey, Sender: e.Sender,
+			Rejected: e.Rejected, Outlier: e.Outlier,
+		},
+		outlier:    e.Outlier,
+		stateKnown: st.known,
+		afterGroup: st.after,
 	}
-
 	if !e.Outlier && !e.Rejected {
-		return s.updateExtremities(ctx, tx, ev)
-	}
-	return nil
-}
-
-// updateExtremities maintains forward_extremities for a state-bearing event.
-// Like memstore, it follows Synapse: outliers and rejected events neither
-// become extremities nor retire their prev_events.
-func (s *Store) updateExtremities(ctx context.Context, tx *sql.Tx, ev *newEvent) error {
-	if len(ev.Event.PrevEvents) > 0 {
-		if _, err := s.exec(ctx, tx, `DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN (IDS($2))`,
-			ev.Event.RoomID, s.idList(ev.Event.PrevEvents)); err != nil {
-			return fmt.Errorf("sqlstore: retiring prev_events of %s: %w", ev.Event.ID, err)
-		}
-	}
-	// An event that a state-bearing event already names as a prev_event
-	// (added before it, while it was unknown) is no forward extremity.
-	_, err := s.exec(ctx, tx, `
-INSERT INTO forward_extremities (room_id, event_id)
-SELECT $1, $2 WHERE NOT EXISTS (
-	SELECT 1 FROM edges ed JOIN events child ON child.event_id = ed.event_id
-	WHERE ed.prev_event_id = $2 AND NOT child.outlier AND NOT child.rejected
-)`, ev.Event.RoomID, ev.Event.ID)
-	if err != nil {
-		return fmt.Errorf("sqlstore: recording forward extremity %s: %w", ev.Event.ID, err)
+		w.recordExtremities(ev)
 	}
 	return nil
 }
@@ -317,48 +315,6 @@ FROM events WHERE event_id IN (IDS($1))`,
 		return nil, fmt.Errorf("sqlstore: looking up events: %w", err)
 	}
 	return known, nil
-}
-
-// maxRowsPerInsert bounds the rows of one multi-row INSERT. Far below the
-// databases' parameter limits (SQLite's 32766, PostgreSQL's 65535): SQLite
-// (modernc.org/sqlite) binds a statement's parameters in time that grows
-// faster than their number, and 100 rows per statement already saves
-// nearly all the round trips.
-const maxRowsPerInsert = 100
-
-// insertRows inserts rows with prefix ("INSERT INTO t (a, b) VALUES "), as
-// few multi-row statements as the parameter limit allows.
-func (s *Store) insertRows(ctx context.Context, q querier, prefix string, rows [][]any) error {
-	if len(rows) == 0 {
-		return nil
-	}
-	perRow := len(rows[0])
-	chunk := maxRowsPerInsert
-	for start := 0; start < len(rows); start += chunk {
-		end := min(start+chunk, len(rows))
-		var sb strings.Builder
-		sb.WriteString(prefix)
-		args := make([]any, 0, (end-start)*perRow)
-		for i, row := range rows[start:end] {
-			if i > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteByte('(')
-			for j, v := range row {
-				if j > 0 {
-					sb.WriteString(", ")
-				}
-				args = append(args, v)
-				fmt.Fprintf(&sb, "$%d", len(args))
-			}
-			sb.WriteByte(')')
-		}
-		s.queries.Add(1)
-		if _, err := q.ExecContext(ctx, s.dialect.expand(sb.String()), args...); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // isUniqueViolation reports whether err is a unique constraint violation:

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/fedhistory/fedhistory"
@@ -25,5 +26,39 @@ func TestConformance(t *testing.T) {
 				return s
 			})
 		})
+	}
+}
+
+// TestConformanceAddBatch runs the storetest suite on both dialects with all
+// the reference rooms loaded in one AddBatch, worked out in chunks of a few
+// events (so that chunk boundaries fall between every kind of pair: a
+// redaction and its target, a fork and its merge, an event and its state
+// given by StateBefore) and in one chunk.
+func TestConformanceAddBatch(t *testing.T) {
+	for _, d := range dialects {
+		for _, chunk := range []int{7, addChunkEvents} {
+			t.Run(fmt.Sprintf("%s/chunk=%d", d, chunk), func(t *testing.T) {
+				storetest.Run(t, func(t *testing.T) fedhistory.EventStore {
+					s := openTestStore(t, d)
+					s.addChunk = chunk
+					ctx := context.Background()
+					var batch []Pending
+					var erased []string
+					err := storetest.Load(func(version string, pdu []byte, opts fedhistory.AddOptions) error {
+						batch = append(batch, Pending{RoomVersion: version, PDU: pdu, Options: opts})
+						return nil
+					}, func(userID string) error {
+						erased = append(erased, userID)
+						return nil
+					})
+					require.NoError(t, err)
+					require.NoError(t, s.AddBatch(ctx, batch))
+					for _, user := range erased {
+						require.NoError(t, s.EraseUser(ctx, user))
+					}
+					return s
+				})
+			})
+		}
 	}
 }

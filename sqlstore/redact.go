@@ -22,26 +22,12 @@ import (
 type redactionEffects struct {
 	s  *Store
 	ev *newEvent
-	// self: a redaction that arrived before ev applies to it.
-	self bool
 	// target is the held event that ev, a redaction, redacts.
 	target string
 	// waitFor is ev's target when the store does not hold it yet; ev then
 	// waits in pending_redactions with senderMayRedact.
 	waitFor         string
 	senderMayRedact bool
-}
-
-// redactionsOnAdd works out the redactions that adding ev applies, given the
-// state before it (st) and what the store holds of its target (known).
-func (s *Store) redactionsOnAdd(ctx context.Context, tx *sql.Tx, ev *newEvent, st addedState, known map[string]knownEvent) (redactionEffects, error) {
-	self, err := s.pendingRedactionsApply(ctx, tx, ev)
-	if err != nil {
-		return redactionEffects{}, err
-	}
-	effects, err := s.judgeRedaction(ctx, tx, ev, st, known)
-	effects.self = self
-	return effects, err
 }
 
 // judgeRedaction works out what ev does as a redaction: redact a held
@@ -71,46 +57,62 @@ func (s *Store) judgeRedaction(ctx context.Context, q querier, ev *newEvent, st 
 // pendingRedactionsApply reports whether a redaction waiting for ev applies
 // to it, and takes the waiting redactions of ev off the table: they have
 // been judged.
-func (s *Store) pendingRedactionsApply(ctx context.Context, tx *sql.Tx, ev *newEvent) (bool, error) {
-	rows, err := s.query(ctx, tx, `
-SELECT r.event_id, r.room_id, r.event_type, r.sender, r.redacts, r.rejected, p.sender_may_redact
-FROM pending_redactions p JOIN events r ON r.event_id = p.redaction_id
-WHERE p.target_id = $1`, ev.Event.ID)
-	if err != nil {
-		return false, fmt.Errorf("sqlstore: reading redactions of %s: %w", ev.Event.ID, err)
-	}
-	applies, waiting := false, false
-	err = func() error {
-		defer rows.Close()
-		for rows.Next() {
-			var (
-				redaction fedhistory.Event
-				may       bool
-			)
-			if err := rows.Scan(&redaction.ID, &redaction.RoomID, &redaction.Type, &redaction.Sender,
-				&redaction.Redacts, &redaction.Rejected, &may); err != nil {
-				return err
-			}
-			waiting = true
-			if pdu.RedactionApplies(ev.version, &redaction, may, &ev.Event) {
-				applies = true
-			}
+func (w *batchWriter) pendingRedactionsApply(ev *newEvent) bool {
+	waiting := w.pending[ev.Event.ID]
+	applies, stored := false, false
+	for _, p := range waiting {
+		if pdu.RedactionApplies(ev.version, &p.redaction, p.senderMayRedact, &ev.Event) {
+			applies = true
 		}
-		return rows.Err()
-	}()
-	if err != nil {
-		return false, fmt.Errorf("sqlstore: reading redactions of %s: %w", ev.Event.ID, err)
+		stored = stored || p.stored
 	}
-	if waiting {
-		if _, err := s.exec(ctx, tx, `DELETE FROM pending_redactions WHERE target_id = $1`, ev.Event.ID); err != nil {
-			return false, fmt.Errorf("sqlstore: settling redactions of %s: %w", ev.Event.ID, err)
-		}
+	if stored {
+		w.settled = append(w.settled, ev.Event.ID)
 	}
-	return applies, nil
+	delete(w.pending, ev.Event.ID)
+	return applies
 }
 
-// apply marks the redacted target and files ev under its awaited target.
-// It runs once ev is inserted (pending_redactions refers to it).
+// judgeRedaction is Store.judgeRedaction in the batch: what the batch holds
+// is in w.known, and the power levels are read from the database, so a
+// redaction that needs them writes out the batch so far first.
+func (w *batchWriter) judgeRedaction(ctx context.Context, ev *newEvent, st addedState) (redactionEffects, error) {
+	if e := &ev.Event; e.Type != pdu.TypeRedaction || e.Redacts == "" {
+		return redactionEffects{}, nil
+	}
+	if needsPowerLevels(ev, st) {
+		if err := w.flush(ctx); err != nil {
+			return redactionEffects{}, err
+		}
+	}
+	return w.s.judgeRedaction(ctx, w.tx, ev, st, w.known)
+}
+
+// applyRedaction records what judgeRedaction decided for ev: its target
+// redacted (the buffered row, or the stored event at flush), or ev waiting
+// for its target.
+func (w *batchWriter) applyRedaction(ev *newEvent, effects redactionEffects) {
+	if effects.target != "" {
+		if row, ok := w.unflushed[effects.target]; ok {
+			row.args[eventRedactedArg] = true
+		} else {
+			w.redactStored = append(w.redactStored, effects.target)
+		}
+	}
+	if effects.waitFor != "" {
+		w.pending[effects.waitFor] = append(w.pending[effects.waitFor], pendingRedaction{
+			redaction: fedhistory.Event{
+				ID: ev.Event.ID, RoomID: ev.Event.RoomID, Type: ev.Event.Type, Sender: ev.Event.Sender,
+				Redacts: ev.Event.Redacts, Rejected: ev.Event.Rejected,
+			},
+			senderMayRedact: effects.senderMayRedact,
+		})
+	}
+}
+
+// apply marks the redacted target and files ev under its awaited target,
+// at once: for the schema upgrade, which judges stored redactions one by
+// one. It runs once ev is stored (pending_redactions refers to it).
 func (e redactionEffects) apply(ctx context.Context, tx querier) error {
 	if e.target != "" {
 		if _, err := e.s.exec(ctx, tx, `UPDATE events SET redacted = TRUE WHERE event_id = $1`, e.target); err != nil {
@@ -132,7 +134,7 @@ INSERT INTO pending_redactions (target_id, redaction_id, sender_may_redact) VALU
 // contract), and irrelevant in room versions 1 and 2, where a redaction
 // that passed the auth rules always applies.
 func (s *Store) senderMayRedact(ctx context.Context, q querier, ev *newEvent, st addedState) (bool, error) {
-	if !st.known || st.before == 0 || ev.version == "1" || ev.version == "2" {
+	if !needsPowerLevels(ev, st) {
 		return false, nil
 	}
 	events, err := s.stateEvents(ctx, q, ev.version, st.before, []stateKey{
@@ -147,6 +149,12 @@ func (s *Store) senderMayRedact(ctx context.Context, q querier, ev *newEvent, st
 	}
 	// A nil power_levels event: the state has none.
 	return pdu.MayRedact(ev.version, create, events[stateKey{eventType: pdu.TypePowerLevels}], ev.Event.Sender), nil
+}
+
+// needsPowerLevels reports whether senderMayRedact reads the state before
+// ev, a redaction.
+func needsPowerLevels(ev *newEvent, st addedState) bool {
+	return st.known && st.before != 0 && ev.version != "1" && ev.version != "2"
 }
 
 // stateEvents returns the parsed events that group's state holds under

@@ -320,8 +320,8 @@ func wholeState(chain []*groupInfo) map[stateKey]*string {
 // delta (a nil event ID removes a key) and returns its ID: a delta whose
 // level and parent keep the chains levelled (see groupsPerLevel), or a
 // snapshot.
-func (s *Store) newGroup(ctx context.Context, q querier, cache groupCache, roomID string, parent int64, delta map[stateKey]*string) (int64, error) {
-	chain, err := s.groupChain(ctx, q, cache, parent)
+func (w *batchWriter) newGroup(ctx context.Context, roomID string, parent int64, delta map[stateKey]*string) (int64, error) {
+	chain, err := w.s.groupChain(ctx, w.tx, w.groups, parent)
 	if err != nil {
 		return 0, err
 	}
@@ -367,32 +367,31 @@ func (s *Store) newGroup(ctx context.Context, q querier, cache groupCache, roomI
 		maps.DeleteFunc(info.entries, func(_ stateKey, id *string) bool { return id == nil })
 	}
 
-	err = s.queryRow(ctx, q, `INSERT INTO state_groups (room_id, parent_id, chain_length, level) VALUES ($1, $2, $3, $4) RETURNING group_id`,
-		roomID, sql.NullInt64{Int64: info.parent, Valid: info.parent != 0}, info.chain, info.level).Scan(&info.id)
-	if err != nil {
-		return 0, fmt.Errorf("creating state group: %w", err)
+	if info.id, err = w.allocGroupID(ctx); err != nil {
+		return 0, err
 	}
-	keys := slices.SortedFunc(maps.Keys(info.entries), stateKey.compare)
-	rows := make([][]any, len(keys))
-	for i, key := range keys {
-		rows[i] = []any{info.id, key.eventType, key.stateKey, info.entries[key], memberServer(key)}
+	w.groupRows = append(w.groupRows, []any{info.id, roomID, sql.NullInt64{Int64: info.parent, Valid: info.parent != 0}, info.chain, info.level})
+	for _, key := range slices.SortedFunc(maps.Keys(info.entries), stateKey.compare) {
+		w.entryRows = append(w.entryRows, []any{info.id, key.eventType, key.stateKey, info.entries[key], memberServer(key)})
 	}
-	if err := s.insertRows(ctx, q, `INSERT INTO state_group_entries (group_id, event_type, state_key, event_id, member_server) VALUES `, rows); err != nil {
-		return 0, fmt.Errorf("filling state group %d: %w", info.id, err)
-	}
-	cache[info.id] = info
+	w.groups[info.id] = info
 	return info.id, nil
 }
 
 // resolveGroups merges two or more distinct state groups (0: the empty
 // state) with the room version's state resolution. It returns groups[0]
 // when the result is that state, else a new group stored as a delta from it.
-func (s *Store) resolveGroups(ctx context.Context, q querier, cache groupCache, version gomatrixserverlib.RoomVersion, roomID string, groups []int64) (int64, error) {
-	resolved, err := s.resolveStates(ctx, q, version, groups)
+// It reads the states and their auth chains from the database, so it writes
+// out the batch so far first.
+func (w *batchWriter) resolveGroups(ctx context.Context, version gomatrixserverlib.RoomVersion, roomID string, groups []int64) (int64, error) {
+	if err := w.flush(ctx); err != nil {
+		return 0, err
+	}
+	resolved, err := w.s.resolveStates(ctx, w.tx, version, groups)
 	if err != nil {
 		return 0, err
 	}
-	return s.storeResolved(ctx, q, cache, roomID, groups[0], resolved.base, resolved.state)
+	return w.storeResolved(ctx, roomID, groups[0], resolved.base, resolved.state)
 }
 
 type resolution struct {
@@ -515,7 +514,7 @@ WHERE x.state_key IS NOT NULL`,
 
 // storeResolved returns base's group when resolved equals it, else a new
 // group holding resolved as a delta from base.
-func (s *Store) storeResolved(ctx context.Context, q querier, cache groupCache, roomID string, baseGroup int64, base, resolved stateMap) (int64, error) {
+func (w *batchWriter) storeResolved(ctx context.Context, roomID string, baseGroup int64, base, resolved stateMap) (int64, error) {
 	delta := make(map[stateKey]*string)
 	for key := range base {
 		if _, ok := resolved[key]; !ok {
@@ -530,7 +529,7 @@ func (s *Store) storeResolved(ctx context.Context, q querier, cache groupCache, 
 	if len(delta) == 0 {
 		return baseGroup, nil
 	}
-	return s.newGroup(ctx, q, cache, roomID, baseGroup, delta)
+	return w.newGroup(ctx, roomID, baseGroup, delta)
 }
 
 // parseStored parses a stored event for state resolution, through the
@@ -577,7 +576,7 @@ func (st addedState) afterColumn() sql.NullInt64 {
 // of whose prev_events the store holds in the room, as non-outliers with a
 // known state; unknown otherwise. known holds what the store has of ev's
 // prev_events.
-func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, cache groupCache, ev *newEvent, known map[string]knownEvent) (addedState, error) {
+func (w *batchWriter) stateOnAdd(ctx context.Context, ev *newEvent) (addedState, error) {
 	e := &ev.Event
 	var (
 		st  addedState
@@ -588,7 +587,7 @@ func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, cache groupCache, ev
 		return addedState{}, fmt.Errorf("%w: given for the outlier %s, whose state is unknown by definition",
 			fedhistory.ErrInvalidStateBefore, e.ID)
 	case ev.opts.StateBefore != nil:
-		st.before, err = s.givenStateGroup(ctx, tx, cache, e.RoomID, ev.opts.StateBefore)
+		st.before, err = w.givenStateGroup(ctx, e.RoomID, ev.opts.StateBefore)
 		if err != nil {
 			return addedState{}, fmt.Errorf("sqlstore: state before %s: %w", e.ID, err)
 		}
@@ -599,7 +598,7 @@ func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, cache groupCache, ev
 	case pdu.IsCreate(e):
 		st.known = true // the empty state
 	default:
-		st.before, st.known, err = s.derivedStateGroup(ctx, tx, cache, ev, known)
+		st.before, st.known, err = w.derivedStateGroup(ctx, ev)
 		if err != nil {
 			return addedState{}, fmt.Errorf("sqlstore: state before %s: %w", e.ID, err)
 		}
@@ -611,7 +610,7 @@ func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, cache groupCache, ev
 	if e.StateKey != nil && !e.Rejected {
 		id := e.ID
 		delta := map[stateKey]*string{{eventType: e.Type, stateKey: *e.StateKey}: &id}
-		if st.after, err = s.newGroup(ctx, tx, cache, e.RoomID, st.before, delta); err != nil {
+		if st.after, err = w.newGroup(ctx, e.RoomID, st.before, delta); err != nil {
 			return addedState{}, fmt.Errorf("sqlstore: state after %s: %w", e.ID, err)
 		}
 	}
@@ -624,14 +623,14 @@ func (s *Store) stateOnAdd(ctx context.Context, tx *sql.Tx, cache groupCache, ev
 // or has an unknown state, and when there are none: only a create event may
 // lack prev_events, and without any there is nothing to derive a state
 // from, so fail closed.
-func (s *Store) derivedStateGroup(ctx context.Context, tx *sql.Tx, cache groupCache, ev *newEvent, known map[string]knownEvent) (int64, bool, error) {
+func (w *batchWriter) derivedStateGroup(ctx context.Context, ev *newEvent) (int64, bool, error) {
 	e := &ev.Event
 	if len(e.PrevEvents) == 0 {
 		return 0, false, nil
 	}
 	var groups []int64
 	for _, id := range e.PrevEvents {
-		prev, ok := known[id]
+		prev, ok := w.known[id]
 		if !ok || prev.event.RoomID != e.RoomID || prev.outlier || !prev.stateKnown {
 			return 0, false, nil
 		}
@@ -642,7 +641,7 @@ func (s *Store) derivedStateGroup(ctx context.Context, tx *sql.Tx, cache groupCa
 	if len(groups) == 1 {
 		return groups[0], true, nil
 	}
-	group, err := s.resolveGroups(ctx, tx, cache, gomatrixserverlib.RoomVersion(ev.version), e.RoomID, groups)
+	group, err := w.resolveGroups(ctx, gomatrixserverlib.RoomVersion(ev.version), e.RoomID, groups)
 	if err != nil {
 		return 0, false, err
 	}
@@ -653,12 +652,16 @@ func (s *Store) derivedStateGroup(ctx context.Context, tx *sql.Tx, cache groupCa
 // snapshot group (0 when it is empty), or fails with
 // fedhistory.ErrInvalidStateBefore: every ID must be a state event held in
 // roomID, outliers included, not rejected, at most one per (type,
-// state_key).
-func (s *Store) givenStateGroup(ctx context.Context, tx *sql.Tx, cache groupCache, roomID string, ids []string) (int64, error) {
+// state_key). It reads the events from the database, so it writes out the
+// batch so far first.
+func (w *batchWriter) givenStateGroup(ctx context.Context, roomID string, ids []string) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	held, err := s.knownEvents(ctx, tx, ids)
+	if err := w.flush(ctx); err != nil {
+		return 0, err
+	}
+	held, err := w.s.knownEvents(ctx, w.tx, ids)
 	if err != nil {
 		return 0, err
 	}
@@ -684,5 +687,5 @@ func (s *Store) givenStateGroup(ctx context.Context, tx *sql.Tx, cache groupCach
 		holder[key] = id
 		state[key] = &ev.event.ID
 	}
-	return s.newGroup(ctx, tx, cache, roomID, 0, state)
+	return w.newGroup(ctx, roomID, 0, state)
 }

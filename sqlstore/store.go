@@ -83,6 +83,9 @@ type Store struct {
 	// walkRowLimit caps the rows of one walk candidate query (see walk.go);
 	// tests lower it to exercise the walks' fallback.
 	walkRowLimit int
+	// addChunk is the events AddBatch works out and writes at a time (see
+	// addChunkEvents); tests lower it to cross chunk boundaries everywhere.
+	addChunk int
 }
 
 // Options configure Open. Their zero values are safe defaults: a pool
@@ -196,7 +199,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		configurePool(db, o)
 	}
 	s := &Store{
-		db: db, dialect: d, current: newLRU[string, *resolvedCurrent](o.CacheBytes), walkRowLimit: maxWalkRows,
+		db: db, dialect: d, current: newLRU[string, *resolvedCurrent](o.CacheBytes), walkRowLimit: maxWalkRows, addChunk: addChunkEvents,
 		staleAfter:    o.StaleAfter,
 		roomVersions:  newLRU[string, string](o.CacheBytes),
 		erased:        newLRU[string, bool](o.CacheBytes),

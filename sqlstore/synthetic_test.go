@@ -43,9 +43,9 @@ func insertSynthetic(t testing.TB, s *Store, events []syntheticEvent) {
 				edges = append(edges, []any{ev.ID, i, prev, ev.RoomID})
 			}
 		}
-		require.NoError(t, s.insertRows(ctx, tx, `INSERT INTO events (event_id, room_id, depth, prev_events, event_type, sender, redacts,
-	rejected, outlier, before_group, after_group, json) VALUES `, rows))
-		require.NoError(t, s.insertRows(ctx, tx, `INSERT INTO edges (event_id, ord, prev_event_id, room_id) VALUES `, edges))
+		require.NoError(t, s.insertRows(ctx, tx, "events", []string{"event_id", "room_id", "depth", "prev_events", "event_type", "sender", "redacts",
+			"rejected", "outlier", "before_group", "after_group", "json"}, rows))
+		require.NoError(t, s.insertRows(ctx, tx, "edges", edgeColumns, edges))
 	}
 	require.NoError(t, tx.Commit())
 }
