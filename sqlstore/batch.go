@@ -188,21 +188,31 @@ WHERE p.target_id IN (IDS($1))`, w.s.idList(own))
 		return fmt.Errorf("sqlstore: reading pending redactions: %w", err)
 	}
 
-	// As updateExtremities' NOT EXISTS did per event: an event that a
-	// stored state-bearing event names is no forward extremity.
+	// An event that a stored state-bearing event names is no forward
+	// extremity. The correlated subquery probes edges' prev_event_id index
+	// once per ID: written as a join, PostgreSQL hashed the IDs and scanned
+	// the whole edges table for every chunk, which made an import
+	// quadratic (3.5 of 11 s at 10^5 events).
 	w.named = make(map[string]bool)
 	rows, err = w.s.query(ctx, w.tx, `
-SELECT DISTINCT ed.prev_event_id FROM edges ed JOIN events child ON child.event_id = ed.event_id
-WHERE ed.prev_event_id IN (IDS($1)) AND NOT child.outlier AND NOT child.rejected`, w.s.idList(own))
+SELECT ids.id, (
+	SELECT COUNT(*) FROM edges ed JOIN events child ON child.event_id = ed.event_id
+	WHERE ed.prev_event_id = ids.id AND NOT child.outlier AND NOT child.rejected
+) FROM (ID_ROWS($1)) ids`, w.s.idList(own))
 	if err != nil {
 		return fmt.Errorf("sqlstore: reading the children of %d events: %w", len(own), err)
 	}
 	err = scanRows(rows, func() error {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+		var (
+			id       string
+			children int
+		)
+		if err := rows.Scan(&id, &children); err != nil {
 			return err
 		}
-		w.named[id] = true
+		if children > 0 {
+			w.named[id] = true
+		}
 		return nil
 	})
 	if err != nil {

@@ -41,6 +41,7 @@ func (d dialect) schema(script string) string {
 
 var (
 	idsMacro    = regexp.MustCompile(`IDS\(\$(\d+)\)`)
+	idRowsMacro = regexp.MustCompile(`ID_ROWS\(\$(\d+)\)`)
 	intsMacro   = regexp.MustCompile(`INTS\(\$(\d+)\)`)
 	placeholder = regexp.MustCompile(`\$(\d+)`)
 )
@@ -56,6 +57,8 @@ var rebinds [2]sync.Map
 //     this way, so that a batch of any size is one statement with a fixed
 //     text, and SQLite, which has no array type, needs no per-size query.
 //   - INTS($n) is the same for a JSON array of integers.
+//   - ID_ROWS($n) is IDS($n) with its one column named id, for queries
+//     that refer to it.
 //   - $n placeholders become SQLite's ?n, which are positional like
 //     PostgreSQL's.
 func (d dialect) rebind(query string) string {
@@ -73,9 +76,11 @@ func (d dialect) expand(query string) string {
 	var out string
 	if d == postgres {
 		out = idsMacro.ReplaceAllString(query, `SELECT jsonb_array_elements_text(CAST($$$1 AS jsonb))`)
+		out = idRowsMacro.ReplaceAllString(out, `SELECT jsonb_array_elements_text(CAST($$$1 AS jsonb)) AS id`)
 		out = intsMacro.ReplaceAllString(out, `SELECT CAST(jsonb_array_elements_text(CAST($$$1 AS jsonb)) AS BIGINT)`)
 	} else {
 		out = idsMacro.ReplaceAllString(query, `SELECT value FROM json_each($$$1)`)
+		out = idRowsMacro.ReplaceAllString(out, `SELECT value AS id FROM json_each($$$1)`)
 		out = intsMacro.ReplaceAllString(out, `SELECT CAST(value AS INTEGER) FROM json_each($$$1)`)
 		out = placeholder.ReplaceAllString(out, `?$1`)
 	}
