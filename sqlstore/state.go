@@ -204,16 +204,17 @@ func (s *Store) groupChain(ctx context.Context, q querier, cache groupCache, gro
 
 // loadGroupChain reads group and its ancestors into cache.
 func (s *Store) loadGroupChain(ctx context.Context, q querier, cache groupCache, group int64) error {
+	// The chain carries the groups' columns, so that no join with
+	// state_groups outside it tempts PostgreSQL into scanning the table.
 	rows, err := s.query(ctx, q, `
-WITH RECURSIVE chain (group_id) AS (
-	SELECT CAST($1 AS BIGINT)
+WITH RECURSIVE chain (group_id, parent_id, level, chain_length) AS (
+	SELECT group_id, parent_id, level, chain_length FROM state_groups WHERE group_id = $1
 	UNION ALL
-	SELECT g.parent_id FROM chain c JOIN state_groups g ON g.group_id = c.group_id
-	WHERE g.parent_id IS NOT NULL
+	SELECT g.group_id, g.parent_id, g.level, g.chain_length
+	FROM chain c JOIN state_groups g ON g.group_id = c.parent_id
 )
-SELECT g.group_id, g.parent_id, g.level, g.chain_length, e.event_type, e.state_key, e.event_id
-FROM chain c JOIN state_groups g ON g.group_id = c.group_id
-LEFT JOIN state_group_entries e ON e.group_id = g.group_id`, group)
+SELECT c.group_id, c.parent_id, c.level, c.chain_length, e.event_type, e.state_key, e.event_id
+FROM chain c LEFT JOIN state_group_entries e ON e.group_id = c.group_id`, group)
 	if err != nil {
 		return fmt.Errorf("reading state group %d: %w", group, err)
 	}
