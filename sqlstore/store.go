@@ -283,6 +283,13 @@ const (
 	sqliteBusyWait = 10 * time.Second
 )
 
+// The page cache of an SQLite connection (SQLite's default is 2 MiB), and
+// of the connection an AddBatch of at least a chunk writes with.
+const (
+	sqliteCacheKiB       = 32 << 10
+	sqliteImportCacheKiB = 256 << 10
+)
+
 // openSQLite opens an SQLite database with the settings the store relies on.
 func openSQLite(path string) (*sql.DB, error) {
 	if path == "" {
@@ -298,7 +305,7 @@ func openSQLite(path string) (*sql.DB, error) {
 		// WAL lets readers proceed while one connection writes; a 32 MiB
 		// page cache per connection (SQLite's default is 2 MiB) holds the
 		// indexes a walk touches in a large room.
-		params += "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-32768)"
+		params += fmt.Sprintf("&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-%d)", sqliteCacheKiB)
 	}
 	sep := "?"
 	if strings.Contains(path, "?") {
