@@ -21,6 +21,13 @@ type Pending struct {
 	// change meanwhile, and may be reused afterwards.
 	PDU     []byte
 	Options fedhistory.AddOptions
+	// EventID, when set, is the event's ID as the caller already computed
+	// it (a room dump's reader does): in room versions 3 and later AddBatch
+	// then takes it as given instead of hashing the event again, most of
+	// the cost of parsing one. Like the rest of the input it is trusted: a
+	// wrong ID stores the event under that ID. In versions 1 and 2, whose
+	// events carry their ID, it must be that ID (else ErrInvalidEvent).
+	EventID string
 }
 
 // Add adds one PDU and returns its event ID. It behaves exactly like
@@ -72,10 +79,22 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		// with the cache spilling into it, 10^6 events went at 9,500
 		// events/s instead of 12,700 (together with not copying the
 		// events' bytes). The cache goes back to its size afterwards.
+		// SQLite also journals every page a multi-row INSERT changes, so
+		// that a failing row can undo the statement's earlier ones; in
+		// memory rather than in a temporary file, that journal cost a
+		// 10^5-event import 3.8 of 28 s less in write system calls.
 		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteImportCacheKiB)); err != nil {
 			return nil, fmt.Errorf("sqlstore: sizing the page cache: %w", err)
 		}
-		defer conn.ExecContext(context.Background(), fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteCacheKiB)) //nolint:errcheck // else the connection keeps the larger cache until it retires
+		if _, err := conn.ExecContext(ctx, `PRAGMA temp_store = MEMORY`); err != nil {
+			return nil, fmt.Errorf("sqlstore: keeping statement journals in memory: %w", err)
+		}
+		defer func() {
+			// Else the connection keeps the import's settings until it
+			// retires.
+			conn.ExecContext(context.Background(), fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteCacheKiB)) //nolint:errcheck
+			conn.ExecContext(context.Background(), `PRAGMA temp_store = DEFAULT`)                          //nolint:errcheck
+		}()
 	}
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
@@ -181,7 +200,7 @@ type newEvent struct {
 func parseNewEvent(p Pending) (*newEvent, error) {
 	// No copy: AddBatch keeps no event's bytes once it returns, and an
 	// import's events are most of its memory.
-	parsed, err := pdu.Parse(p.RoomVersion, p.PDU)
+	parsed, err := pdu.ParseWithID(p.RoomVersion, p.PDU, p.EventID)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/pdu"
 	"github.com/fedhistory/fedhistory/storetest"
 	"github.com/stretchr/testify/require"
 )
@@ -33,7 +34,8 @@ func TestConformance(t *testing.T) {
 // the reference rooms loaded in one AddBatch, worked out in chunks of a few
 // events (so that chunk boundaries fall between every kind of pair: a
 // redaction and its target, a fork and its merge, an event and its state
-// given by StateBefore) and in one chunk.
+// given by StateBefore) and in one chunk; the former with every event's ID
+// given (Pending.EventID), as fedhistory import gives them.
 func TestConformanceAddBatch(t *testing.T) {
 	for _, d := range dialects {
 		for _, chunk := range []int{7, addChunkEvents} {
@@ -44,8 +46,14 @@ func TestConformanceAddBatch(t *testing.T) {
 					ctx := context.Background()
 					var batch []Pending
 					var erased []string
-					err := storetest.Load(func(version string, pdu []byte, opts fedhistory.AddOptions) error {
-						batch = append(batch, Pending{RoomVersion: version, PDU: pdu, Options: opts})
+					err := storetest.Load(func(version string, data []byte, opts fedhistory.AddOptions) error {
+						p := Pending{RoomVersion: version, PDU: data, Options: opts}
+						if chunk != addChunkEvents {
+							parsed, err := pdu.Parse(version, data)
+							require.NoError(t, err)
+							p.EventID = parsed.Event.ID
+						}
+						batch = append(batch, p)
 						return nil
 					}, func(userID string) error {
 						erased = append(erased, userID)

@@ -64,6 +64,8 @@ or a failed add (an event already in the database, say) imports nothing.`); err 
 				RoomVersion: rec.RoomVersion,
 				PDU:         rec.Event,
 				Options:     rec.Options(),
+				// The reader hashed the event for its ID already.
+				EventID: rec.EventID,
 			})
 		}
 	}

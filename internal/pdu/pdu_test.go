@@ -3,6 +3,7 @@ package pdu
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -127,4 +128,34 @@ func TestParse(t *testing.T) {
 	require.True(t, errors.Is(err, fedhistory.ErrUnsupportedRoomVersion))
 	_, err = Parse("10", []byte(`{"room_id": 5}`))
 	require.True(t, errors.Is(err, fedhistory.ErrInvalidEvent))
+}
+
+// TestParseWithID: a known ID gives the parse Parse gives (in versions 3
+// and later without hashing, which only the ID itself would show), and in
+// versions 1 and 2, whose events carry their ID, it must be that ID.
+func TestParseWithID(t *testing.T) {
+	message := `"type":"m.room.message","sender":"` + alice + `","content":{"body":"hi"}`
+	for _, version := range []string{"1", "2", "3", "10", "11", "12"} {
+		t.Run("v"+version, func(t *testing.T) {
+			data := event(t, version, message).JSON()
+			if version == "12" {
+				// Parse insists on a room ID a create event's hash could be.
+				data = []byte(strings.Replace(string(data), `"!abc"`, `"!`+strings.Repeat("A", 43)+`"`, 1))
+			}
+			want, err := Parse(version, data)
+			require.NoError(t, err)
+			got, err := ParseWithID(version, data, want.Event.ID)
+			require.NoError(t, err)
+			require.Equal(t, want.Event, got.Event)
+			require.Equal(t, want.AuthEvents, got.AuthEvents)
+
+			_, err = ParseWithID(version, data, "$other:hs1.example")
+			if version == "1" || version == "2" {
+				require.ErrorIs(t, err, fedhistory.ErrInvalidEvent)
+				return
+			}
+			// Taken as given: the caller vouches for it.
+			require.NoError(t, err)
+		})
+	}
 }
