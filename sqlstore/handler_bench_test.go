@@ -237,7 +237,9 @@ func buildRoom(b testing.TB, s *Store, opts synthroom.Options, n int) benchRoomI
 	}
 	require.NoError(b, s.AddBatch(ctx, batch))
 	room := benchRoomInfo{RoomID: g.RoomID(), IDs: make([]string, 0, n)}
-	const batchSize = 2000
+	// Large batches: each AddBatch reads the state group chain it builds
+	// on once, and a 10^6-event room then takes about two minutes.
+	const batchSize = 50_000
 	for start := 0; start < n; start += batchSize {
 		batch = batch[:0]
 		for range min(batchSize, n-start) {
