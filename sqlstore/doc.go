@@ -17,6 +17,18 @@
 // (package internal/stateres, which memstore uses too) where the DAG
 // merges.
 //
+// # Writing
+//
+// Add is AddBatch of one event. AddBatch writes in one transaction, in
+// chunks of 1000 events (batch.go): it reads what a chunk needs (the events
+// it names, the redactions waiting for it, whether stored events name it as
+// a prev_event) in three statements, works out states, redactions and
+// forward extremities in memory in order, and writes the rows as multi-row
+// INSERTs (SQLite) or COPY (PostgreSQL); a read that needs the rows so far
+// (a state resolution, a redaction's power levels, a given StateBefore)
+// writes them out first. An import runs at about 10,000 events/s
+// (BENCHMARKS.md, round four).
+//
 // # Schema
 //
 // Open applies the schema migrations (a schema_version table; see migrate).
