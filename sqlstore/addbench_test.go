@@ -15,10 +15,11 @@ import (
 const benchAddEventsEnv = "FEDHISTORY_BENCH_ADD_EVENTS"
 
 // importRoom returns n events of a synthetic room shaped like an import:
-// forked blocks (a state resolution at every merge) and a join every tenth
-// event, so that the room state grows with the room as real rooms' does.
+// forked blocks and a join every tenth event, so that the room state grows
+// with the room as real rooms' does, and event IDs that look like hashes, so
+// that the indexes on them grow as real rooms' do (at random places).
 func importRoom(b *testing.B, n int) []Pending {
-	g, err := synthroom.New(synthroom.Options{Shape: synthroom.Forked, MessageBytes: 600, JoinEvery: 10})
+	g, err := synthroom.New(synthroom.Options{Shape: synthroom.Forked, MessageBytes: 600, JoinEvery: 10, HashIDs: true})
 	require.NoError(b, err)
 	var events []Pending
 	for _, ev := range g.Setup() {

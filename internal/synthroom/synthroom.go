@@ -13,6 +13,8 @@ package synthroom
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,6 +67,11 @@ type Options struct {
 	// servers, none of them a server of Members), so that the room state
 	// grows with the room as real rooms' does.
 	JoinEvery int
+	// HashIDs gives the synthetic events IDs that look like hashes ("$" and
+	// 43 base64 characters, as from room version 3 on) instead of
+	// "$syntheticN": a database's indexes on event IDs then take their
+	// inserts at random places, as they do in a real room.
+	HashIDs bool
 	// JoinServers is the number of servers the joining users spread over;
 	// 0 means 1000. A SQL store indexes memberships by server, so a
 	// realistic spread matters to its plans.
@@ -198,6 +205,10 @@ func (g *Generator) Next(dst []byte) (eventID string, pdu []byte) {
 	g.n++
 	g.idBuf = append(g.idBuf[:0], "$synthetic"...)
 	g.idBuf = strconv.AppendInt(g.idBuf, int64(i), 10)
+	if g.opts.HashIDs {
+		sum := sha256.Sum256(g.idBuf)
+		g.idBuf = base64.RawURLEncoding.AppendEncode(g.idBuf[:1], sum[:])
+	}
 	g.idBuf = append(g.idBuf, ':')
 	g.idBuf = append(g.idBuf, ServerName...)
 	eventID = string(g.idBuf)
