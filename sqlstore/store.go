@@ -284,10 +284,12 @@ const (
 )
 
 // The page cache of an SQLite connection (SQLite's default is 2 MiB), and
-// of the connection an AddBatch of at least a chunk writes with.
+// the bounds of that of the connection an AddBatch of at least a chunk
+// writes with (see addBatch).
 const (
-	sqliteCacheKiB       = 32 << 10
-	sqliteImportCacheKiB = 256 << 10
+	sqliteCacheKiB          = 32 << 10
+	sqliteImportCacheMinKiB = 256 << 10
+	sqliteImportCacheMaxKiB = 2 << 20
 )
 
 // openSQLite opens an SQLite database with the settings the store relies on.
