@@ -34,7 +34,8 @@
 // io/fs: ErasureStore (erased senders are served redacted), BackfillWalker
 // and MissingEventsWalker (walk in the database; WalkBackfill and
 // WalkMissingEvents walk any store), StateStore (/state_ids, /state,
-// /event_auth), EventLookupStore (/event) and TimestampStore
+// /event_auth; StateIDsStore answers /state_ids' two questions at once),
+// EventLookupStore (/event) and TimestampStore
 // (/timestamp_to_event). Handler.Endpoints says which routes a store gets.
 // Package storetest checks a store against the contract, the way
 // testing/fstest.TestFS checks a file system.

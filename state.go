@@ -131,8 +131,9 @@ func parseStateRequest(r *http.Request, params []string) (roomID, eventID string
 }
 
 // lookupStateIDs returns the state before eventID and its auth chain: from
-// the cache, or from the store (one StateBefore and one AuthChain call),
-// with concurrent requests for the same event sharing one lookup.
+// the cache, or from the store (StateIDs: one StateIDs call, or one
+// StateBefore and one AuthChain call), with concurrent requests for the
+// same event sharing one lookup.
 func (req *request) lookupStateIDs(roomID, eventID string) (state *stateIDs, err error) {
 	end := req.stage("lookup")
 	defer func() { end(err) }()
@@ -154,11 +155,7 @@ func (req *request) lookupStateIDs(roomID, eventID string) (state *stateIDs, err
 		// wait for it too, so it runs on its own deadline.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.RequestTimeout)
 		defer cancel()
-		pduIDs, err := store.StateBefore(ctx, roomID, eventID)
-		if err != nil {
-			return nil, err
-		}
-		authChainIDs, err := store.AuthChain(ctx, roomID, pduIDs)
+		pduIDs, authChainIDs, err := StateIDs(ctx, store, roomID, eventID)
 		if err != nil {
 			return nil, err
 		}

@@ -304,6 +304,35 @@ type StateStore interface {
 	AuthChain(ctx context.Context, roomID string, eventIDs []string) ([]string, error)
 }
 
+// StateIDsStore is an optional capability of a StateStore that answers
+// /state_ids' two questions at once: the state before an event and its auth
+// chain, exactly StateBefore(roomID, eventID) and AuthChain(roomID, that
+// state), with the same errors. A store that keeps something per state
+// (sqlstore counts each state's auth events) can then spare itself a walk
+// from every state event. Use StateIDs to ask any StateStore.
+type StateIDsStore interface {
+	StateStore
+	StateIDs(ctx context.Context, roomID, eventID string) (pduIDs, authChainIDs []string, err error)
+}
+
+// StateIDs returns the state before eventID and its auth chain: through
+// store's StateIDs when it is a StateIDsStore, else with StateBefore and
+// AuthChain.
+func StateIDs(ctx context.Context, store StateStore, roomID, eventID string) (pduIDs, authChainIDs []string, err error) {
+	if both, ok := store.(StateIDsStore); ok {
+		return both.StateIDs(ctx, roomID, eventID)
+	}
+	pduIDs, err = store.StateBefore(ctx, roomID, eventID)
+	if err != nil {
+		return nil, nil, err
+	}
+	authChainIDs, err = store.AuthChain(ctx, roomID, pduIDs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pduIDs, authChainIDs, nil
+}
+
 // EventLookupStore is an optional capability of an EventStore that finds an
 // event by ID alone, whatever its room. With it the handler serves
 // GET /event/{eventId}.

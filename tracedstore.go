@@ -97,6 +97,23 @@ func (s *tracedStore) AuthChain(ctx context.Context, roomID string, eventIDs []s
 	})
 }
 
+// stateOnly hides the traced store's StateIDs, so that StateIDs over a
+// store without it falls back to traced StateBefore and AuthChain calls.
+type stateOnly struct{ StateStore }
+
+func (s *tracedStore) StateIDs(ctx context.Context, roomID, eventID string) (pduIDs, authChainIDs []string, err error) {
+	both, ok := s.inner.(StateIDsStore)
+	if !ok {
+		return StateIDs(ctx, stateOnly{s}, roomID, eventID)
+	}
+	type answer struct{ pduIDs, authChainIDs []string }
+	a, err := traced(s, ctx, "StateIDs", func(ctx context.Context) (answer, error) {
+		pduIDs, authChainIDs, err := both.StateIDs(ctx, roomID, eventID)
+		return answer{pduIDs, authChainIDs}, err
+	})
+	return a.pduIDs, a.authChainIDs, err
+}
+
 func (s *tracedStore) EventByID(ctx context.Context, eventID string) (*Event, error) {
 	return traced(s, ctx, "EventByID", func(ctx context.Context) (*Event, error) {
 		return s.inner.(EventLookupStore).EventByID(ctx, eventID)

@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -66,8 +67,9 @@ type batchWriter struct {
 	eventRows            []*eventRow
 	unflushed            map[string]*eventRow // eventRows by event ID
 	edgeRows, authRows   [][]any
-	redactStored         []string // stored events a redaction of the batch applies to
-	settled              []string // targets whose stored pending redactions were judged
+	authCounts           []authCount // what state_group_auth counts (see authCounts)
+	redactStored         []string    // stored events a redaction of the batch applies to
+	settled              []string    // targets whose stored pending redactions were judged
 	// extremities are the forward extremity changes per room.
 	extremities map[string]*extremityChanges
 
@@ -84,7 +86,7 @@ type eventRow struct {
 
 // The columns of the rows flush writes, in the order of their values.
 var (
-	groupColumns = []string{"group_id", "room_id", "parent_id", "chain_length", "level"}
+	groupColumns = []string{"group_id", "room_id", "parent_id", "chain_length", "level", "auth_counted"}
 	entryColumns = []string{"group_id", "event_type", "state_key", "event_id", "member_server"}
 	eventColumns = []string{
 		"event_id", "room_id", "depth", "prev_events", "event_type", "state_key", "sender", "redacts",
@@ -347,6 +349,11 @@ func (w *batchWriter) flush(ctx context.Context) error {
 	if err := w.insert(ctx, "auth_edges", authEdgeColumns, w.authRows); err != nil {
 		return fmt.Errorf("sqlstore: inserting auth_events: %w", err)
 	}
+	if len(w.authCounts) > 0 {
+		if _, err := s.exec(ctx, w.tx, authCountQueries[s.dialect], authCountList(w.authCounts)); err != nil {
+			return fmt.Errorf("sqlstore: counting the auth events of %d state changes: %w", len(w.authCounts), err)
+		}
+	}
 	if len(w.redactStored) > 0 {
 		if _, err := s.exec(ctx, w.tx, `UPDATE events SET redacted = TRUE WHERE event_id IN (IDS($1))`, jsonList(w.redactStored)); err != nil {
 			return fmt.Errorf("sqlstore: redacting %d events: %w", len(w.redactStored), err)
@@ -390,7 +397,7 @@ func (w *batchWriter) flush(ctx context.Context) error {
 		}
 	}
 
-	w.groupRows, w.entryRows, w.eventRows, w.edgeRows, w.authRows = nil, nil, nil, nil, nil
+	w.groupRows, w.entryRows, w.eventRows, w.edgeRows, w.authRows, w.authCounts = nil, nil, nil, nil, nil, nil
 	w.redactStored, w.settled = nil, nil
 	clear(w.unflushed)
 	clear(w.extremities)
@@ -545,4 +552,56 @@ func (p *preparedTx) ExecContext(ctx context.Context, query string, args ...any)
 		return stmt.ExecContext(ctx, args...)
 	}
 	return p.tx.ExecContext(ctx, query, args...)
+}
+
+// authCount is one state change of a new state group as state_group_auth
+// counts it: sign +1 for an event the group's state holds and its parent's
+// does not (at that key), -1 for an event it replaces or removes.
+type authCount struct {
+	group   int64
+	eventID string
+	sign    int
+}
+
+// authCountQuery fills state_group_auth for the state changes $1 (see
+// authCountList) of the groups the batch wrote, once their events' auth
+// links are in auth_edges: per group, the signed number of links from the
+// changed events to each auth event. It searches auth_edges by event_id,
+// its primary key's prefix, once per change, so an import pays in
+// proportion to its state changes (and a snapshot, rare, to its state).
+// CHANGES lists the changes as rows (group_id, event_id, sign).
+const authCountQuery = `
+INSERT INTO state_group_auth (group_id, auth_event_id, n)
+SELECT c.group_id, a.auth_event_id, SUM(c.sign)
+FROM (CHANGES) c JOIN auth_edges a ON a.event_id = c.event_id
+GROUP BY c.group_id, a.auth_event_id
+HAVING SUM(c.sign) <> 0`
+
+// authCountQueries are authCountQuery for each dialect: the changes are a
+// JSON array of [group_id, event_id, sign] triples.
+var authCountQueries = [2]string{
+	sqlite: strings.Replace(authCountQuery, "CHANGES",
+		"SELECT json_extract(value, '$[0]') AS group_id, json_extract(value, '$[1]') AS event_id, json_extract(value, '$[2]') AS sign FROM json_each($1)", 1),
+	postgres: strings.Replace(authCountQuery, "CHANGES",
+		"SELECT CAST(x->>0 AS BIGINT) AS group_id, x->>1 AS event_id, CAST(x->>2 AS INTEGER) AS sign FROM jsonb_array_elements(CAST($1 AS jsonb)) x", 1),
+}
+
+// authCountList encodes changes as authCountQuery's JSON parameter.
+func authCountList(changes []authCount) string {
+	buf := make([]byte, 0, 48*len(changes))
+	buf = append(buf, '[')
+	for i, c := range changes {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '[')
+		buf = strconv.AppendInt(buf, c.group, 10)
+		buf = append(buf, ',')
+		id, _ := json.Marshal(c.eventID) // a string always encodes
+		buf = append(buf, id...)
+		buf = append(buf, ',')
+		buf = strconv.AppendInt(buf, int64(c.sign), 10)
+		buf = append(buf, ']')
+	}
+	return string(append(buf, ']'))
 }

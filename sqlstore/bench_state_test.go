@@ -54,8 +54,8 @@ func requireIndexedPlan(b *testing.B, s *Store, query string, args ...any) {
 
 // BenchmarkSQLStateIDs measures what GET /state_ids asks of the store at
 // the newest event of a room whose state holds 10^4 joined members (10^5
-// with FEDHISTORY_BENCH_LARGE=1): StateBefore, then AuthChain of that
-// state. It reports statements per request (stmts/op) and the size of the
+// with FEDHISTORY_BENCH_LARGE=1): StateIDs, the state before the event and
+// its auth chain. It reports statements per request (stmts/op) and the size of the
 // answer (ids/op).
 func BenchmarkSQLStateIDs(b *testing.B) {
 	members := 10_000
@@ -91,16 +91,17 @@ func BenchmarkSQLStateIDs(b *testing.B) {
 		require.Greater(b, len(state), members-1)
 		requireIndexedPlan(b, s, stateBeforeQueries[postgres], g.RoomID(), newest)
 		requireIndexedPlan(b, s, authChainQueries[postgres], g.RoomID(), jsonList(state))
+		requireIndexedPlan(b, s, stateIDsQueries[postgres], g.RoomID(), newest)
+		_, direct, err := s.stateBefore(ctx, g.RoomID(), newest, true)
+		require.NoError(b, err)
+		require.NotNil(b, direct, "every group of the state's chain has its auth counts")
+		requireIndexedPlan(b, s, authClosureQueries[postgres], jsonList(direct))
 		b.Run("members="+strconv.Itoa(members), func(b *testing.B) {
 			before := s.Queries()
 			ids := 0
 			b.ReportAllocs()
 			for b.Loop() {
-				state, err := s.StateBefore(ctx, g.RoomID(), newest)
-				if err != nil {
-					b.Fatal(err)
-				}
-				chain, err := s.AuthChain(ctx, g.RoomID(), state)
+				state, chain, err := s.StateIDs(ctx, g.RoomID(), newest)
 				if err != nil {
 					b.Fatal(err)
 				}

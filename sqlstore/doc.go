@@ -5,7 +5,9 @@
 // fedhistory.ErasureStore, fedhistory.BackfillWalker and
 // fedhistory.MissingEventsWalker; fedhistory.StateStore (StateBefore reads
 // the state group recorded before the event, AuthChain is one recursive
-// query over auth_edges), fedhistory.EventLookupStore and
+// query over auth_edges) and fedhistory.StateIDsStore (both for /state_ids,
+// the walk starting from the state group's counted auth events),
+// fedhistory.EventLookupStore and
 // fedhistory.TimestampStore (one statement each, the latter one descent of
 // the (room_id, origin_server_ts, depth, event_id) index).
 //
@@ -54,7 +56,10 @@
 // when a delta would outgrow the state. Entries of m.room.member
 // keep the user's server (port included) in an indexed column, so that the
 // memberships of one server's users, all that visibility and authorisation
-// ask for, are an equality filter. Visibility answers for a whole batch of
+// ask for, are an equality filter. state_group_auth counts, per group,
+// the links from its state to each auth event as a delta from its parent's
+// (schema version 4), so /state_ids walks the auth chain from a state's few
+// direct auth events, not from each of its events. Visibility answers for a whole batch of
 // events, before and after each, in one query; CurrentState in two, or one
 // when its answer for the current state group and server is cached.
 //

@@ -164,6 +164,26 @@ WHERE NOT (event_type = 'm.room.create' AND state_key = '') AND event_id IN (
 	`
 ALTER TABLE state_groups ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
 `,
+	// 4: counted auth events per state group (see authCounts), so that
+	// /state_ids reads its auth chain's start instead of looking up the
+	// auth events of every state event. Groups written before are not
+	// counted (auth_counted false): a state whose chain holds one is
+	// walked event by event, as before.
+	`
+ALTER TABLE state_groups ADD COLUMN auth_counted BOOLEAN NOT NULL DEFAULT FALSE;
+
+-- state_group_auth: per state group, for each event A, n = (the number of
+-- events of the group's state with an auth_edges link to A) minus (that
+-- number for its parent's state; 0 for a snapshot). Summed along a delta
+-- chain, n counts the links from the state to A: the events with a positive
+-- sum are the state's direct auth events. Rows with n = 0 are not written.
+CREATE TABLE state_group_auth (
+	group_id      BIGINT NOT NULL REFERENCES state_groups (group_id),
+	auth_event_id TEXT NOT NULL,
+	n             INTEGER NOT NULL,
+	PRIMARY KEY (group_id, auth_event_id)
+);
+`,
 }
 
 // upgrades are the steps of a migration that need Go (parsing stored JSON,

@@ -371,9 +371,21 @@ func (w *batchWriter) newGroup(ctx context.Context, roomID string, parent int64,
 	if info.id, err = w.allocGroupID(ctx); err != nil {
 		return 0, err
 	}
-	w.groupRows = append(w.groupRows, []any{info.id, roomID, sql.NullInt64{Int64: info.parent, Valid: info.parent != 0}, info.chain, info.level})
+	// The parent's chain, for the events each entry replaces (authCounts).
+	var parentChain []*groupInfo
+	if info.parent != 0 {
+		parentChain = chain[slices.IndexFunc(chain, func(g *groupInfo) bool { return g.id == info.parent }):]
+	}
+	w.groupRows = append(w.groupRows, []any{info.id, roomID, sql.NullInt64{Int64: info.parent, Valid: info.parent != 0}, info.chain, info.level, true})
 	for _, key := range slices.SortedFunc(maps.Keys(info.entries), stateKey.compare) {
-		w.entryRows = append(w.entryRows, []any{info.id, key.eventType, key.stateKey, info.entries[key], memberServer(key)})
+		id := info.entries[key]
+		w.entryRows = append(w.entryRows, []any{info.id, key.eventType, key.stateKey, id, memberServer(key)})
+		if id != nil {
+			w.authCounts = append(w.authCounts, authCount{info.id, *id, 1})
+		}
+		if was := lookupState(parentChain, key); was != nil {
+			w.authCounts = append(w.authCounts, authCount{info.id, *was, -1})
+		}
 	}
 	w.groups[info.id] = info
 	return info.id, nil

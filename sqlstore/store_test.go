@@ -172,6 +172,21 @@ func requireSameAsMemstore(t *testing.T, s *Store, mem *memstore.Store, room *ro
 		require.NoError(t, err)
 		require.Equal(t, wantCurrent, gotCurrent, "current state for %s", server)
 	}
+
+	// StateIDs (from the auth counts, or, after an upgrade, the walk) is
+	// memstore's StateBefore and AuthChain.
+	for _, ev := range room.Events {
+		wantState, wantChain, wantErr := fedhistory.StateIDs(ctx, mem, room.ID, ev.ID)
+		if wantErr != nil {
+			_, _, err := s.StateIDs(ctx, room.ID, ev.ID)
+			require.Error(t, err, "StateIDs of %s", ev.ID)
+			continue
+		}
+		gotState, gotChain, err := s.StateIDs(ctx, room.ID, ev.ID)
+		require.NoError(t, err, "StateIDs of %s", ev.ID)
+		require.ElementsMatch(t, wantState, gotState, "state before %s", ev.ID)
+		require.ElementsMatch(t, wantChain, gotChain, "auth chain of the state before %s", ev.ID)
+	}
 }
 
 // TestSameAsMemstore checks that every read answers exactly as memstore, the

@@ -10,7 +10,7 @@ import (
 )
 
 // downgradeToV1 turns a current database back into what version 1 stored:
-// no timestamps, redactions, state_known or group levels, auth links of state events to
+// no timestamps, redactions, state_known, group levels or auth counts, auth links of state events to
 // state events only.
 var downgradeToV1 = []string{
 	`DROP INDEX events_room_timestamp`,
@@ -18,7 +18,9 @@ var downgradeToV1 = []string{
 	`ALTER TABLE events DROP COLUMN redacted`,
 	`ALTER TABLE events DROP COLUMN state_known`,
 	`DROP TABLE pending_redactions`,
-	`ALTER TABLE state_groups DROP COLUMN level`, // migration 3's
+	`DROP TABLE state_group_auth`,                       // migration 4's
+	`ALTER TABLE state_groups DROP COLUMN auth_counted`, // migration 4's
+	`ALTER TABLE state_groups DROP COLUMN level`,        // migration 3's
 	`DELETE FROM auth_edges WHERE event_id IN (SELECT event_id FROM events WHERE state_key IS NULL)
 		OR auth_event_id IN (SELECT event_id FROM events WHERE state_key IS NULL)`,
 	`UPDATE schema_version SET version = 1`,

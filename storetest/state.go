@@ -130,6 +130,31 @@ func checkStateBefore(t require.TestingT, ctx context.Context, store fedhistory.
 			requireIDs(t, efx.before.ids(), got, "StateBefore of %s, one event per (type, state_key)", efx.label)
 		}
 	}
+	checkStateIDs(t, ctx, store, rf, efx, m)
+}
+
+// checkStateIDs checks a fedhistory.StateIDsStore's StateIDs of efx against
+// StateBefore's answer and the auth chain of the fixture's state.
+func checkStateIDs(t require.TestingT, ctx context.Context, store fedhistory.StateStore, rf *roomFixture, efx *eventFixture, m mode) {
+	helper(t)
+	both, ok := store.(fedhistory.StateIDsStore)
+	if !ok {
+		return
+	}
+	pduIDs, authChainIDs, err := both.StateIDs(ctx, rf.room.ID, efx.want.ID)
+	switch {
+	case efx.want.Rejected:
+		failed(t, err, fedhistory.ErrEventNotFound, m, "StateIDs of %s, a rejected event", efx.label)
+	case efx.want.Outlier:
+		failed(t, err, fedhistory.ErrEventNotFound, m, "StateIDs of %s, an outlier", efx.label)
+	case efx.before == nil:
+		failed(t, err, fedhistory.ErrStateUnknown, m, "StateIDs of %s, whose state the store cannot know", efx.label)
+	default:
+		if answered(t, err, m, "StateIDs") {
+			requireIDs(t, efx.before.ids(), pduIDs, "StateIDs of %s: the state, one event per (type, state_key)", efx.label)
+			requireIDs(t, rf.authChain(efx.before.ids()), authChainIDs, "StateIDs of %s: the auth chain of the state", efx.label)
+		}
+	}
 }
 
 // requireIDs compares two sets of IDs: no duplicates in got, nil equal to
