@@ -64,26 +64,7 @@ func BenchmarkSQLStateIDs(b *testing.B) {
 	}
 	benchDialects(b, func(b *testing.B, s *Store) {
 		ctx := context.Background()
-		g, err := synthroom.New(synthroom.Options{Shape: synthroom.Linear, MessageBytes: 300, JoinEvery: 1,
-			Members: []string{"@bob:hs2.example"}})
-		require.NoError(b, err)
-		var batch []Pending
-		for _, ev := range g.Setup() {
-			batch = append(batch, Pending{RoomVersion: synthroom.Version, PDU: ev.JSON})
-		}
-		for i := range members {
-			_, pdu := g.Next(nil)
-			batch = append(batch, Pending{RoomVersion: synthroom.Version, PDU: pdu})
-			if len(batch) == 1000 || i == members-1 {
-				require.NoError(b, s.AddBatch(ctx, batch))
-				batch = batch[:0]
-			}
-		}
-		if s.dialect == postgres {
-			// Fresh statistics, as autovacuum would gather on a real server.
-			_, err := s.db.ExecContext(ctx, `ANALYZE`)
-			require.NoError(b, err)
-		}
+		g := joinedRoom(b, s, members)
 		newest := g.Newest()
 
 		state, err := s.StateBefore(ctx, g.RoomID(), newest)
@@ -97,20 +78,78 @@ func BenchmarkSQLStateIDs(b *testing.B) {
 		require.NotNil(b, direct, "every group of the state's chain has its auth counts")
 		requireIndexedPlan(b, s, authClosureQueries[postgres], jsonList(direct))
 		b.Run("members="+strconv.Itoa(members), func(b *testing.B) {
-			before := s.Queries()
-			ids := 0
-			b.ReportAllocs()
-			for b.Loop() {
-				state, chain, err := s.StateIDs(ctx, g.RoomID(), newest)
-				if err != nil {
-					b.Fatal(err)
-				}
-				ids = len(state) + len(chain)
-			}
-			b.ReportMetric(float64(s.Queries()-before)/float64(b.N), "stmts/op")
-			b.ReportMetric(float64(ids), "ids/op")
+			benchStateIDs(b, s, g.RoomID(), newest)
 		})
 	})
+}
+
+// joinedRoom builds in s a room of members joins and nothing else, every
+// join a state change.
+func joinedRoom(b *testing.B, s *Store, members int) *synthroom.Generator {
+	ctx := context.Background()
+	g, err := synthroom.New(synthroom.Options{Shape: synthroom.Linear, MessageBytes: 300, JoinEvery: 1,
+		Members: []string{"@bob:hs2.example"}})
+	require.NoError(b, err)
+	var batch []Pending
+	for _, ev := range g.Setup() {
+		batch = append(batch, Pending{RoomVersion: synthroom.Version, PDU: ev.JSON})
+	}
+	for i := range members {
+		_, pdu := g.Next(nil)
+		batch = append(batch, Pending{RoomVersion: synthroom.Version, PDU: pdu})
+		if len(batch) == 10_000 || i == members-1 {
+			require.NoError(b, s.AddBatch(ctx, batch))
+			batch = batch[:0]
+		}
+	}
+	if s.dialect == postgres {
+		// Fresh statistics, as autovacuum would gather on a real server.
+		_, err := s.db.ExecContext(ctx, `ANALYZE`)
+		require.NoError(b, err)
+	}
+	return g
+}
+
+// benchStateIDs measures StateIDs at eventID, reporting statements per
+// request (stmts/op) and the size of the answer (ids/op).
+func benchStateIDs(b *testing.B, s *Store, roomID, eventID string) {
+	ctx := context.Background()
+	before := s.Queries()
+	ids := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		state, chain, err := s.StateIDs(ctx, roomID, eventID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids = len(state) + len(chain)
+	}
+	b.ReportMetric(float64(s.Queries()-before)/float64(b.N), "stmts/op")
+	b.ReportMetric(float64(ids), "ids/op")
+}
+
+// BenchmarkSQLStateIDsHistory measures StateIDs at the newest event of two
+// rooms whose state holds about 10^4 members: one of about 10^4 events,
+// every one a join, and, with FEDHISTORY_BENCH_LARGE=1, the handler
+// benchmarks' room of 10^6 events (a join every 100 events, and messages).
+// The cost should follow the state, not the history behind it.
+func BenchmarkSQLStateIDsHistory(b *testing.B) {
+	for _, d := range dialects {
+		b.Run(d, func(b *testing.B) {
+			b.Run("events=1e4", func(b *testing.B) {
+				s := openTestStore(b, d)
+				g := joinedRoom(b, s, 10_000)
+				benchStateIDs(b, s, g.RoomID(), g.Newest())
+			})
+			b.Run("events=1e6", func(b *testing.B) {
+				if os.Getenv(largeBenchEnv) != "1" {
+					b.Skip(largeBenchEnv + "=1 builds the 10^6-event rooms")
+				}
+				f := handlerFixture(b, d, "events=1e6", handlerRoomOptions(), 1_000_000)
+				benchStateIDs(b, f.store, f.room.RoomID, f.room.IDs[len(f.room.IDs)-1])
+			})
+		})
+	}
 }
 
 // BenchmarkSQLEventAtTimestamp measures EventAtTimestamp into the middle of
