@@ -118,19 +118,27 @@ func (s *suite) testStateBefore(t *testing.T) {
 func checkStateBefore(t require.TestingT, ctx context.Context, store fedhistory.StateStore, rf *roomFixture, efx *eventFixture, m mode) {
 	helper(t)
 	got, err := store.StateBefore(ctx, rf.room.ID, efx.want.ID)
-	switch {
-	case efx.want.Rejected:
-		failed(t, err, fedhistory.ErrEventNotFound, m, "StateBefore of %s, a rejected event", efx.label)
-	case efx.want.Outlier:
-		failed(t, err, fedhistory.ErrEventNotFound, m, "StateBefore of %s, an outlier", efx.label)
-	case efx.before == nil:
-		failed(t, err, fedhistory.ErrStateUnknown, m, "StateBefore of %s, whose state the store cannot know", efx.label)
-	default:
-		if answered(t, err, m, "StateBefore") {
-			requireIDs(t, efx.before.ids(), got, "StateBefore of %s, one event per (type, state_key)", efx.label)
-		}
+	if why, want := stateFailure(efx); want != nil {
+		failed(t, err, want, m, "StateBefore of %s, %s", efx.label, why)
+	} else if answered(t, err, m, "StateBefore") {
+		requireIDs(t, efx.before.ids(), got, "StateBefore of %s, one event per (type, state_key)", efx.label)
 	}
 	checkStateIDs(t, ctx, store, rf, efx, m)
+}
+
+// stateFailure is why asking for the state of efx fails, and the error it
+// fails with: not found for a rejected event and an outlier, unknown after
+// a gap; nil when the fixture knows the state.
+func stateFailure(efx *eventFixture) (why string, want error) {
+	switch {
+	case efx.want.Rejected:
+		return "a rejected event", fedhistory.ErrEventNotFound
+	case efx.want.Outlier:
+		return "an outlier", fedhistory.ErrEventNotFound
+	case efx.before == nil:
+		return "whose state the store cannot know", fedhistory.ErrStateUnknown
+	}
+	return "", nil
 }
 
 // checkStateIDs checks a fedhistory.StateIDsStore's StateIDs of efx against
@@ -142,18 +150,11 @@ func checkStateIDs(t require.TestingT, ctx context.Context, store fedhistory.Sta
 		return
 	}
 	pduIDs, authChainIDs, err := both.StateIDs(ctx, rf.room.ID, efx.want.ID)
-	switch {
-	case efx.want.Rejected:
-		failed(t, err, fedhistory.ErrEventNotFound, m, "StateIDs of %s, a rejected event", efx.label)
-	case efx.want.Outlier:
-		failed(t, err, fedhistory.ErrEventNotFound, m, "StateIDs of %s, an outlier", efx.label)
-	case efx.before == nil:
-		failed(t, err, fedhistory.ErrStateUnknown, m, "StateIDs of %s, whose state the store cannot know", efx.label)
-	default:
-		if answered(t, err, m, "StateIDs") {
-			requireIDs(t, efx.before.ids(), pduIDs, "StateIDs of %s: the state, one event per (type, state_key)", efx.label)
-			requireIDs(t, rf.authChain(efx.before.ids()), authChainIDs, "StateIDs of %s: the auth chain of the state", efx.label)
-		}
+	if why, want := stateFailure(efx); want != nil {
+		failed(t, err, want, m, "StateIDs of %s, %s", efx.label, why)
+	} else if answered(t, err, m, "StateIDs") {
+		requireIDs(t, efx.before.ids(), pduIDs, "StateIDs of %s: the state, one event per (type, state_key)", efx.label)
+		requireIDs(t, rf.authChain(efx.before.ids()), authChainIDs, "StateIDs of %s: the auth chain of the state", efx.label)
 	}
 }
 
