@@ -2,6 +2,11 @@ package sqlstore
 
 import (
 	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -11,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/benchsign"
 	"github.com/fedhistory/fedhistory/internal/synthroom"
 )
 
@@ -88,7 +94,7 @@ func BenchmarkSQLStateIDs(b *testing.B) {
 func joinedRoom(b *testing.B, s *Store, members int) *synthroom.Generator {
 	ctx := context.Background()
 	g, err := synthroom.New(synthroom.Options{Shape: synthroom.Linear, MessageBytes: 300, JoinEvery: 1,
-		Members: []string{"@bob:hs2.example"}})
+		Members: []string{"@bob:" + handlerOrigins[0]}})
 	require.NoError(b, err)
 	var batch []Pending
 	for _, ev := range g.Setup() {
@@ -196,4 +202,40 @@ func BenchmarkSQLEventAtTimestamp(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkSQLStateIDsHandler is a full signed GET /state_ids at the newest
+// event of a room whose state holds 10^4 joined members (10^5 with
+// FEDHISTORY_BENCH_LARGE=1), through fedhistory.New with the real verifier
+// and an answer cache too small to keep the answer, so that every request
+// asks the store; it reports p50 and p99.
+func BenchmarkSQLStateIDsHandler(b *testing.B) {
+	members := 10_000
+	if os.Getenv(benchLargeEnv) == "1" {
+		members = 100_000
+	}
+	for _, d := range dialects {
+		b.Run(d+"/members="+strconv.Itoa(members), func(b *testing.B) {
+			s := openTestStore(b, d)
+			g := joinedRoom(b, s, members)
+			origins, err := benchsign.New(benchDestination, handlerOrigins)
+			require.NoError(b, err)
+			handler, err := fedhistory.New(fedhistory.Config{
+				ServerName: benchDestination, Store: s, Authenticator: origins.Verifier,
+				Logger: slog.New(slog.DiscardHandler), StateCacheBytes: 1,
+			})
+			require.NoError(b, err)
+			f := &benchFixture{store: s, room: benchRoomInfo{RoomID: g.RoomID()}, handler: handler, origins: origins}
+			target := "/_matrix/federation/v1/state_ids/" + url.PathEscape(g.RoomID()) + "?event_id=" + url.QueryEscape(g.Newest())
+			req := httptest.NewRequest(http.MethodGet, target, nil)
+			require.NoError(b, origins.Sign(req, handlerOrigins[0], benchDestination))
+			serveTimed(b, f, func() *http.Request { return req }, func(rec *httptest.ResponseRecorder) {
+				var answer struct {
+					PDUIDs []string `json:"pdu_ids"`
+				}
+				require.NoError(b, json.Unmarshal(rec.Body.Bytes(), &answer))
+				require.Greater(b, len(answer.PDUIDs), members)
+			})
+		})
+	}
 }
