@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -75,6 +76,34 @@ func FuzzAdd(f *testing.F) {
 			require.NoError(t, err)
 			_, _ = s.CurrentState(ctx, roomID, "b")
 			break
+		}
+	})
+}
+
+// FuzzDecodeIDList requires decodeIDList, the prev_events column's decoder,
+// to give exactly what encoding/json gives for any input: the same IDs (nil
+// and empty told apart) and an error exactly when encoding/json fails.
+func FuzzDecodeIDList(f *testing.F) {
+	for _, seed := range []string{
+		`[]`, `null`, `["$a:b"]`, `["$a:b","$c:d"]`, `[ "$a" ]`, `["\u0041"]`, `["a\"b"]`,
+		`["é"]`, "[\"\xff\"]", `["a",]`, `[,"a"]`, `["a""b"]`, `[1]`, `["a",1]`, `{}`, `[`, ``, `"a"`,
+		`["a"] `, `[""]`, `["",""]`, "[\"a\x7f\"]", `[null]`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want []string
+		wantErr := json.Unmarshal(b, &want)
+		got, err := decodeIDList(b)
+		if wantErr != nil {
+			require.Error(t, err)
+			return
+		}
+		require.NoError(t, err)
+		require.Equal(t, want == nil, got == nil, "nil and empty told apart")
+		require.Equal(t, want, got)
+		if fast, ok := decodeIDListFast(b); ok {
+			require.Equal(t, want, fast)
 		}
 	})
 }

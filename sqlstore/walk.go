@@ -2,7 +2,7 @@ package sqlstore
 
 import (
 	"context"
-	"encoding/json"
+	"database/sql"
 	"fmt"
 
 	"github.com/fedhistory/fedhistory"
@@ -18,22 +18,48 @@ import (
 // walk then runs in memory over those rows, and one more query reads the
 // JSON of the events it returns.
 //
-// The row budget is the walk's visit budget (10*limit + seeds, as in package
-// dag): the walk never requests more IDs than that, and in a room whose
-// depths grow along its edges (every honest room) the recursive query,
-// which proceeds breadth first, reaches the IDs the walk will request before
-// any others. Exactness never rests on that, though: when the query
-// stopped at its row budget and the walk asks for an ID it did not load, the
-// walk's FetchFunc runs the query again from the missing IDs. So a walk
-// costs 2 queries in practice and stays exact in any room; only a DAG built
-// to defeat breadth-first order (many prev_events to deep, old events) costs
-// more, never more than the one-query-per-step walk would.
+// The first query's row budget is sized to the limit, not to the walk's
+// visit budget (10*limit + seeds, as in package dag): firstBatch rows, about
+// 2*limit per seed (plus seeds and a constant slack). The walk visits about limit events plus the rejected and
+// outlier ones among them plus the width of the forks it crosses, and in a
+// room whose depths grow along its edges (every honest room) the recursive
+// query, which proceeds breadth first, reaches the IDs the walk will
+// request before any others; so the first batch holds the whole walk in
+// practice (TestWalksMatchPackageDag and TestWalksOverRealRooms hold
+// honest rooms to 2 queries). Exactness
+// never rests on that, though: when the query stopped at its row budget
+// and the walk asks for an ID it did not load, the walk's FetchFunc runs
+// the query again from the missing IDs, this time with the whole visit
+// budget, so a fork- or rejected-heavy walk costs one more query. Only a
+// DAG built to defeat breadth-first order (many prev_events to deep, old
+// events) costs more, never more than the one-query-per-step walk would.
 
 const (
 	// maxWalkRows caps one candidate query's rows, whatever the limit the
 	// caller passes.
 	maxWalkRows = 100_000
 )
+
+// firstBatch returns the row budget of a walk's first candidate query:
+// about twice the limit per seed, plus the seeds and a little slack for the
+// forks of small walks, never more than the walk's visit budget. Per seed,
+// because the query proceeds breadth first from all the seeds at once
+// while the walk may take all its events below one of them.
+func firstBatch(limit, seeds, budget int) int {
+	if seeds <= 0 || limit > (budget-seeds)/(2*seeds) {
+		return budget
+	}
+	return min(2*limit*seeds+seeds+firstBatchSlack, budget)
+}
+
+// firstBatchSlack is the first batch's allowance beyond 2*limit + seeds: a
+// fork or a run of rejected events costs the same few extra rows whatever
+// the limit, which matters for small limits.
+// In the random honest rooms of TestWalksMatchPackageDag (one event in 6
+// rejected, one in 15 an outlier, forks of up to 3, one prev_event in 8 to
+// an arbitrary older event) a slack of 8 left 7 of 600 backfills needing a
+// follow-up query, 16 left 1, 32 none.
+const firstBatchSlack = 32
 
 // The candidate query follows exactly the edges the dag walks follow: it
 // uses the walks' own rules (dag.MaxPrevEvents, dag.MinCanonicalInt,
@@ -49,7 +75,7 @@ func (s *Store) WalkBackfill(ctx context.Context, req dag.BackfillRequest) (fedh
 		return fedhistory.WalkResult{}, nil
 	}
 	budget := dag.VisitBudget(req.MaxVisits, limit, len(dedupe(from)))
-	c := s.newCandidates(roomID, budget, nil, dag.MinCanonicalInt)
+	c := s.newCandidates(roomID, budget, firstBatch(limit, len(dedupe(from)), budget), nil, dag.MinCanonicalInt)
 	res, err := dag.Backfill(ctx, req, c.fetch)
 	if err != nil {
 		return fedhistory.WalkResult{}, fmt.Errorf("sqlstore: backfill of %s: %w", roomID, err)
@@ -78,7 +104,7 @@ func (s *Store) WalkMissingEvents(ctx context.Context, req dag.MissingEventsRequ
 		}
 	}
 	budget := dag.VisitBudget(req.MaxVisits, limit, seeds)
-	c := s.newCandidates(roomID, budget, earliest, max(minDepth, dag.MinCanonicalInt))
+	c := s.newCandidates(roomID, budget, firstBatch(limit, seeds, budget), earliest, max(minDepth, dag.MinCanonicalInt))
 	res, err := dag.MissingEvents(ctx, req, c.fetch)
 	if err != nil {
 		return fedhistory.WalkResult{}, fmt.Errorf("sqlstore: get_missing_events of %s: %w", roomID, err)
@@ -121,7 +147,8 @@ func dedupe(ids []string) []string {
 type candidates struct {
 	s        *Store
 	roomID   string
-	rowLimit int
+	rowLimit int    // the follow-up queries' row budget
+	first    int    // the first query's row budget
 	earliest string // JSON list: IDs the query must not enter
 	minDepth int64  // the query does not follow the edges of shallower events
 
@@ -135,11 +162,12 @@ type candidates struct {
 	queried bool
 }
 
-func (s *Store) newCandidates(roomID string, budget int, earliest []string, minDepth int64) *candidates {
+func (s *Store) newCandidates(roomID string, budget, first int, earliest []string, minDepth int64) *candidates {
 	return &candidates{
 		s:        s,
 		roomID:   roomID,
 		rowLimit: min(budget, s.walkRowLimit),
+		first:    min(first, budget, s.walkRowLimit),
 		earliest: s.idList(earliest),
 		minDepth: minDepth,
 		nodes:    make(map[string]dag.Node),
@@ -180,6 +208,9 @@ func (c *candidates) load(ctx context.Context, seeds []string) error {
 	// len(seeds) plus the walk's budget always answers every seed: a seed
 	// missing from the result is not in the store.
 	rowLimit := len(seeds) + c.rowLimit
+	if !c.queried {
+		rowLimit = len(seeds) + c.first
+	}
 	limitClause := ""
 	if c.s.dialect == sqlite {
 		// SQLite applies a LIMIT on the recursive select to the recursion
@@ -207,15 +238,21 @@ SELECT event_id, room_id, depth, prev_events, rejected, outlier FROM walk LIMIT 
 	}
 	defer rows.Close()
 	count := 0
+	// The room and prev_events columns are read as raw bytes: the room ID
+	// is nearly always the walk's own, whose string is reused, and
+	// prev_events is decoded straight from the driver's buffer.
+	var room, prevs sql.RawBytes
 	for rows.Next() {
-		var (
-			n     dag.Node
-			prevs string
-		)
-		if err := rows.Scan(&n.ID, &n.RoomID, &n.Depth, &prevs, &n.Rejected, &n.Outlier); err != nil {
+		var n dag.Node
+		if err := rows.Scan(&n.ID, &room, &n.Depth, &prevs, &n.Rejected, &n.Outlier); err != nil {
 			return fmt.Errorf("loading walk candidates: %w", err)
 		}
-		if err := json.Unmarshal([]byte(prevs), &n.PrevEvents); err != nil {
+		if string(room) == c.roomID {
+			n.RoomID = c.roomID
+		} else {
+			n.RoomID = string(room)
+		}
+		if n.PrevEvents, err = decodeIDList(prevs); err != nil {
 			return fmt.Errorf("loading walk candidates: event %s: prev_events: %w", n.ID, err)
 		}
 		c.nodes[n.ID] = n

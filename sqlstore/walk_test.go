@@ -270,3 +270,39 @@ func TestWalksOverRealRooms(t *testing.T) {
 		}
 	})
 }
+
+// TestWalkFirstBatchIsSizedToTheLimit requires a backfill's first candidate
+// query to load about 2*limit rows per seed, not the visit budget of
+// 10*limit + seeds, and that first batch to be enough for the whole walk
+// in the generated rooms (forks every 6 events, one in 5 rejected): one
+// candidate query, no follow-up.
+func TestWalkFirstBatchIsSizedToTheLimit(t *testing.T) {
+	require.Equal(t, 2*10+1+firstBatchSlack, firstBatch(10, 1, dag.VisitBudget(0, 10, 1)))
+	require.Equal(t, 2*10*3+3+firstBatchSlack, firstBatch(10, 3, dag.VisitBudget(0, 10, 3)))
+	require.Equal(t, 11, firstBatch(1, 1, 11), "never more than the visit budget")
+	require.Equal(t, 7, firstBatch(100, 1, 7), "never more than MaxVisits")
+	rooms := testRooms(t)
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		for name, room := range rooms {
+			addRoom(t, s, nil, room, nil)
+			latest := room.Events[len(room.Events)-1].ID
+			for _, limit := range []int{1, 2, 5, 10, 30} {
+				budget := dag.VisitBudget(0, limit, 1)
+				first := firstBatch(limit, 1, budget)
+				c := s.newCandidates(room.ID, budget, first, nil, dag.MinCanonicalInt)
+				before := s.Queries()
+				res, err := dag.Backfill(ctx, dag.BackfillRequest{RoomID: room.ID, From: []string{latest}, Limit: limit}, c.fetch)
+				require.NoError(t, err)
+				require.Len(t, res.IDs, limit, name)
+				require.Equal(t, int64(1), s.Queries()-before, "%s, limit %d: one candidate query", name, limit)
+				// The query reads one row past its budget (seeds + first) to
+				// tell a stop at the budget from the end of the room.
+				require.LessOrEqual(t, len(c.nodes), 1+first+1, "%s, limit %d", name, limit)
+				if 1+first+1 < budget {
+					require.Less(t, len(c.nodes), budget, "%s, limit %d: fewer rows than the visit budget", name, limit)
+				}
+			}
+		}
+	})
+}
