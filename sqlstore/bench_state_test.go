@@ -20,10 +20,6 @@ import (
 	"github.com/fedhistory/fedhistory/internal/synthroom"
 )
 
-// benchLargeEnv, set to 1, makes the state benchmark build a room of 10^5
-// members instead of 10^4 (slow: minutes per dialect).
-const benchLargeEnv = "FEDHISTORY_BENCH_LARGE"
-
 // benchDialects are the dialects a benchmark runs on: both when
 // FEDHISTORY_TEST_POSTGRES is set, else SQLite.
 func benchDialects(b *testing.B, run func(b *testing.B, s *Store)) {
@@ -65,7 +61,7 @@ func requireIndexedPlan(b *testing.B, s *Store, query string, args ...any) {
 // answer (ids/op).
 func BenchmarkSQLStateIDs(b *testing.B) {
 	members := 10_000
-	if os.Getenv(benchLargeEnv) == "1" {
+	if os.Getenv(largeBenchEnv) == "1" {
 		members = 100_000
 	}
 	benchDialects(b, func(b *testing.B, s *Store) {
@@ -211,7 +207,7 @@ func BenchmarkSQLEventAtTimestamp(b *testing.B) {
 // asks the store; it reports p50 and p99.
 func BenchmarkSQLStateIDsHandler(b *testing.B) {
 	members := 10_000
-	if os.Getenv(benchLargeEnv) == "1" {
+	if os.Getenv(largeBenchEnv) == "1" {
 		members = 100_000
 	}
 	for _, d := range dialects {

@@ -36,7 +36,8 @@ import (
 )
 
 const (
-	// largeBenchEnv enables the 10^6-event rooms, as in the root package.
+	// largeBenchEnv enables the large rooms (10^6 events, 10^5 members), as
+	// in the root package.
 	largeBenchEnv = "FEDHISTORY_BENCH_LARGE"
 	// benchDestination is the server the requests are addressed to.
 	benchDestination = "history.example"
