@@ -133,7 +133,7 @@ func TestChaos(t *testing.T) {
 		genArgs = append(genArgs, "--other-server", origin)
 	}
 	serveproc.Run(t, dir, binary, genArgs...)
-	r := readRoom(t, filepath.Join(dir, "room.jsonl"))
+	r := serveproc.ReadRoom(t, filepath.Join(dir, "room.jsonl"))
 	serveproc.Run(t, dir, binary, "import", "--db", dsn(pg.addr()), "--room", filepath.Join(dir, "room.jsonl"))
 
 	hangingNames := make([]string, cfg.hangingOrigins)
@@ -246,7 +246,7 @@ func (s *suite) hangingLoad(claimed []string) func(*testing.T) func(*testing.T) 
 func (s *suite) runFault(f fault) bool {
 	t := s.t
 	t.Run(f.name, func(t *testing.T) {
-		errorLines := len(logLines(t, s.srv.LogPath, "level=ERROR"))
+		errorLines := len(serveproc.LogLines(t, s.srv.LogPath, "level=ERROR"))
 		ctx, stopLoad := context.WithCancel(context.Background())
 		loadDone := make(chan struct{})
 		go func() {
@@ -291,7 +291,7 @@ func (s *suite) runFault(f fault) bool {
 		row := timelineRow{fault: f.name, start: faultStart.Sub(s.epoch), end: faultEnd.Sub(s.epoch),
 			answers: classCounts(outcomes), recovery: recovery.Round(10 * time.Millisecond).String(),
 			before: s.baseline, after: after, pinnedFailuresRecovered: failuresAfterProbe,
-			errorLogLines: len(logLines(t, s.srv.LogPath, "level=ERROR")) - errorLines}
+			errorLogLines: len(serveproc.LogLines(t, s.srv.LogPath, "level=ERROR")) - errorLines}
 		s.rows = append(s.rows, row)
 
 		requireValidAnswers(t, outcomes)

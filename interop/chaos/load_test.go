@@ -12,7 +12,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,7 +22,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fedhistory/fedhistory/internal/roomdump"
+	"github.com/fedhistory/fedhistory/interop/internal/serveproc"
 	"github.com/fedhistory/fedhistory/sign"
 )
 
@@ -60,33 +59,10 @@ type outcome struct {
 
 func (o outcome) valid() bool { return o.invalid == "" }
 
-// room is the generated room: its ID and event IDs in the dump's
-// (topological) order.
-type room struct {
-	id     string
-	events []string
-}
-
-func readRoom(t *testing.T, path string) *room {
-	t.Helper()
-	f, err := os.Open(path)
-	require.NoError(t, err)
-	defer f.Close()
-	records, err := roomdump.Read(f)
-	require.NoError(t, err)
-	r := &room{}
-	for _, rec := range records {
-		r.id = rec.RoomID
-		r.events = append(r.events, rec.EventID)
-	}
-	require.NotEmpty(t, r.events)
-	return r
-}
-
 // driver sends the requests and records their outcomes.
 type driver struct {
 	base, serverName string
-	room             *room
+	room             *serveproc.Room
 	pinned           map[string]*sign.SigningKey
 	pinnedNames      []string
 	client           *http.Client
@@ -97,7 +73,7 @@ type driver struct {
 	outcomes []outcome
 }
 
-func newDriver(base, serverName string, r *room, pinned map[string]*sign.SigningKey) *driver {
+func newDriver(base, serverName string, r *serveproc.Room, pinned map[string]*sign.SigningKey) *driver {
 	names := make([]string, 0, len(pinned))
 	for name := range pinned {
 		names = append(names, name)
@@ -117,23 +93,23 @@ func newDriver(base, serverName string, r *room, pinned map[string]*sign.Signing
 func (d *driver) draw() (kind requestKind, method, uri string, body []byte, origin string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n := len(d.room.events)
+	n := len(d.room.Events)
 	latest := n/2 + d.rng.IntN(n-n/2)
 	origin = d.pinnedNames[d.rng.IntN(len(d.pinnedNames))]
 	backfillURI := func(limit string) string {
-		q := url.Values{"v": {d.room.events[latest]}, "limit": {limit}}
-		return "/_matrix/federation/v1/backfill/" + url.PathEscape(d.room.id) + "?" + q.Encode()
+		q := url.Values{"v": {d.room.Events[latest]}, "limit": {limit}}
+		return "/_matrix/federation/v1/backfill/" + url.PathEscape(d.room.ID) + "?" + q.Encode()
 	}
 	missingBody := func() []byte {
 		earliest := max(0, latest-1-d.rng.IntN(60))
 		b, _ := json.Marshal(map[string]any{
-			"earliest_events": []string{d.room.events[earliest]},
-			"latest_events":   []string{d.room.events[latest]},
+			"earliest_events": []string{d.room.Events[earliest]},
+			"latest_events":   []string{d.room.Events[latest]},
 			"limit":           1 + d.rng.IntN(20),
 		})
 		return b
 	}
-	missingURI := "/_matrix/federation/v1/get_missing_events/" + url.PathEscape(d.room.id)
+	missingURI := "/_matrix/federation/v1/get_missing_events/" + url.PathEscape(d.room.ID)
 	switch draw := d.rng.IntN(100); {
 	case draw < 45:
 		return kindBackfill, http.MethodGet, backfillURI(strconv.Itoa(1 + d.rng.IntN(100))), nil, origin
@@ -302,7 +278,7 @@ func (d *driver) hanging(ctx context.Context, workers int, claimed []string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			uri := "/_matrix/federation/v1/backfill/" + url.PathEscape(d.room.id) + "?v=" + url.QueryEscape(d.room.events[len(d.room.events)-1]) + "&limit=5"
+			uri := "/_matrix/federation/v1/backfill/" + url.PathEscape(d.room.ID) + "?v=" + url.QueryEscape(d.room.Events[len(d.room.Events)-1]) + "&limit=5"
 			for ctx.Err() == nil {
 				o := d.send(context.Background(), kindHanging, http.MethodGet, uri, nil, origin, key)
 				if o.end.Sub(o.start) < time.Second {
@@ -322,7 +298,7 @@ func (d *driver) hanging(ctx context.Context, workers int, claimed []string) {
 func (d *driver) probe(t *testing.T, bound time.Duration) time.Time {
 	t.Helper()
 	origin := d.pinnedNames[0]
-	uri := "/_matrix/federation/v1/backfill/" + url.PathEscape(d.room.id) + "?v=" + url.QueryEscape(d.room.events[len(d.room.events)-1]) + "&limit=5"
+	uri := "/_matrix/federation/v1/backfill/" + url.PathEscape(d.room.ID) + "?v=" + url.QueryEscape(d.room.Events[len(d.room.Events)-1]) + "&limit=5"
 	deadline := time.Now().Add(bound)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), bound)

@@ -27,7 +27,6 @@ import (
 	"github.com/fedhistory/fedhistory/interop/internal/serveproc"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
-	"github.com/fedhistory/fedhistory/internal/roomdump"
 	"github.com/fedhistory/fedhistory/sign"
 )
 
@@ -82,7 +81,7 @@ func TestLoad(t *testing.T) {
 		args = append(args, "--other-server", origin)
 	}
 	serveproc.Run(t, dir, binary, args...)
-	room := readRoom(t, filepath.Join(dir, "room.jsonl"))
+	room := serveproc.ReadRoom(t, filepath.Join(dir, "room.jsonl"))
 
 	keys := map[string]*sign.SigningKey{}
 	serveArgs := []string{"serve", "--listen", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0",
@@ -182,7 +181,7 @@ func TestLoad(t *testing.T) {
 
 	require.Empty(t, examples, "requests that did not get what they must")
 	require.Equal(t, 0, exitCode, "serve did not shut down cleanly")
-	logErrors := logLines(t, srv, "level=ERROR")
+	logErrors := serveproc.LogLines(t, srv.LogPath, "level=ERROR")
 	require.Empty(t, logErrors, "the server logged errors")
 	// Flat: what the attack left behind once idle connections are gone and
 	// a GC ran. A leak of one goroutine or a few hundred bytes per request
@@ -223,42 +222,19 @@ func kindOf(rawURL string) requestKind {
 	return requestKind(u.Query().Get(kindParam))
 }
 
-// dumpRoom is the generated room: its ID and event IDs in the dump's
-// (topological) order.
-type dumpRoom struct {
-	id     string
-	events []string
-}
-
-func readRoom(t *testing.T, path string) *dumpRoom {
-	t.Helper()
-	f, err := os.Open(path)
-	require.NoError(t, err)
-	defer f.Close()
-	records, err := roomdump.Read(f)
-	require.NoError(t, err)
-	room := &dumpRoom{}
-	for _, rec := range records {
-		room.id = rec.RoomID
-		room.events = append(room.events, rec.EventID)
-	}
-	require.NotEmpty(t, room.events)
-	return room
-}
-
 // targeter makes the request mix: 45% backfill, 45% get_missing_events,
 // each signed by a random origin, and 10% injected invalid requests. It is
 // safe for vegeta's concurrent workers.
 type targeter struct {
 	base string
-	room *dumpRoom
+	room *serveproc.Room
 	keys map[string]*sign.SigningKey
 
 	mu  sync.Mutex
 	rng *rand.Rand
 }
 
-func newTargeter(base string, room *dumpRoom, keys map[string]*sign.SigningKey, seed uint64) *targeter {
+func newTargeter(base string, room *serveproc.Room, keys map[string]*sign.SigningKey, seed uint64) *targeter {
 	return &targeter{base: base, room: room, keys: keys, rng: rand.New(rand.NewPCG(seed, 0x10ad))}
 }
 
@@ -274,25 +250,25 @@ type request struct {
 func (tg *targeter) draw() request {
 	tg.mu.Lock()
 	defer tg.mu.Unlock()
-	n := len(tg.room.events)
+	n := len(tg.room.Events)
 	// Ask about the newer half of the room, as peers catching up do.
 	latest := n/2 + tg.rng.IntN(n-n/2)
 	r := request{origin: origins[tg.rng.IntN(len(origins))]}
 	backfill := func(limit string) {
-		q := url.Values{kindParam: {string(r.kind)}, "v": {tg.room.events[latest]}, "limit": {limit}}
+		q := url.Values{kindParam: {string(r.kind)}, "v": {tg.room.Events[latest]}, "limit": {limit}}
 		r.method = http.MethodGet
-		r.uri = "/_matrix/federation/v1/backfill/" + url.PathEscape(tg.room.id) + "?" + q.Encode()
+		r.uri = "/_matrix/federation/v1/backfill/" + url.PathEscape(tg.room.ID) + "?" + q.Encode()
 	}
 	missing := func() {
 		earliest := max(0, latest-1-tg.rng.IntN(60))
 		body, _ := json.Marshal(map[string]any{
-			"earliest_events": []string{tg.room.events[earliest]},
-			"latest_events":   []string{tg.room.events[latest]},
+			"earliest_events": []string{tg.room.Events[earliest]},
+			"latest_events":   []string{tg.room.Events[latest]},
 			"limit":           1 + tg.rng.IntN(20),
 			"min_depth":       0,
 		})
 		r.method = http.MethodPost
-		r.uri = "/_matrix/federation/v1/get_missing_events/" + url.PathEscape(tg.room.id) + "?" + kindParam + "=" + string(r.kind)
+		r.uri = "/_matrix/federation/v1/get_missing_events/" + url.PathEscape(tg.room.ID) + "?" + kindParam + "=" + string(r.kind)
 		r.body = body
 	}
 	switch draw := tg.rng.IntN(100); {
@@ -455,20 +431,6 @@ func stop(t *testing.T, s *serveproc.Server) int {
 	require.NoError(t, s.Cmd.Process.Signal(syscall.SIGTERM))
 	<-s.Exited()
 	return s.Cmd.ProcessState.ExitCode()
-}
-
-// logLines returns the server's log lines that contain substr.
-func logLines(t *testing.T, s *serveproc.Server, substr string) []string {
-	t.Helper()
-	data, err := os.ReadFile(s.LogPath)
-	require.NoError(t, err)
-	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.Contains(line, substr) {
-			out = append(out, line)
-		}
-	}
-	return out
 }
 
 func envDuration(t *testing.T, name string, def time.Duration) time.Duration {

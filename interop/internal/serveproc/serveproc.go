@@ -10,11 +10,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedhistory/fedhistory/internal/roomdump"
 )
 
 // Build builds the fedhistory command into dir and returns its path.
@@ -118,3 +121,41 @@ func (s *Server) Running() bool {
 
 // Exited is closed when the process has exited.
 func (s *Server) Exited() <-chan struct{} { return s.exited }
+
+// Room is a generated room: its ID and its event IDs in the dump's
+// (topological) order.
+type Room struct {
+	ID     string
+	Events []string
+}
+
+// ReadRoom reads the room dump at path.
+func ReadRoom(t testing.TB, path string) *Room {
+	t.Helper()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	records, err := roomdump.Read(f)
+	require.NoError(t, err)
+	r := &Room{}
+	for _, rec := range records {
+		r.ID = rec.RoomID
+		r.Events = append(r.Events, rec.EventID)
+	}
+	require.NotEmpty(t, r.Events)
+	return r
+}
+
+// LogLines returns the lines of the log file at path that contain substr.
+func LogLines(t testing.TB, path, substr string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
