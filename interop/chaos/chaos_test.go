@@ -243,16 +243,26 @@ func (s *suite) hangingLoad(claimed []string) func(*testing.T) func(*testing.T) 
 // and checks what the suite promises. It reports whether the suite can go
 // on: serve still runs and nothing failed (a fault -run leaves out is
 // skipped).
+// startLoad drives the mixed load in the background; the stop it returns
+// ends it and waits until it has.
+func (s *suite) startLoad() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.driver.mixed(ctx, s.cfg.rate, 256)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
 func (s *suite) runFault(f fault) bool {
 	t := s.t
 	t.Run(f.name, func(t *testing.T) {
 		errorLines := len(serveproc.LogLines(t, s.srv.LogPath, "level=ERROR"))
-		ctx, stopLoad := context.WithCancel(context.Background())
-		loadDone := make(chan struct{})
-		go func() {
-			defer close(loadDone)
-			s.driver.mixed(ctx, s.cfg.rate, 256)
-		}()
+		stopLoad := s.startLoad()
 		time.Sleep(s.cfg.warm)
 
 		faultStart := time.Now()
@@ -265,7 +275,6 @@ func (s *suite) runFault(f fault) bool {
 		probed := s.driver.probe(t, s.cfg.recoveryBound)
 		time.Sleep(s.cfg.settle)
 		stopLoad()
-		<-loadDone
 		phaseEnd := time.Now()
 		require.True(t, s.srv.Running(), "serve exited after the fault; see %s", s.srv.LogPath)
 
@@ -351,12 +360,7 @@ func (s *suite) sigtermUnderLoad() {
 	s.t.Run("SIGTERM under load (slow database)", func(t *testing.T) {
 		s.proxy.setLatency(s.cfg.drainLatency)
 		defer s.proxy.setLatency(0)
-		ctx, stopLoad := context.WithCancel(context.Background())
-		loadDone := make(chan struct{})
-		go func() {
-			defer close(loadDone)
-			s.driver.mixed(ctx, s.cfg.rate, 256)
-		}()
+		stopLoad := s.startLoad()
 		time.Sleep(s.cfg.warm)
 		faultStart := time.Now()
 		require.NoError(t, s.srv.Cmd.Process.Signal(syscall.SIGTERM))
@@ -369,7 +373,6 @@ func (s *suite) sigtermUnderLoad() {
 		// Requests sent after the exit are refused: no server.
 		time.Sleep(time.Second)
 		stopLoad()
-		<-loadDone
 		outcomes := s.driver.window(faultStart.Add(-s.cfg.warm), time.Now())
 		s.rows = append(s.rows, timelineRow{fault: fmt.Sprintf("SIGTERM under load (database +%s per chunk, --drain-timeout %s)", s.cfg.drainLatency, s.cfg.drainTimeout),
 			start: faultStart.Sub(s.epoch), end: faultEnd.Sub(s.epoch), answers: classCounts(outcomes), recovery: "exit " + strconv.Itoa(s.srv.Cmd.ProcessState.ExitCode()),
