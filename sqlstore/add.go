@@ -298,11 +298,16 @@ func (w *batchWriter) add(ctx context.Context, ev *newEvent) error {
 	// held in its room when it is added, whatever their kind. (State
 	// resolution follows only those between state events.)
 	seen := make(map[string]bool, len(ev.AuthEvents))
+	var links []string
 	for _, id := range ev.AuthEvents {
 		if a, ok := w.known[id]; ok && a.event.RoomID == e.RoomID && !seen[id] {
 			seen[id] = true
+			links = append(links, id)
 			w.authRows = append(w.authRows, []any{e.ID, id})
 		}
+	}
+	if e.StateKey != nil {
+		w.authLinks[e.ID] = links
 	}
 	w.known[e.ID] = knownEvent{
 		event: fedhistory.Event{
