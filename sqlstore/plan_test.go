@@ -212,7 +212,7 @@ func sequentialScans(t *testing.T, s *Store, st recordedStatement) []string {
 		}
 		return scans
 	}
-	if strings.HasPrefix(st.query, "INSERT INTO") {
+	if strings.HasPrefix(st.query, "INSERT ") && strings.Contains(st.query, " VALUES (") {
 		// The plan of a multi-row INSERT into a table other tables refer to
 		// lists scans of those tables: the search for rows that violate a
 		// foreign key, which SQLite runs only while a violation is pending
