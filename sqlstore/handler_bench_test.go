@@ -39,6 +39,9 @@ const (
 	// largeBenchEnv enables the large rooms (10^6 events, 10^5 members), as
 	// in the root package.
 	largeBenchEnv = "FEDHISTORY_BENCH_LARGE"
+	// hugeBenchEnv enables the 10^7-event handler room, for a run by hand:
+	// its PostgreSQL build takes about half an hour and 30 GB.
+	hugeBenchEnv = "FEDHISTORY_BENCH_HUGE"
 	// benchDestination is the server the requests are addressed to.
 	benchDestination = "history.example"
 	// handlerBackfillLimit and handlerMissingLimit are the limits of the
@@ -79,19 +82,20 @@ func handlerRoomOptions() synthroom.Options {
 	}
 }
 
-// handlerRoomSizes are the rooms of the handler benchmarks: 10^4 and 10^6
-// events of the handler room, and TestQueryPlans' room, short but with
-// 10^4 members and about 10^6 state entries (its database is shared with
-// that test).
+// handlerRoomSizes are the rooms of the handler benchmarks: 10^4, 10^6
+// and 10^7 events of the handler room, and a room short but with 10^4
+// members and about 10^6 state entries. A room whose env is set is built
+// only when that variable is "1".
 var handlerRoomSizes = []struct {
-	name  string
-	opts  func() synthroom.Options
-	n     int
-	large bool
+	name string
+	opts func() synthroom.Options
+	n    int
+	env  string
 }{
-	{"events=1e4", handlerRoomOptions, 10_000, false},
-	{"events=1e6", handlerRoomOptions, 1_000_000, true},
-	{"state=1e6", planRoomOptions, planRoomEvents, false},
+	{"events=1e4", handlerRoomOptions, 10_000, ""},
+	{"events=1e6", handlerRoomOptions, 1_000_000, largeBenchEnv},
+	{"events=1e7", handlerRoomOptions, 10_000_000, hugeBenchEnv},
+	{"state=1e6", stateHeavyRoomOptions, stateHeavyRoomEvents, ""},
 }
 
 // benchRoomInfo is what a benchmark needs to know of a built room.
@@ -260,8 +264,8 @@ func eachHandlerRoom(b *testing.B, bench func(b *testing.B, f *benchFixture)) {
 		b.Run(d, func(b *testing.B) {
 			for _, size := range handlerRoomSizes {
 				b.Run(size.name, func(b *testing.B) {
-					if size.large && os.Getenv(largeBenchEnv) != "1" {
-						b.Skip(largeBenchEnv + "=1 builds the 10^6-event rooms")
+					if size.env != "" && os.Getenv(size.env) != "1" {
+						b.Skipf("%s=1 builds the %s rooms", size.env, size.name)
 					}
 					bench(b, handlerFixture(b, d, size.name, size.opts(), size.n))
 				})
