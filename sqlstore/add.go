@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/tidwall/gjson"
+
 	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/pdu"
 )
@@ -60,10 +62,14 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 	if len(events) == 0 {
 		return nil, nil
 	}
-	// Parse everything before taking any lock.
-	parsed, err := parseAll(events)
-	if err != nil {
-		return nil, err
+	// A batch of one chunk is parsed before any lock is taken; a larger
+	// one chunk by chunk, one chunk ahead of the writer (see parseAhead).
+	var first []*newEvent
+	if len(events) <= s.addChunk {
+		var err error
+		if first, err = parseAll(events); err != nil {
+			return nil, err
+		}
 	}
 
 	// One connection, so that COPY (which database/sql does not know) can
@@ -73,7 +79,7 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		return nil, fmt.Errorf("sqlstore: connecting: %w", err)
 	}
 	defer conn.Close()
-	if s.dialect == sqlite && len(parsed) >= s.addChunk {
+	if s.dialect == sqlite && len(events) >= s.addChunk {
 		// An import writes far more pages than a serving connection's
 		// cache holds, and one transaction cannot checkpoint its WAL:
 		// every page it dirties and cannot keep is written to the WAL,
@@ -86,7 +92,7 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		// that a failing row can undo the statement's earlier ones; in
 		// memory rather than in a temporary file, that journal cost a
 		// 10^5-event import 3.8 of 28 s less in write system calls.
-		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, min(max(2*len(parsed), sqliteImportCacheMinKiB), sqliteImportCacheMaxKiB))); err != nil {
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, min(max(2*len(events), sqliteImportCacheMinKiB), sqliteImportCacheMaxKiB))); err != nil {
 			return nil, fmt.Errorf("sqlstore: sizing the page cache: %w", err)
 		}
 		if _, err := conn.ExecContext(ctx, `PRAGMA temp_store = MEMORY`); err != nil {
@@ -104,26 +110,63 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		return nil, fmt.Errorf("sqlstore: beginning transaction: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	if s.dialect == postgres {
-		// Serialise writers per room, so that two processes adding to one
-		// room cannot both compute its forward extremities from a state the
-		// other is changing. Rooms are locked in sorted order so that two
-		// batches never wait for each other in a cycle.
-		var rooms []string
-		for _, ev := range parsed {
-			rooms = append(rooms, ev.Event.RoomID)
+	// Serialise writers per room (PostgreSQL; SQLite's BEGIN IMMEDIATE
+	// serialises all writers), so that two processes adding to one room
+	// cannot both compute its forward extremities from a state the other
+	// is changing. Rooms are locked in sorted order so that two batches
+	// never wait for each other in a cycle, so all of them before the
+	// first write: those of a batch parsed ahead come from roomsOf.
+	locked := make(map[string]bool)
+	lock := func(rooms []string) error {
+		if s.dialect != postgres {
+			return nil
 		}
 		slices.Sort(rooms)
 		for _, room := range slices.Compact(rooms) {
+			if locked[room] {
+				continue
+			}
 			if _, err := s.exec(ctx, tx, `SELECT pg_advisory_xact_lock($1, $2)`, roomLockClass, roomLockKey(room)); err != nil {
-				return nil, fmt.Errorf("sqlstore: locking room %s: %w", room, err)
+				return fmt.Errorf("sqlstore: locking room %s: %w", room, err)
+			}
+			locked[room] = true
+		}
+		return nil
+	}
+	var chunks <-chan parsedChunk
+	if first != nil {
+		ready := make(chan parsedChunk, 1)
+		ready <- parsedChunk{events: first}
+		close(ready)
+		chunks = ready
+	} else {
+		if s.dialect == postgres {
+			if err := lock(roomsOf(events)); err != nil {
+				return nil, err
 			}
 		}
+		var stop func()
+		chunks, stop = parseAhead(events, s.addChunk)
+		defer stop()
 	}
 	w := newBatchWriter(s, conn, tx)
-	ids := make([]string, len(parsed))
-	for start := 0; start < len(parsed); start += s.addChunk {
-		chunk := parsed[start:min(start+s.addChunk, len(parsed))]
+	ids := make([]string, 0, len(events))
+	for parsed := range chunks {
+		if parsed.err != nil {
+			return nil, parsed.err
+		}
+		chunk := parsed.events
+		var rooms []string
+		for _, ev := range chunk {
+			rooms = append(rooms, ev.Event.RoomID)
+		}
+		// A room roomsOf did not see (only a PDU whose JSON names its room
+		// twice can hide one) is locked before its first write; the order
+		// is then not guaranteed, but PostgreSQL detects a deadlock and
+		// fails one of the batches.
+		if err := lock(rooms); err != nil {
+			return nil, err
+		}
 		if err := w.prefetch(ctx, chunk); err != nil {
 			return nil, err
 		}
@@ -131,7 +174,7 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 			if err := w.add(ctx, ev); err != nil {
 				return nil, err
 			}
-			ids[start+i] = ev.Event.ID
+			ids = append(ids, ev.Event.ID)
 			// The rows are written: only the metadata stays in memory.
 			chunk[i] = nil
 		}
@@ -140,7 +183,7 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("sqlstore: committing %d events: %w", len(parsed), err)
+		return nil, fmt.Errorf("sqlstore: committing %d events: %w", len(events), err)
 	}
 	// A redaction among them may have emptied a cached server ACL.
 	s.currentStates.clear()
@@ -182,6 +225,77 @@ func parseAll(events []Pending) ([]*newEvent, error) {
 
 // parseShare is the fewest events worth a goroutine of parseAll.
 const parseShare = 256
+
+// parsedChunk is one chunk of a batch parsed by parseAhead, or the error of
+// its first event that does not parse.
+type parsedChunk struct {
+	events []*newEvent
+	err    error
+}
+
+// parseAhead parses events in chunks of size, each on every core, while
+// the caller writes the chunk before: parsing is an import's largest CPU
+// cost after the database's own, and this way the database (PostgreSQL's
+// backend, or SQLite in the writer's goroutine) works meanwhile instead of
+// waiting for the whole batch to be parsed. BenchmarkAddBatch at 10^5
+// events, medians of 3 paired runs: SQLite 8,011 → 9,590 events/s,
+// PostgreSQL 8,376 → 8,995 (the parse competes with PostgreSQL's backend
+// for this machine's two cores). A batch of one chunk is parsed whole
+// before anything else, as before.
+// The channel ends after the last chunk or after a chunk with an error.
+// stop must be called before the events may change: it ends the parsing
+// and waits for it.
+func parseAhead(events []Pending, size int) (chunks <-chan parsedChunk, stop func()) {
+	// One chunk waits in the channel while the next is parsed: at most
+	// three chunks are parsed and not yet written.
+	out := make(chan parsedChunk, 1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(out)
+		for start := 0; start < len(events); start += size {
+			parsed, err := parseAll(events[start:min(start+size, len(events))])
+			select {
+			case out <- parsedChunk{parsed, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	return out, func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
+// roomsOf returns the rooms of events without parsing them: the room_id
+// field of each, or, for an event without one (a create event of room
+// version 12 and later, whose room ID is its own ID's hash), its parsed
+// room ID. A PDU that does not parse gives no room here, and its error
+// later, in order.
+func roomsOf(events []Pending) []string {
+	seen := make(map[string]bool)
+	var rooms []string
+	for _, ev := range events {
+		room := gjson.GetBytes(ev.PDU, "room_id")
+		id := room.Str
+		if room.Type != gjson.String {
+			parsed, err := parseNewEvent(ev)
+			if err != nil {
+				continue
+			}
+			id = parsed.Event.RoomID
+		}
+		if !seen[id] {
+			seen[id] = true
+			rooms = append(rooms, id)
+		}
+	}
+	return rooms
+}
 
 // roomLockClass is the first key of the per-room advisory locks
 // ("fh" in ASCII), which keeps them apart from other applications' locks.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/fedhistory/fedhistory"
@@ -476,4 +477,48 @@ func TestPostgresSessionsRunWithoutJIT(t *testing.T) {
 		require.Equal(t, tc.want, jit, tc.dsn)
 		require.NoError(t, s.Close())
 	}
+}
+
+// TestAddBatchParsedAhead runs batches of several chunks, which AddBatch
+// parses one chunk ahead of its writes (see parseAhead): two rooms in one
+// batch, one of them of room version 12 (whose create event names no room,
+// so roomsOf parses it to lock its room), are stored as one Add per event
+// would store them; an event that does not parse, in the last chunk, fails
+// the whole batch with its error after the earlier chunks were written,
+// leaving nothing behind.
+func TestAddBatchParsedAhead(t *testing.T) {
+	var rooms []*roomgen.Room
+	for i, version := range []string{"11", "12"} {
+		room, err := roomgen.Generate(roomgen.Options{Version: version, Events: 30, Seed: int64(i + 1)})
+		require.NoError(t, err)
+		rooms = append(rooms, room)
+	}
+	var batch []Pending
+	for _, room := range rooms {
+		for _, ev := range room.Events {
+			batch = append(batch, Pending{RoomVersion: room.Version, PDU: ev.JSON})
+		}
+	}
+	require.Greater(t, len(batch), 4*7)
+	require.Equal(t, []string{rooms[0].ID, rooms[1].ID}, roomsOf(batch), "the rooms PostgreSQL locks before the first write")
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		s.addChunk = 7
+		bad := append(slices.Clone(batch), Pending{RoomVersion: "11", PDU: []byte(`{"type":`)})
+		require.ErrorIs(t, s.AddBatch(ctx, bad), fedhistory.ErrInvalidEvent)
+		for _, room := range rooms {
+			_, err := s.RoomVersion(ctx, room.ID)
+			require.ErrorIs(t, err, fedhistory.ErrRoomNotFound, "nothing of the failed batch is stored")
+		}
+
+		require.NoError(t, s.AddBatch(ctx, batch))
+		for _, room := range rooms {
+			mem := memstore.New()
+			for _, ev := range room.Events {
+				_, err := mem.Add(room.Version, ev.JSON, fedhistory.AddOptions{})
+				require.NoError(t, err)
+			}
+			requireSameAsMemstore(t, s, mem, room)
+		}
+	})
 }
