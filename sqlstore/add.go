@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -116,24 +117,30 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 	// is changing. Rooms are locked in sorted order so that two batches
 	// never wait for each other in a cycle, so all of them before the
 	// first write: those of a batch parsed ahead come from roomsOf.
-	locked := make(map[string]bool)
+	// (Sorted by lock key, not by room: two rooms may share a key.)
+	locked := make(map[int32]bool)
 	lock := func(rooms []string) error {
 		if s.dialect != postgres {
 			return nil
 		}
-		slices.Sort(rooms)
-		for _, room := range slices.Compact(rooms) {
-			if locked[room] {
-				continue
+		keys := make(map[int32]string, len(rooms))
+		for _, room := range rooms {
+			if key := roomLockKey(room); !locked[key] {
+				keys[key] = room
 			}
-			if _, err := s.exec(ctx, tx, `SELECT pg_advisory_xact_lock($1, $2)`, roomLockClass, roomLockKey(room)); err != nil {
-				return fmt.Errorf("sqlstore: locking room %s: %w", room, err)
+		}
+		for _, key := range slices.Sorted(maps.Keys(keys)) {
+			if _, err := s.exec(ctx, tx, `SELECT pg_advisory_xact_lock($1, $2)`, roomLockClass, key); err != nil {
+				return fmt.Errorf("sqlstore: locking room %s: %w", keys[key], err)
 			}
-			locked[room] = true
+			locked[key] = true
 		}
 		return nil
 	}
-	var chunks <-chan parsedChunk
+	var (
+		chunks <-chan parsedChunk
+		stop   = func() {}
+	)
 	if first != nil {
 		ready := make(chan parsedChunk, 1)
 		ready <- parsedChunk{events: first}
@@ -145,9 +152,21 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 				return nil, err
 			}
 		}
-		var stop func()
 		chunks, stop = parseAhead(events, s.addChunk)
 		defer stop()
+	}
+	// fail returns a write's error unless an event after those written
+	// does not parse: then that event's error, as when a batch was parsed
+	// whole before anything was written (a batch fails with the error of
+	// its first event that does not parse, else with the first other
+	// error). Nothing is stored either way.
+	consumed := 0
+	fail := func(err error) ([]string, error) {
+		stop()
+		if _, parseErr := parseAll(events[consumed:]); parseErr != nil {
+			return nil, parseErr
+		}
+		return nil, err
 	}
 	w := newBatchWriter(s, conn, tx)
 	ids := make([]string, 0, len(events))
@@ -156,30 +175,31 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 			return nil, parsed.err
 		}
 		chunk := parsed.events
+		consumed += len(chunk)
 		var rooms []string
 		for _, ev := range chunk {
 			rooms = append(rooms, ev.Event.RoomID)
 		}
-		// A room roomsOf did not see (only a PDU whose JSON names its room
-		// twice can hide one) is locked before its first write; the order
-		// is then not guaranteed, but PostgreSQL detects a deadlock and
-		// fails one of the batches.
+		// A room roomsOf did not see (a PDU whose JSON names its room twice,
+		// or with bytes that are not UTF-8, can hide one) is locked before
+		// its first write; the order is then not guaranteed, but
+		// PostgreSQL detects a deadlock and fails one of the batches.
 		if err := lock(rooms); err != nil {
-			return nil, err
+			return fail(err)
 		}
 		if err := w.prefetch(ctx, chunk); err != nil {
-			return nil, err
+			return fail(err)
 		}
 		for i, ev := range chunk {
 			if err := w.add(ctx, ev); err != nil {
-				return nil, err
+				return fail(err)
 			}
 			ids = append(ids, ev.Event.ID)
 			// The rows are written: only the metadata stays in memory.
 			chunk[i] = nil
 		}
 		if err := w.flush(ctx); err != nil {
-			return nil, err
+			return fail(err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -244,7 +264,7 @@ type parsedChunk struct {
 // before anything else, as before.
 // The channel ends after the last chunk or after a chunk with an error.
 // stop must be called before the events may change: it ends the parsing
-// and waits for it.
+// and waits for it (calling it again does nothing).
 func parseAhead(events []Pending, size int) (chunks <-chan parsedChunk, stop func()) {
 	// One chunk waits in the channel while the next is parsed: at most
 	// three chunks are parsed and not yet written.
@@ -254,6 +274,11 @@ func parseAhead(events []Pending, size int) (chunks <-chan parsedChunk, stop fun
 	wg.Go(func() {
 		defer close(out)
 		for start := 0; start < len(events); start += size {
+			select {
+			case <-done:
+				return
+			default:
+			}
 			parsed, err := parseAll(events[start:min(start+size, len(events))])
 			select {
 			case out <- parsedChunk{parsed, err}:
@@ -265,8 +290,9 @@ func parseAhead(events []Pending, size int) (chunks <-chan parsedChunk, stop fun
 			}
 		}
 	})
+	var once sync.Once
 	return out, func() {
-		close(done)
+		once.Do(func() { close(done) })
 		wg.Wait()
 	}
 }

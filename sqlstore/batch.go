@@ -431,7 +431,9 @@ func (w *batchWriter) insert(ctx context.Context, table string, columns []string
 const minCopyRows = 200
 
 // insertRows inserts rows into table's columns in as few multi-row INSERTs
-// as maxInsertParams allows.
+// as maxInsertParams allows. On SQLite a failing INSERT rolls back the
+// whole transaction (see multiRowInsert): after an error the caller must
+// not use the transaction again, as AddBatch does not.
 func (s *Store) insertRows(ctx context.Context, q querier, table string, columns []string, rows [][]any) error {
 	if len(rows) == 0 {
 		return nil

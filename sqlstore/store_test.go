@@ -485,7 +485,7 @@ func TestPostgresSessionsRunWithoutJIT(t *testing.T) {
 // so roomsOf parses it to lock its room), are stored as one Add per event
 // would store them; an event that does not parse, in the last chunk, fails
 // the whole batch with its error after the earlier chunks were written,
-// leaving nothing behind.
+// leaving nothing behind, even when an earlier chunk holds a duplicate.
 func TestAddBatchParsedAhead(t *testing.T) {
 	var rooms []*roomgen.Room
 	for i, version := range []string{"11", "12"} {
@@ -506,6 +506,13 @@ func TestAddBatchParsedAhead(t *testing.T) {
 		s.addChunk = 7
 		bad := append(slices.Clone(batch), Pending{RoomVersion: "11", PDU: []byte(`{"type":`)})
 		require.ErrorIs(t, s.AddBatch(ctx, bad), fedhistory.ErrInvalidEvent)
+		// As when a batch was parsed whole first: an event that does not
+		// parse wins over an earlier error found while writing.
+		bad[3] = bad[0]
+		err := s.AddBatch(ctx, bad)
+		require.ErrorIs(t, err, fedhistory.ErrInvalidEvent)
+		require.NotErrorIs(t, err, fedhistory.ErrDuplicateEvent)
+		require.ErrorIs(t, s.AddBatch(ctx, bad[:len(bad)-1]), fedhistory.ErrDuplicateEvent)
 		for _, room := range rooms {
 			_, err := s.RoomVersion(ctx, room.ID)
 			require.ErrorIs(t, err, fedhistory.ErrRoomNotFound, "nothing of the failed batch is stored")
