@@ -413,6 +413,24 @@ func (w *batchWriter) add(ctx context.Context, ev *newEvent) error {
 	if err := w.checkRoomVersion(ctx, ev); err != nil {
 		return err
 	}
+	// As in memstore: the auth chain links of an event are its auth events
+	// held in its room when it is added, whatever their kind. (State
+	// resolution follows only those between state events.) They are noted
+	// before the event's state: a flush during the rest of add (a
+	// redaction's judgement reads stored power levels) writes the state
+	// change's auth counts, which read them.
+	seen := make(map[string]bool, len(ev.AuthEvents))
+	var links []string
+	for _, id := range ev.AuthEvents {
+		if a, ok := w.known[id]; ok && a.event.RoomID == e.RoomID && !seen[id] {
+			seen[id] = true
+			links = append(links, id)
+			w.authRows = append(w.authRows, []any{e.ID, id})
+		}
+	}
+	if e.StateKey != nil {
+		w.authLinks[e.ID] = links
+	}
 	st, err := w.stateOnAdd(ctx, ev)
 	if err != nil {
 		return err
@@ -433,21 +451,6 @@ func (w *batchWriter) add(ctx context.Context, ev *newEvent) error {
 	w.applyRedaction(ev, effects)
 	for i, prev := range e.PrevEvents {
 		w.edgeRows = append(w.edgeRows, []any{e.ID, i, prev, e.RoomID})
-	}
-	// As in memstore: the auth chain links of an event are its auth events
-	// held in its room when it is added, whatever their kind. (State
-	// resolution follows only those between state events.)
-	seen := make(map[string]bool, len(ev.AuthEvents))
-	var links []string
-	for _, id := range ev.AuthEvents {
-		if a, ok := w.known[id]; ok && a.event.RoomID == e.RoomID && !seen[id] {
-			seen[id] = true
-			links = append(links, id)
-			w.authRows = append(w.authRows, []any{e.ID, id})
-		}
-	}
-	if e.StateKey != nil {
-		w.authLinks[e.ID] = links
 	}
 	w.known[e.ID] = knownEvent{
 		event: fedhistory.Event{
