@@ -414,13 +414,21 @@ func (w *batchWriter) insert(ctx context.Context, table string, columns []string
 		return w.s.insertRows(ctx, w.tx, table, columns, rows)
 	}
 	w.s.queries.Add(1)
-	return w.conn.Raw(func(driverConn any) error {
-		conn, ok := driverConn.(*stdlib.Conn)
+	return withPgx(w.conn, func(conn *pgx.Conn) error {
+		_, err := conn.CopyFrom(ctx, pgx.Identifier{table}, columns, pgx.CopyFromRows(rows))
+		return err
+	})
+}
+
+// withPgx runs f on the pgx connection under conn, a PostgreSQL
+// connection: for what database/sql cannot say (COPY, raw row values).
+func withPgx(conn *sql.Conn, f func(*pgx.Conn) error) error {
+	return conn.Raw(func(driverConn any) error {
+		c, ok := driverConn.(*stdlib.Conn)
 		if !ok {
 			return fmt.Errorf("sqlstore: the PostgreSQL connection is a %T, not pgx's", driverConn)
 		}
-		_, err := conn.Conn().CopyFrom(ctx, pgx.Identifier{table}, columns, pgx.CopyFromRows(rows))
-		return err
+		return f(c.Conn())
 	})
 }
 

@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -39,7 +38,8 @@ func scanLookedUp(row interface{ Scan(...any) error }) (*fedhistory.Event, error
 		Rejected: rejected.Bool, Outlier: outlier.Bool, Redacted: redacted.Bool,
 		JSON: data,
 	}
-	if err := json.Unmarshal([]byte(prevs.String), &ev.PrevEvents); err != nil {
+	var err error
+	if ev.PrevEvents, err = decodeIDList([]byte(prevs.String)); err != nil {
 		return nil, fmt.Errorf("event %s: prev_events: %w", ev.ID, err)
 	}
 	if stateKey.Valid {

@@ -66,7 +66,8 @@ FROM events WHERE room_id = $1 AND event_id IN (IDS($2))`, roomID, s.idList(ids)
 			&ev.Rejected, &ev.Outlier, &data, &ev.OriginServerTS, &ev.Redacted); err != nil {
 			return nil, fmt.Errorf("sqlstore: reading events: %w", err)
 		}
-		if err := json.Unmarshal([]byte(prevs), &ev.PrevEvents); err != nil {
+		var err error
+		if ev.PrevEvents, err = decodeIDList([]byte(prevs)); err != nil {
 			return nil, fmt.Errorf("sqlstore: event %s: prev_events: %w", ev.ID, err)
 		}
 		if stateKey.Valid {

@@ -11,9 +11,9 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
-	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/fedhistory/fedhistory"
 )
@@ -285,12 +285,8 @@ func (s *Store) queryRaw(ctx context.Context, query string, args []any, row func
 		return err
 	}
 	defer conn.Close()
-	return conn.Raw(func(driverConn any) error {
-		c, ok := driverConn.(*stdlib.Conn)
-		if !ok {
-			return fmt.Errorf("sqlstore: the PostgreSQL connection is a %T, not pgx's", driverConn)
-		}
-		rows, err := c.Conn().Query(ctx, query, args...)
+	return withPgx(conn, func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx, query, args...)
 		if err != nil {
 			return err
 		}

@@ -20,14 +20,14 @@ import (
 //
 // The first query's row budget is sized to the limit, not to the walk's
 // visit budget (10*limit + seeds, as in package dag): firstBatch rows, about
-// 2*limit per seed (plus seeds and a constant slack). The walk visits about limit events plus the rejected and
-// outlier ones among them plus the width of the forks it crosses, and in a
-// room whose depths grow along its edges (every honest room) the recursive
-// query, which proceeds breadth first, reaches the IDs the walk will
-// request before any others; so the first batch holds the whole walk in
-// practice (TestWalksMatchPackageDag and TestWalksOverRealRooms hold
-// honest rooms to 2 queries). Exactness
-// never rests on that, though: when the query stopped at its row budget
+// 2*limit per seed (plus seeds and a constant slack). The walk visits about
+// limit events plus the rejected and outlier ones among them plus the width
+// of the forks it crosses, and in a room whose depths grow along its edges
+// (every honest room) the recursive query, which proceeds breadth first,
+// reaches the IDs the walk will request before any others; so the first
+// batch holds the whole walk in practice (TestWalksMatchPackageDag and
+// TestWalksOverRealRooms hold honest rooms to 2 queries). Exactness never
+// rests on that, though: when the query stopped at its row budget
 // and the walk asks for an ID it did not load, the walk's FetchFunc runs
 // the query again from the missing IDs, this time with the whole visit
 // budget, so a fork- or rejected-heavy walk costs one more query. Only a
