@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
-	"github.com/fedhistory/fedhistory/internal/benchsign"
 	"github.com/fedhistory/fedhistory/internal/synthroom"
 )
 
@@ -214,17 +212,10 @@ func BenchmarkSQLStateIDsHandler(b *testing.B) {
 		b.Run(d+"/members="+strconv.Itoa(members), func(b *testing.B) {
 			s := openTestStore(b, d)
 			g := joinedRoom(b, s, members)
-			origins, err := benchsign.New(benchDestination, handlerOrigins)
-			require.NoError(b, err)
-			handler, err := fedhistory.New(fedhistory.Config{
-				ServerName: benchDestination, Store: s, Authenticator: origins.Verifier,
-				Logger: slog.New(slog.DiscardHandler), StateCacheBytes: 1,
-			})
-			require.NoError(b, err)
-			f := &benchFixture{store: s, room: benchRoomInfo{RoomID: g.RoomID()}, handler: handler, origins: origins}
+			f := newBenchFixture(b, s, benchRoomInfo{RoomID: g.RoomID()}, 1)
 			target := "/_matrix/federation/v1/state_ids/" + url.PathEscape(g.RoomID()) + "?event_id=" + url.QueryEscape(g.Newest())
 			req := httptest.NewRequest(http.MethodGet, target, nil)
-			require.NoError(b, origins.Sign(req, handlerOrigins[0], benchDestination))
+			require.NoError(b, f.origins.Sign(req, handlerOrigins[0], benchDestination))
 			serveTimed(b, f, func() *http.Request { return req }, func(rec *httptest.ResponseRecorder) {
 				var answer struct {
 					PDUIDs []string `json:"pdu_ids"`

@@ -128,21 +128,27 @@ func handlerFixture(b *testing.B, dialect, name string, opts synthroom.Options, 
 		return f
 	}
 	s, room := benchDatabase(b, dialect, opts, n)
-	origins, err := benchsign.New(benchDestination, handlerOrigins)
-	require.NoError(b, err)
-	handler, err := fedhistory.New(fedhistory.Config{
-		ServerName:    benchDestination,
-		Store:         s,
-		Authenticator: origins.Verifier,
-		Logger:        slog.New(slog.DiscardHandler),
-	})
-	require.NoError(b, err)
-	f := &benchFixture{store: s, room: room, handler: handler, origins: origins}
+	f := newBenchFixture(b, s, room, 0)
 	if benchFixtures.fixtures == nil {
 		benchFixtures.fixtures = map[string]*benchFixture{}
 	}
 	benchFixtures.fixtures[key] = f
 	return f
+}
+
+// newBenchFixture serves s through fedhistory.New with the real verifier
+// of handlerOrigins' keys; stateCacheBytes is Config.StateCacheBytes (0:
+// the default).
+func newBenchFixture(t testing.TB, s *Store, room benchRoomInfo, stateCacheBytes int) *benchFixture {
+	t.Helper()
+	origins, err := benchsign.New(benchDestination, handlerOrigins)
+	require.NoError(t, err)
+	handler, err := fedhistory.New(fedhistory.Config{
+		ServerName: benchDestination, Store: s, Authenticator: origins.Verifier,
+		Logger: slog.New(slog.DiscardHandler), StateCacheBytes: stateCacheBytes,
+	})
+	require.NoError(t, err)
+	return &benchFixture{store: s, room: room, handler: handler, origins: origins}
 }
 
 // benchDatabase opens a store holding the synthetic room of opts and n

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedhistory/fedhistory"
-	"github.com/fedhistory/fedhistory/internal/benchsign"
 	"github.com/fedhistory/fedhistory/internal/synthroom"
 )
 
@@ -101,13 +99,8 @@ func recordRequests(t *testing.T, s *Store, room benchRoomInfo) []recordedStatem
 	}
 	t.Cleanup(func() { s.observe = nil })
 
-	origins, err := benchsign.New(benchDestination, handlerOrigins)
-	require.NoError(t, err)
-	handler, err := fedhistory.New(fedhistory.Config{
-		ServerName: benchDestination, Store: s, Authenticator: origins.Verifier,
-		Logger: slog.New(slog.DiscardHandler),
-	})
-	require.NoError(t, err)
+	f := newBenchFixture(t, s, room, 0)
+	origins, handler := f.origins, f.handler
 	serve := func(req *http.Request) {
 		require.NoError(t, origins.Sign(req, handlerOrigins[0], benchDestination))
 		rec := httptest.NewRecorder()
