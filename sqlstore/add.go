@@ -15,6 +15,7 @@ import (
 
 	"github.com/fedhistory/fedhistory"
 	"github.com/fedhistory/fedhistory/internal/pdu"
+	"github.com/fedhistory/fedhistory/internal/shares"
 )
 
 // Pending is one event for AddBatch: the arguments of one Add call.
@@ -216,25 +217,17 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 // error of the first event in order that does not parse, as a loop would.
 func parseAll(events []Pending) ([]*newEvent, error) {
 	parsed := make([]*newEvent, len(events))
-	workers := min(runtime.GOMAXPROCS(0), (len(events)+parseShare-1)/parseShare)
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for worker := range workers {
-		wg.Go(func() {
-			// Contiguous shares, so that the first failing share holds the
-			// first failing event.
-			lo, hi := worker*len(events)/workers, (worker+1)*len(events)/workers
-			for i := lo; i < hi; i++ {
-				ev, err := parseNewEvent(events[i])
-				if err != nil {
-					errs[worker] = err
-					return
-				}
-				parsed[i] = ev
+	errs := make([]error, runtime.GOMAXPROCS(0)) // per share
+	shares.Run(len(events), parseShare, func(share, lo, hi int) {
+		for i := lo; i < hi; i++ {
+			ev, err := parseNewEvent(events[i])
+			if err != nil {
+				errs[share] = err
+				return
 			}
-		})
-	}
-	wg.Wait()
+			parsed[i] = ev
+		}
+	})
 	for _, err := range errs {
 		if err != nil {
 			return nil, err

@@ -50,14 +50,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"slices"
-	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/fedhistory/fedhistory"
+	"github.com/fedhistory/fedhistory/internal/shares"
 )
 
 // MaxLineBytes bounds a line, newline included. A PDU is at most 65536
@@ -302,21 +301,16 @@ type parsedLine struct {
 // parse independently.
 func parseLines(texts [][]byte) []parsedLine {
 	parsed := make([]parsedLine, len(texts))
-	workers := min(runtime.GOMAXPROCS(0), (len(texts)+255)/256)
-	var wg sync.WaitGroup
-	for worker := range workers {
-		wg.Go(func() {
-			for i := worker * len(texts) / workers; i < (worker+1)*len(texts)/workers; i++ {
-				p := &parsed[i]
-				p.rec, p.facts, p.err = parseLine(texts[i])
-				if p.err != nil {
-					// The lines after it will not be looked at.
-					return
-				}
+	shares.Run(len(texts), 256, func(_, lo, hi int) {
+		for i := lo; i < hi; i++ {
+			p := &parsed[i]
+			p.rec, p.facts, p.err = parseLine(texts[i])
+			if p.err != nil {
+				// The lines after it will not be looked at.
+				return
 			}
-		})
-	}
-	wg.Wait()
+		}
+	})
 	return parsed
 }
 
