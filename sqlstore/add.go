@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"iter"
 	"maps"
 	"runtime"
 	"slices"
@@ -45,32 +46,54 @@ type Pending struct {
 // ErrUnsupportedRoomVersion, ErrInvalidEvent or ErrInvalidStateBefore when
 // memstore would.
 func (s *Store) Add(ctx context.Context, roomVersion string, data []byte, opts fedhistory.AddOptions) (string, error) {
-	ids, err := s.addBatch(ctx, []Pending{{RoomVersion: roomVersion, PDU: data, Options: opts}})
-	if err != nil {
-		return "", err
-	}
-	return ids[0], nil
+	return s.addBatch(ctx, []Pending{{RoomVersion: roomVersion, PDU: data, Options: opts}}, nil)
 }
 
 // AddBatch adds events, in order, in one transaction: either all of them are
 // stored or, on the first error, none. It is much faster than one Add per
 // event for an import.
 func (s *Store) AddBatch(ctx context.Context, events []Pending) error {
-	_, err := s.addBatch(ctx, events)
+	if len(events) == 0 {
+		return nil
+	}
+	_, err := s.addBatch(ctx, events, nil)
 	return err
 }
 
-func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error) {
-	if len(events) == 0 {
-		return nil, nil
-	}
+// AddSeq adds the events that events yields, in order, in one transaction,
+// as AddBatch does, but takes them one chunk at a time: an import of a room
+// of any size holds a few thousand events in memory rather than all of them,
+// and the database writes while events produces the next ones (a room dump's
+// reader checks lines meanwhile). An event's PDU must not change until
+// AddSeq returns.
+//
+// When events yields an error, AddSeq stores nothing and returns that error.
+// After an error of its own (an event already stored, say) it still takes
+// the rest of events, parsing each, and returns the first error events
+// yields or the first event that does not parse, if any: as AddBatch, it
+// fails with the first bad input in order rather than with a later
+// consequence of it. It stops at once when ctx is done.
+//
+// PostgreSQL: AddBatch locks all its rooms before writing, in an order that
+// keeps two batches from waiting for each other; AddSeq, which cannot know
+// them up front, locks each room when it first meets it, so that two
+// concurrent AddSeq (or AddSeq and AddBatch) adding to the same two rooms
+// may deadlock, which PostgreSQL detects by failing one of them.
+func (s *Store) AddSeq(ctx context.Context, events iter.Seq2[Pending, error]) error {
+	_, err := s.addBatch(ctx, nil, events)
+	return err
+}
+
+// addBatch is AddBatch of batch, or AddSeq of seq when batch is nil. It
+// returns the first event's ID, for Add.
+func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pending, error]) (firstID string, err error) {
 	// A batch of one chunk is parsed before any lock is taken; a larger
-	// one chunk by chunk, one chunk ahead of the writer (see parseAhead).
+	// one (and a sequence) chunk by chunk, one chunk ahead of the writer
+	// (see parseAhead).
 	var first []*newEvent
-	if len(events) <= s.addChunk {
-		var err error
-		if first, err = parseAll(events); err != nil {
-			return nil, err
+	if batch != nil && len(batch) <= s.addChunk {
+		if first, err = parseAll(batch); err != nil {
+			return "", err
 		}
 	}
 
@@ -78,10 +101,10 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 	// run inside the transaction.
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("sqlstore: connecting: %w", err)
+		return "", fmt.Errorf("sqlstore: connecting: %w", err)
 	}
 	defer conn.Close()
-	if s.dialect == sqlite && len(events) >= s.addChunk {
+	if s.dialect == sqlite && (batch == nil || len(batch) >= s.addChunk) {
 		// An import writes far more pages than a serving connection's
 		// cache holds, and one transaction cannot checkpoint its WAL:
 		// every page it dirties and cannot keep is written to the WAL,
@@ -89,16 +112,22 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		// the batch, 2 KiB per event between 256 MiB and 2 GiB (a batch
 		// holds about 1.5 KiB per event in memory anyway): 10^6 events
 		// with hash-like IDs went at 3,656 events/s with 256 MiB, 4,370
-		// with 2 GiB. It goes back to its size afterwards.
+		// with 2 GiB. A sequence, of unknown length, gets the most
+		// (SQLite takes the cache's pages as it fills them). It goes back
+		// to its size afterwards.
 		// SQLite also journals every page a multi-row INSERT changes, so
 		// that a failing row can undo the statement's earlier ones; in
 		// memory rather than in a temporary file, that journal cost a
 		// 10^5-event import 3.8 of 28 s less in write system calls.
-		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, min(max(2*len(events), sqliteImportCacheMinKiB), sqliteImportCacheMaxKiB))); err != nil {
-			return nil, fmt.Errorf("sqlstore: sizing the page cache: %w", err)
+		cacheKiB := sqliteImportCacheMaxKiB
+		if batch != nil {
+			cacheKiB = min(max(2*len(batch), sqliteImportCacheMinKiB), sqliteImportCacheMaxKiB)
+		}
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, cacheKiB)); err != nil {
+			return "", fmt.Errorf("sqlstore: sizing the page cache: %w", err)
 		}
 		if _, err := conn.ExecContext(ctx, `PRAGMA temp_store = MEMORY`); err != nil {
-			return nil, fmt.Errorf("sqlstore: keeping statement journals in memory: %w", err)
+			return "", fmt.Errorf("sqlstore: keeping statement journals in memory: %w", err)
 		}
 		defer func() {
 			// Else the connection keeps the import's settings until it
@@ -109,7 +138,7 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 	}
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("sqlstore: beginning transaction: %w", err)
+		return "", fmt.Errorf("sqlstore: beginning transaction: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
 	// Serialise writers per room (PostgreSQL; SQLite's BEGIN IMMEDIATE
@@ -142,49 +171,62 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 		chunks <-chan parsedChunk
 		stop   = func() {}
 	)
-	if first != nil {
+	switch {
+	case first != nil:
 		ready := make(chan parsedChunk, 1)
 		ready <- parsedChunk{events: first}
 		close(ready)
 		chunks = ready
-	} else {
+	case batch != nil:
 		if s.dialect == postgres {
-			if err := lock(roomsOf(events)); err != nil {
-				return nil, err
+			if err := lock(roomsOf(batch)); err != nil {
+				return "", err
 			}
 		}
-		chunks, stop = parseAhead(events, s.addChunk)
+		seq = func(yield func(Pending, error) bool) {
+			for _, p := range batch {
+				if !yield(p, nil) {
+					return
+				}
+			}
+		}
+		fallthrough
+	default:
+		chunks, stop = parseAhead(seq, s.addChunk)
 		defer stop()
 	}
-	// fail returns a write's error unless an event after those written
-	// does not parse: then that event's error, as when a batch was parsed
-	// whole before anything was written (a batch fails with the error of
-	// its first event that does not parse, else with the first other
-	// error). Nothing is stored either way.
-	consumed := 0
-	fail := func(err error) ([]string, error) {
-		stop()
-		if _, parseErr := parseAll(events[consumed:]); parseErr != nil {
-			return nil, parseErr
+	// fail returns a write's error unless the input after what was written
+	// holds an error (events yields one, or an event does not parse): then
+	// the first such, as when a batch was parsed whole before anything was
+	// written (a batch fails with the error of its first event that does
+	// not parse, else with the first other error). Nothing is stored either
+	// way.
+	fail := func(err error) (string, error) {
+		if ctx.Err() == nil {
+			for parsed := range chunks {
+				if parsed.err != nil {
+					return "", parsed.err
+				}
+			}
 		}
-		return nil, err
+		return "", err
 	}
 	w := newBatchWriter(s, conn, tx)
-	ids := make([]string, 0, len(events))
+	added := 0
 	for parsed := range chunks {
 		if parsed.err != nil {
-			return nil, parsed.err
+			return "", parsed.err
 		}
 		chunk := parsed.events
-		consumed += len(chunk)
 		var rooms []string
 		for _, ev := range chunk {
 			rooms = append(rooms, ev.Event.RoomID)
 		}
 		// A room roomsOf did not see (a PDU whose JSON names its room twice,
-		// or with bytes that are not UTF-8, can hide one) is locked before
-		// its first write; the order is then not guaranteed, but
-		// PostgreSQL detects a deadlock and fails one of the batches.
+		// or with bytes that are not UTF-8, can hide one; every room of a
+		// sequence) is locked before its first write; the order is then not
+		// guaranteed, but PostgreSQL detects a deadlock and fails one of the
+		// batches.
 		if err := lock(rooms); err != nil {
 			return fail(err)
 		}
@@ -195,7 +237,10 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 			if err := w.add(ctx, ev); err != nil {
 				return fail(err)
 			}
-			ids = append(ids, ev.Event.ID)
+			if added == 0 {
+				firstID = ev.Event.ID
+			}
+			added++
 			// The rows are written: only the metadata stays in memory.
 			chunk[i] = nil
 		}
@@ -203,12 +248,15 @@ func (s *Store) addBatch(ctx context.Context, events []Pending) ([]string, error
 			return fail(err)
 		}
 	}
+	if added == 0 {
+		return "", nil
+	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("sqlstore: committing %d events: %w", len(events), err)
+		return "", fmt.Errorf("sqlstore: committing %d events: %w", added, err)
 	}
 	// A redaction among them may have emptied a cached server ACL.
 	s.currentStates.clear()
-	return ids, nil
+	return firstID, nil
 }
 
 // parseAll parses events on every core: gomatrixserverlib's parse (which
@@ -239,26 +287,28 @@ func parseAll(events []Pending) ([]*newEvent, error) {
 // parseShare is the fewest events worth a goroutine of parseAll.
 const parseShare = 256
 
-// parsedChunk is one chunk of a batch parsed by parseAhead, or the error of
-// its first event that does not parse.
+// parsedChunk is one chunk of a batch parsed by parseAhead, or the error
+// that ends the batch (see parseAhead).
 type parsedChunk struct {
 	events []*newEvent
 	err    error
 }
 
-// parseAhead parses events in chunks of size, each on every core, while
-// the caller writes the chunk before: parsing is an import's largest CPU
-// cost after the database's own, and this way the database (PostgreSQL's
-// backend, or SQLite in the writer's goroutine) works meanwhile instead of
-// waiting for the whole batch to be parsed. BenchmarkAddBatch at 10^5
-// events, medians of 3 paired runs: SQLite 8,011 → 9,590 events/s,
-// PostgreSQL 8,376 → 8,995 (the parse competes with PostgreSQL's backend
-// for this machine's two cores). A batch of one chunk is parsed whole
-// before anything else, as before.
-// The channel ends after the last chunk or after a chunk with an error.
-// stop must be called before the events may change: it ends the parsing
-// and waits for it (calling it again does nothing).
-func parseAhead(events []Pending, size int) (chunks <-chan parsedChunk, stop func()) {
+// parseAhead parses the events of seq in chunks of size, each on every
+// core, while the caller writes the chunk before: parsing is an import's
+// largest CPU cost after the database's own, and this way the database
+// (PostgreSQL's backend, or SQLite in the writer's goroutine) works
+// meanwhile instead of waiting for the whole batch to be parsed.
+// BenchmarkAddBatch at 10^5 events, medians of 3 paired runs: SQLite 8,011
+// → 9,590 events/s, PostgreSQL 8,376 → 8,995 (the parse competes with
+// PostgreSQL's backend for this machine's two cores). A batch of one chunk
+// is parsed whole before anything else, as before.
+// The channel ends after the last chunk or after a chunk with an error: the
+// first event of the chunk that does not parse, else an error seq yielded
+// after the chunk's events. stop must be called before the events may
+// change: it ends the parsing and waits for it (calling it again does
+// nothing).
+func parseAhead(seq iter.Seq2[Pending, error], size int) (chunks <-chan parsedChunk, stop func()) {
 	// One chunk waits in the channel while the next is parsed: at most
 	// three chunks are parsed and not yet written.
 	out := make(chan parsedChunk, 1)
@@ -266,19 +316,44 @@ func parseAhead(events []Pending, size int) (chunks <-chan parsedChunk, stop fun
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer close(out)
-		for start := 0; start < len(events); start += size {
+		next, stopSeq := iter.Pull2(seq)
+		defer stopSeq()
+		for {
 			select {
 			case <-done:
 				return
 			default:
 			}
-			parsed, err := parseAll(events[start:min(start+size, len(events))])
+			var (
+				chunk  = make([]Pending, 0, size)
+				seqErr error
+				ended  bool
+			)
+			for len(chunk) < size {
+				p, err, ok := next()
+				if !ok {
+					ended = true
+					break
+				}
+				if err != nil {
+					seqErr = err
+					break
+				}
+				chunk = append(chunk, p)
+			}
+			if len(chunk) == 0 && seqErr == nil {
+				return
+			}
+			parsed, err := parseAll(chunk)
+			if err == nil {
+				err = seqErr
+			}
 			select {
 			case out <- parsedChunk{parsed, err}:
 			case <-done:
 				return
 			}
-			if err != nil {
+			if err != nil || ended {
 				return
 			}
 		}

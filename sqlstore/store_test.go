@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"testing"
 
@@ -519,6 +520,102 @@ func TestAddBatchParsedAhead(t *testing.T) {
 		}
 
 		require.NoError(t, s.AddBatch(ctx, batch))
+		for _, room := range rooms {
+			mem := memstore.New()
+			for _, ev := range room.Events {
+				_, err := mem.Add(room.Version, ev.JSON, fedhistory.AddOptions{})
+				require.NoError(t, err)
+			}
+			requireSameAsMemstore(t, s, mem, room)
+		}
+	})
+}
+
+func TestAddSeq(t *testing.T) {
+	var rooms []*roomgen.Room
+	for i, version := range []string{"11", "12"} {
+		room, err := roomgen.Generate(roomgen.Options{Version: version, Events: 30, Seed: int64(i + 1)})
+		require.NoError(t, err)
+		rooms = append(rooms, room)
+	}
+	var batch []Pending
+	for _, room := range rooms {
+		for _, ev := range room.Events {
+			batch = append(batch, Pending{RoomVersion: room.Version, PDU: ev.JSON})
+		}
+	}
+	require.Greater(t, len(batch), 4*7)
+	errSource := errors.New("the source's own error")
+	// seqOf yields events, then err unless it is nil; ended reports whether
+	// the sequence's function has returned.
+	seqOf := func(events []Pending, err error) (seq iter.Seq2[Pending, error], ended *bool) {
+		ended = new(bool)
+		return func(yield func(Pending, error) bool) {
+			defer func() { *ended = true }()
+			for _, p := range events {
+				if !yield(p, nil) {
+					return
+				}
+			}
+			if err != nil {
+				yield(Pending{}, err)
+			}
+		}, ended
+	}
+	forEachDialect(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		s.addChunk = 7
+		requireNothingStored := func() {
+			t.Helper()
+			for _, room := range rooms {
+				_, err := s.RoomVersion(ctx, room.ID)
+				require.ErrorIs(t, err, fedhistory.ErrRoomNotFound, "nothing of the failed sequence is stored")
+			}
+		}
+
+		seq, ended := seqOf(batch, errSource)
+		require.ErrorIs(t, s.AddSeq(ctx, seq), errSource)
+		require.True(t, *ended)
+		requireNothingStored()
+
+		// An error the sequence yields wins over an earlier one found
+		// while writing, as an event that does not parse does.
+		dup := slices.Clone(batch)
+		dup[3] = dup[0]
+		seq, ended = seqOf(dup, errSource)
+		err := s.AddSeq(ctx, seq)
+		require.ErrorIs(t, err, errSource)
+		require.NotErrorIs(t, err, fedhistory.ErrDuplicateEvent)
+		require.True(t, *ended)
+		seq, _ = seqOf(append(dup, Pending{RoomVersion: "11", PDU: []byte(`{"type":`)}), nil)
+		require.ErrorIs(t, s.AddSeq(ctx, seq), fedhistory.ErrInvalidEvent)
+		seq, _ = seqOf(dup, nil)
+		require.ErrorIs(t, s.AddSeq(ctx, seq), fedhistory.ErrDuplicateEvent)
+		requireNothingStored()
+
+		// A cancelled context ends it at once: the rest of an endless
+		// sequence is not looked at.
+		cancelled, cancel := context.WithCancel(ctx)
+		endless := func(yield func(Pending, error) bool) {
+			for i := 0; ; i++ {
+				if i == 3*7 {
+					cancel()
+				}
+				if !yield(batch[i%len(batch)], nil) {
+					return
+				}
+			}
+		}
+		require.ErrorIs(t, s.AddSeq(cancelled, endless), context.Canceled)
+		requireNothingStored()
+
+		empty, _ := seqOf(nil, nil)
+		require.NoError(t, s.AddSeq(ctx, empty))
+		requireNothingStored()
+
+		seq, ended = seqOf(batch, nil)
+		require.NoError(t, s.AddSeq(ctx, seq))
+		require.True(t, *ended)
 		for _, room := range rooms {
 			mem := memstore.New()
 			for _, ev := range room.Events {
