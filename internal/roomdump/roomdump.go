@@ -50,6 +50,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -118,15 +119,54 @@ type Record struct {
 // Read parses and validates a whole dump. It returns the first bad line as
 // a *LineError, and no records then.
 func Read(r io.Reader) ([]Record, error) {
-	records, _, err := read(r)
-	return records, err
+	var records []Record
+	err := scan(r, func(rec Record, _ int) bool {
+		records = append(records, rec)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	return records, nil
+}
+
+// Records reads the dump r holds as it yields its records, in order, so
+// that a dump of any size is read in bounded memory (what the checks across
+// lines keep of each event, about a hundred bytes): it is how fedhistory
+// import streams a dump into a database.
+//
+// A record is yielded once its line has passed every check that needs only
+// the lines before it. A reference can only be told to be to a later line
+// (ErrForwardReference) once that line is read, so the sequence can end with
+// an error about a line whose record it has yielded: what a consumer did
+// with the records must then be undone, as a transaction is rolled back.
+// Once such an error is certain, no more records are yielded, but the dump
+// is still read to its end, because the error Records ends with is always
+// the one Read returns: a line that does not parse, or repeats an event,
+// wins over an error of references, wherever it is. A good dump yields every
+// record Read returns and no error.
+func Records(r io.Reader) iter.Seq2[Record, error] {
+	return func(yield func(Record, error) bool) {
+		err := scan(r, func(rec Record, _ int) bool { return yield(rec, nil) })
+		if err != nil && !errors.Is(err, errStopped) {
+			yield(Record{}, err)
+		}
+	}
 }
 
 // Load reads the whole dump, and only when every line is good calls add
 // for each record in order: a bad dump adds nothing. An error from add
 // stops the load and is returned with the line number.
 func Load(r io.Reader, add func(Record) error) error {
-	records, lines, err := read(r)
+	var (
+		records []Record
+		lines   []int
+	)
+	err := scan(r, func(rec Record, line int) bool {
+		records = append(records, rec)
+		lines = append(lines, line)
+		return true
+	})
 	if err != nil {
 		return err
 	}
@@ -181,15 +221,41 @@ type parsedEvent struct {
 	stateBefore []string
 }
 
-func read(r io.Reader) ([]Record, []int, error) {
+// errStopped is scan's error when its consumer stopped it.
+var errStopped = errors.New("roomdump: stopped by the consumer")
+
+// blockLines is how many lines scan parses at once, on every core: enough
+// to keep both of this machine's cores busy (parseLines gives each at least
+// 256), few enough that a block holds a few MiB. Tests lower it to cross
+// blocks everywhere.
+var blockLines = 4096
+
+// scan reads and checks the dump r holds, calling yield with each record
+// and its line number as described for Records, and returns the error Read
+// would (errStopped when yield returned false).
+func scan(r io.Reader, yield func(Record, int) bool) error {
 	scanner := bufio.NewScanner(r)
 	scanner.Buffer(make([]byte, 0, 64*1024), MaxLineBytes)
 	var (
-		texts   [][]byte
-		lines   []int
-		line    int
-		scanErr error
+		c     = checker{positions: map[string]eventPosition{}, roomVersion: map[string]string{}}
+		texts [][]byte
+		lines []int
+		line  int
 	)
+	// check parses the lines read so far and checks them in order, so
+	// that the error is the first bad line's.
+	check := func() error {
+		for i, p := range parseLines(texts) {
+			if err := c.check(lines[i], p); err != nil {
+				return err
+			}
+			if c.crossErr == nil && !yield(p.rec, lines[i]) {
+				return errStopped
+			}
+		}
+		texts, lines = texts[:0], lines[:0]
+		return nil
+	}
 	for scanner.Scan() {
 		line++
 		text := bytes.TrimSpace(scanner.Bytes())
@@ -198,66 +264,124 @@ func read(r io.Reader) ([]Record, []int, error) {
 		}
 		texts = append(texts, bytes.Clone(text))
 		lines = append(lines, line)
+		if len(texts) == blockLines {
+			if err := check(); err != nil {
+				return err
+			}
+		}
 	}
+	if err := check(); err != nil {
+		return err
+	}
+	// A line the scanner could not read comes after every line's own
+	// checks, and before the checks of references.
 	if err := scanner.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
-			scanErr = &LineError{Line: line + 1, Err: ErrLineTooLong}
-		} else {
-			scanErr = fmt.Errorf("roomdump: reading line %d: %w", line+1, err)
+			return &LineError{Line: line + 1, Err: ErrLineTooLong}
 		}
+		return fmt.Errorf("roomdump: reading line %d: %w", line+1, err)
 	}
-	parsed := parseLines(texts)
+	return c.finish()
+}
 
-	// The checks across lines, in order, so that the error is the first
-	// bad line's (a line the scanner could not read comes after all these).
-	var (
-		records     = make([]Record, 0, len(parsed))
-		events      []parsedEvent
-		positions   = map[string]eventPosition{}
-		roomVersion = map[string]string{}
-	)
-	for i, p := range parsed {
-		line, rec, facts := lines[i], p.rec, p.facts
-		if p.err != nil {
-			return nil, nil, &LineError{Line: line, Err: p.err}
-		}
-		if rec.ErasedUser == "" {
-			if v, ok := roomVersion[rec.RoomID]; ok && v != rec.RoomVersion {
-				return nil, nil, &LineError{Line: line, Err: fmt.Errorf("%w: room %s is version %q, this line says %q", ErrRoomVersionMismatch, rec.RoomID, v, rec.RoomVersion)}
-			}
-			roomVersion[rec.RoomID] = rec.RoomVersion
-			if earlier, dup := positions[rec.EventID]; dup {
-				return nil, nil, &LineError{Line: line, Err: fmt.Errorf("%w: %s, first on line %d", ErrDuplicateEvent, rec.EventID, earlier.line)}
-			}
-			positions[rec.EventID] = eventPosition{line: line, roomID: rec.RoomID, rejected: rec.Rejected, stateKey: facts.stateKey}
-			events = append(events, parsedEvent{line: line, roomID: rec.RoomID, refs: facts.refs, stateBefore: rec.StateBefore})
-		}
-		records = append(records, rec)
-	}
-	if scanErr != nil {
-		return nil, nil, scanErr
-	}
+// checker does the checks across lines, line by line in order.
+type checker struct {
+	positions   map[string]eventPosition
+	roomVersion map[string]string
+	// deferred are the events with a reference to an event not seen when
+	// their line was checked: to a later line (an error) or outside the
+	// file (allowed), which only the end of the dump tells apart.
+	deferred []parsedEvent
+	// crossErr is the first error of references found among the other
+	// events; it is final only at the end, since a deferred event's error
+	// may come first, and any line's own error wins over it.
+	crossErr *LineError
+}
 
-	// Only now that every event ID is known can a reference to a later line
-	// be told from a reference to an event outside the file.
-	for _, ev := range events {
-		for _, ref := range ev.refs {
-			pos, ok := positions[ref]
-			if !ok {
-				continue
+// check checks one line against the lines before it, returning an error
+// that ends the dump: the line's own (it does not parse, its room's version
+// differs, its event repeats one). An error of references is kept for
+// finish.
+func (c *checker) check(line int, p parsedLine) error {
+	rec, facts := p.rec, p.facts
+	if p.err != nil {
+		return &LineError{Line: line, Err: p.err}
+	}
+	if rec.ErasedUser != "" {
+		return nil
+	}
+	if v, ok := c.roomVersion[rec.RoomID]; ok && v != rec.RoomVersion {
+		return &LineError{Line: line, Err: fmt.Errorf("%w: room %s is version %q, this line says %q", ErrRoomVersionMismatch, rec.RoomID, v, rec.RoomVersion)}
+	}
+	c.roomVersion[rec.RoomID] = rec.RoomVersion
+	if earlier, dup := c.positions[rec.EventID]; dup {
+		return &LineError{Line: line, Err: fmt.Errorf("%w: %s, first on line %d", ErrDuplicateEvent, rec.EventID, earlier.line)}
+	}
+	c.positions[rec.EventID] = eventPosition{line: line, roomID: rec.RoomID, rejected: rec.Rejected, stateKey: facts.stateKey}
+	ev := parsedEvent{line: line, roomID: rec.RoomID, refs: facts.refs, stateBefore: rec.StateBefore}
+	// The positions of the events named are all known, and never change,
+	// so the checks give now what they would at the end.
+	if !c.allSeen(ev) {
+		c.deferred = append(c.deferred, ev)
+		return nil
+	}
+	if err := checkReferences(ev, c.positions); err != nil && c.crossErr == nil {
+		c.crossErr = err
+	}
+	return nil
+}
+
+// allSeen reports whether every event ev names is on a line checked
+// already.
+func (c *checker) allSeen(ev parsedEvent) bool {
+	for _, ids := range [][]string{ev.refs, ev.stateBefore} {
+		for _, id := range ids {
+			if _, ok := c.positions[id]; !ok {
+				return false
 			}
-			if pos.line >= ev.line {
-				return nil, nil, &LineError{Line: ev.line, Err: fmt.Errorf("%w: %s is on line %d", ErrForwardReference, ref, pos.line)}
-			}
-			if pos.roomID != ev.roomID {
-				return nil, nil, &LineError{Line: ev.line, Err: fmt.Errorf("%w: %s is in %s", ErrOtherRoomReference, ref, pos.roomID)}
-			}
-		}
-		if err := checkStateBefore(ev, positions); err != nil {
-			return nil, nil, &LineError{Line: ev.line, Err: err}
 		}
 	}
-	return records, lines, nil
+	return true
+}
+
+// finish returns the first error of references, in line order, now that
+// every event ID is known.
+func (c *checker) finish() error {
+	for _, ev := range c.deferred {
+		if c.crossErr != nil && c.crossErr.Line < ev.line {
+			break
+		}
+		if err := checkReferences(ev, c.positions); err != nil {
+			return err
+		}
+	}
+	if c.crossErr != nil {
+		return c.crossErr
+	}
+	return nil
+}
+
+// checkReferences checks what ev names against the events' positions: a
+// reference to an event of the dump must be to an earlier line of the same
+// room (one outside the dump is allowed), and state_before must be good
+// (checkStateBefore).
+func checkReferences(ev parsedEvent, positions map[string]eventPosition) *LineError {
+	for _, ref := range ev.refs {
+		pos, ok := positions[ref]
+		if !ok {
+			continue
+		}
+		if pos.line >= ev.line {
+			return &LineError{Line: ev.line, Err: fmt.Errorf("%w: %s is on line %d", ErrForwardReference, ref, pos.line)}
+		}
+		if pos.roomID != ev.roomID {
+			return &LineError{Line: ev.line, Err: fmt.Errorf("%w: %s is in %s", ErrOtherRoomReference, ref, pos.roomID)}
+		}
+	}
+	if err := checkStateBefore(ev, positions); err != nil {
+		return &LineError{Line: ev.line, Err: err}
+	}
+	return nil
 }
 
 // checkStateBefore checks the state_before of ev as a store checks

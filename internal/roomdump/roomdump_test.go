@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"iter"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -190,6 +191,14 @@ func TestReadErrors(t *testing.T) {
 		{name: "state_before for an outlier", dump: join(room[0], withStateBefore(strings.TrimSuffix(room[6], "}")+`,"outlier":true}`, ids(t, room[0]))), wantLine: 2, wantErr: roomdump.ErrBadStateBefore},
 		{name: "blank lines count", dump: "\n\n" + user + "\n\n" + `{"erased_user":""}` + "\n", wantLine: 5, wantErr: roomdump.ErrBadRecord},
 		{name: "line too long", dump: join(user, `{"erased_user":"@bob:hs2.example"`+strings.Repeat(" ", roomdump.MaxLineBytes)+`}`), wantLine: 2, wantErr: roomdump.ErrLineTooLong},
+		// Which error wins: the first bad line's among the errors of
+		// references, found at once (line 5) or only at the end (line 3)…
+		{name: "first error of references", dump: join(other[0], room[0], room[3], room[2], editEvent(t, room[1], func(e map[string]any) {
+			e["prev_events"] = []any{eventID(t, other[0])}
+		})), wantLine: 3, wantErr: roomdump.ErrForwardReference},
+		// … and a line's own error, or an unreadable line, over any of them.
+		{name: "own error over an earlier reference", dump: join(room[1], room[0], `{"erased_user":"bob"}`), wantLine: 3, wantErr: roomdump.ErrBadRecord},
+		{name: "line too long over an earlier reference", dump: join(room[1], room[0], `{"erased_user":"@bob:hs2.example"`+strings.Repeat(" ", roomdump.MaxLineBytes)+`}`), wantLine: 3, wantErr: roomdump.ErrLineTooLong},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -200,8 +209,58 @@ func TestReadErrors(t *testing.T) {
 			require.Equal(t, tt.wantLine, lineErr.Line)
 			require.Contains(t, err.Error(), "line "+strconv.Itoa(tt.wantLine)+": ")
 			require.Nil(t, records)
+
+			// Records ends with the same error, however the lines fall
+			// into blocks.
+			for _, block := range []int{1, 2, 4096} {
+				defer roomdump.SetBlockLines(block)()
+				_, err := collect(roomdump.Records(strings.NewReader(tt.dump)))
+				require.Equal(t, lineErr, err, "block of %d lines", block)
+			}
 		})
 	}
+}
+
+// collect returns the records seq yields, and the error it ends with.
+func collect(seq iter.Seq2[roomdump.Record, error]) ([]roomdump.Record, error) {
+	var records []roomdump.Record
+	for rec, err := range seq {
+		if err != nil {
+			return records, err
+		}
+		records = append(records, rec)
+	}
+	return records, nil
+}
+
+func TestRecordsOfAGoodDump(t *testing.T) {
+	// Two rooms interleaved, an erased user, a dump starting mid-history
+	// (references outside the file) and state_before.
+	a := dumpLines(t, generate(t, roomgen.Options{Version: "10", Events: 20}))
+	b := dumpLines(t, generate(t, roomgen.Options{Version: "12", Events: 20, Seed: 5}))
+	lines := []string{a[0], a[1], `{"erased_user":"@bob:hs2.example"}`}
+	lines = append(lines, b...)
+	lines = append(lines, withStateBefore(a[9], ids(t, a[0], a[1])))
+	lines = append(lines, a[10:]...)
+	dump := join(lines...)
+	want, err := roomdump.Read(strings.NewReader(dump))
+	require.NoError(t, err)
+	require.Len(t, want, len(lines))
+	for _, block := range []int{1, 3, 4096} {
+		defer roomdump.SetBlockLines(block)()
+		got, err := collect(roomdump.Records(strings.NewReader(dump)))
+		require.NoError(t, err)
+		require.Equal(t, want, got, "block of %d lines", block)
+	}
+
+	// A consumer may stop early.
+	seen := 0
+	for range roomdump.Records(strings.NewReader(dump)) {
+		if seen++; seen == 5 {
+			break
+		}
+	}
+	require.Equal(t, 5, seen)
 }
 
 func TestLineLengthLimit(t *testing.T) {
@@ -391,6 +450,16 @@ func FuzzRead(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		records, err := roomdump.Read(bytes.NewReader(data))
+		// Records, in blocks of other sizes, ends as Read does.
+		for _, block := range []int{1, 3} {
+			restore := roomdump.SetBlockLines(block)
+			streamed, streamErr := collect(roomdump.Records(bytes.NewReader(data)))
+			restore()
+			require.Equal(t, err, streamErr, "block of %d lines", block)
+			if err == nil {
+				require.Equal(t, records, streamed, "block of %d lines", block)
+			}
+		}
 		if err != nil {
 			var lineErr *roomdump.LineError
 			require.ErrorAs(t, err, &lineErr)
