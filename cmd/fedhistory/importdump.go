@@ -18,9 +18,9 @@ func runImport(ctx context.Context, out streams, args []string) error {
 	var rooms stringList
 	fs.Var(&rooms, "room", "`FILE` a room dump to import (repeatable; at least one)")
 	if err := parseFlags(fs, args, out.stdout, "--db DSN --room FILE [--room FILE…]", `
-Imports room dumps into a SQL database for serve --db. Every line of every dump
-is validated first; the events are then added in one transaction, so a bad line
-or a failed add (an event already in the database, say) imports nothing.`); err != nil {
+Imports room dumps into a SQL database for serve --db, in one transaction: the
+lines are validated as they are added, and a bad line anywhere, or a failed add
+(an event already in the database, say), imports nothing.`); err != nil {
 		return err
 	}
 	if err := requireFlags(fs, "db", "room"); err != nil {
@@ -28,65 +28,53 @@ or a failed add (an event already in the database, say) imports nothing.`); err 
 	}
 
 	start := time.Now()
-	// On a terminal, a live line counts the lines read (which needs their
-	// number first) and then the time the transaction takes; elsewhere the
-	// last line says how long it all took.
-	reading := newProgress(out.stderr, "fedhistory import: reading", progressDelay)
-	var lines int
-	if reading.tty {
-		var err error
-		if lines, err = countLines(rooms); err != nil {
-			return err
-		}
-		reading.update(0, lines)
-	}
-	var pending []sqlstore.Pending
-	var erased []string
-	roomIDs := make(map[string]bool)
-	var read int
-	for _, path := range rooms {
-		records, err := readDump(path, func(n int) {
-			if reading.tty {
-				read += n
-				reading.update(read, lines)
-			}
-		})
-		if err != nil {
-			return err
-		}
-		for _, rec := range records {
-			if rec.ErasedUser != "" {
-				erased = append(erased, rec.ErasedUser)
-				continue
-			}
-			roomIDs[rec.RoomID] = true
-			pending = append(pending, sqlstore.Pending{
-				RoomVersion: rec.RoomVersion,
-				PDU:         rec.Event,
-				Options:     rec.Options(),
-				// The reader hashed the event for its ID already.
-				EventID: rec.EventID,
-			})
-		}
-	}
-
-	if reading.tty {
-		reading.done()
-	}
-
 	store, err := sqlstore.Open(ctx, *dsn, sqlstore.Options{Migrate: true})
 	if err != nil {
 		return fmt.Errorf("opening --db: %w", err)
 	}
 	defer store.Close()
-	// One transaction, which tells nothing of its progress until it ends.
-	adding := newProgress(out.stderr, fmt.Sprintf("fedhistory import: adding %d events in one transaction", len(pending)), progressDelay)
-	if adding.tty {
-		adding.tick()
+
+	// The dumps are read, checked and written at once, a few thousand
+	// events at a time, in one transaction: a room of any size imports in
+	// bounded memory, and the database writes while the reader checks the
+	// lines after. A bad line rolls it all back. On a terminal, a live line
+	// counts the lines read (which needs their number first); elsewhere the
+	// last line says how long it all took.
+	importing := newProgress(out.stderr, "fedhistory import", progressDelay)
+	var lines int
+	if importing.tty {
+		if lines, err = countLines(rooms); err != nil {
+			return err
+		}
+		importing.update(0, lines)
 	}
-	err = store.AddBatch(ctx, pending)
-	if adding.tty {
-		adding.done()
+	var (
+		erased  []string
+		roomIDs = make(map[string]bool)
+		events  int
+		read    int
+	)
+	err = store.AddSeq(ctx, func(yield func(sqlstore.Pending, error) bool) {
+		for _, path := range rooms {
+			if !yieldDump(path, yield, func(n int) {
+				if importing.tty {
+					read += n
+					importing.update(read, lines)
+				}
+			}, func(rec roomdump.Record) {
+				if rec.ErasedUser != "" {
+					erased = append(erased, rec.ErasedUser)
+				} else {
+					roomIDs[rec.RoomID] = true
+					events++
+				}
+			}) {
+				return
+			}
+		}
+	})
+	if importing.tty {
+		importing.done()
 	}
 	if err != nil {
 		return fmt.Errorf("importing (nothing was imported): %w", err)
@@ -101,23 +89,42 @@ or a failed add (an event already in the database, say) imports nothing.`); err 
 	}
 	elapsed := time.Since(start)
 	fmt.Fprintf(out.stderr, "fedhistory import: imported %d events of %d rooms and %d erased users in %s (%.0f events/s)\n",
-		len(pending), len(roomIDs), len(erased), roundDuration(elapsed), float64(len(pending))/elapsed.Seconds())
+		events, len(roomIDs), len(erased), roundDuration(elapsed), float64(events)/elapsed.Seconds())
 	return nil
 }
 
-// readDump reads and validates a whole room dump, calling lines with the
-// number of lines of each piece of it read.
-func readDump(path string, lines func(int)) ([]roomdump.Record, error) {
+// yieldDump reads and checks the room dump at path as it yields its events
+// to yield (a sequence's), calling lines with the number of lines of each
+// piece of it read and seen with every record, erased users included. It
+// returns false when the sequence must end: yield said so, or the dump is
+// bad (its error is yielded).
+func yieldDump(path string, yield func(sqlstore.Pending, error) bool, lines func(int), seen func(roomdump.Record)) bool {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading room dump: %w", err)
+		yield(sqlstore.Pending{}, fmt.Errorf("reading room dump: %w", err))
+		return false
 	}
 	defer f.Close()
-	records, err := roomdump.Read(lineCounter{f, lines})
-	if err != nil {
-		return nil, fmt.Errorf("reading room dump %s: %w", path, err)
+	for rec, err := range roomdump.Records(lineCounter{f, lines}) {
+		if err != nil {
+			yield(sqlstore.Pending{}, fmt.Errorf("reading room dump %s: %w", path, err))
+			return false
+		}
+		seen(rec)
+		if rec.ErasedUser != "" {
+			continue
+		}
+		if !yield(sqlstore.Pending{
+			RoomVersion: rec.RoomVersion,
+			PDU:         rec.Event,
+			Options:     rec.Options(),
+			// The reader hashed the event for its ID already.
+			EventID: rec.EventID,
+		}, nil) {
+			return false
+		}
 	}
-	return records, nil
+	return true
 }
 
 // lineCounter is a reader that reports the lines read through it.

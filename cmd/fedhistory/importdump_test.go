@@ -38,6 +38,13 @@ func TestImportThenServeFromSQLite(t *testing.T) {
 		require.Equal(t, exitFailure, bad.code)
 		requireOneLine(t, bad.stderr)
 		require.Contains(t, bad.stderr, "bad.jsonl: roomdump: line 11:")
+
+		// The dump is written as it is read, but a bad line still wins over
+		// the error the writes meet first (these events are stored).
+		bad = runCommand(t, dir, "import", "--db", dsn, "--room", linear.Path, "--room", "bad.jsonl")
+		require.Equal(t, exitFailure, bad.code)
+		requireOneLine(t, bad.stderr)
+		require.Contains(t, bad.stderr, "bad.jsonl: roomdump: line 11:")
 	})
 
 	trust := strings.TrimSpace(mustRun(t, dir, "keygen", "--out", "hs2.key").stdout)
