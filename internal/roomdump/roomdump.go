@@ -237,7 +237,7 @@ func scan(r io.Reader, yield func(Record, int) bool) error {
 	scanner := bufio.NewScanner(r)
 	scanner.Buffer(make([]byte, 0, 64*1024), MaxLineBytes)
 	var (
-		c     = checker{positions: map[string]eventPosition{}, roomVersion: map[string]string{}}
+		c     = checker{positions: map[string]eventPosition{}, rooms: map[string]*roomFacts{}}
 		texts [][]byte
 		lines []int
 		line  int
@@ -284,10 +284,17 @@ func scan(r io.Reader, yield func(Record, int) bool) error {
 	return c.finish()
 }
 
+// roomFacts is what the checks keep of a room: its ID, one string that
+// every position of the room shares (a dump's positions are most of what
+// Records keeps), and its version.
+type roomFacts struct {
+	id, version string
+}
+
 // checker does the checks across lines, line by line in order.
 type checker struct {
-	positions   map[string]eventPosition
-	roomVersion map[string]string
+	positions map[string]eventPosition
+	rooms     map[string]*roomFacts
 	// deferred are the events with a reference to an event not seen when
 	// their line was checked: to a later line (an error) or outside the
 	// file (allowed), which only the end of the dump tells apart.
@@ -310,15 +317,19 @@ func (c *checker) check(line int, p parsedLine) error {
 	if rec.ErasedUser != "" {
 		return nil
 	}
-	if v, ok := c.roomVersion[rec.RoomID]; ok && v != rec.RoomVersion {
-		return &LineError{Line: line, Err: fmt.Errorf("%w: room %s is version %q, this line says %q", ErrRoomVersionMismatch, rec.RoomID, v, rec.RoomVersion)}
+	room, ok := c.rooms[rec.RoomID]
+	if !ok {
+		room = &roomFacts{id: rec.RoomID, version: rec.RoomVersion}
+		c.rooms[rec.RoomID] = room
 	}
-	c.roomVersion[rec.RoomID] = rec.RoomVersion
+	if room.version != rec.RoomVersion {
+		return &LineError{Line: line, Err: fmt.Errorf("%w: room %s is version %q, this line says %q", ErrRoomVersionMismatch, rec.RoomID, room.version, rec.RoomVersion)}
+	}
 	if earlier, dup := c.positions[rec.EventID]; dup {
 		return &LineError{Line: line, Err: fmt.Errorf("%w: %s, first on line %d", ErrDuplicateEvent, rec.EventID, earlier.line)}
 	}
-	c.positions[rec.EventID] = eventPosition{line: line, roomID: rec.RoomID, rejected: rec.Rejected, stateKey: facts.stateKey}
-	ev := parsedEvent{line: line, roomID: rec.RoomID, refs: facts.refs, stateBefore: rec.StateBefore}
+	c.positions[rec.EventID] = eventPosition{line: line, roomID: room.id, rejected: rec.Rejected, stateKey: facts.stateKey}
+	ev := parsedEvent{line: line, roomID: room.id, refs: facts.refs, stateBefore: rec.StateBefore}
 	// The positions of the events named are all known, and never change,
 	// so the checks give now what they would at the end.
 	if !c.allSeen(ev) {
