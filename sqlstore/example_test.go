@@ -1,6 +1,8 @@
 package sqlstore_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"log"
@@ -72,4 +74,67 @@ func Example() {
 	// GET /_matrix/federation/v1/state/{roomId}
 	// GET /_matrix/federation/v1/state_ids/{roomId}
 	// GET /_matrix/federation/v1/timestamp_to_event/{roomId}
+}
+
+// Import a room of any size in one transaction without holding it in
+// memory: AddSeq takes the events a chunk at a time from a sequence, here
+// PDUs read one per line from a file (an export of your own). A bad line
+// ends the sequence with an error, and nothing is stored.
+func ExampleStore_AddSeq() {
+	dir, err := os.MkdirTemp("", "fedhistory-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	store, err := sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "history.db"), sqlstore.Options{Migrate: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+
+	// An export: one PDU per line.
+	room, err := roomgen.Generate(roomgen.Options{Version: "11", Events: 500})
+	if err != nil {
+		log.Fatal(err)
+	}
+	export := filepath.Join(dir, "export.jsonl")
+	var lines []byte
+	for _, ev := range room.Events {
+		lines = append(append(lines, ev.JSON...), '\n')
+	}
+	if err := os.WriteFile(export, lines, 0o600); err != nil {
+		log.Fatal(err)
+	}
+
+	f, err := os.Open(export)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	events := func(yield func(sqlstore.Pending, error) bool) {
+		scanner := bufio.NewScanner(f)
+		scanner.Buffer(nil, 1<<20)
+		for scanner.Scan() {
+			// AddSeq holds the PDU until it returns: a fresh copy per line,
+			// since the scanner reuses its buffer.
+			pdu := bytes.Clone(scanner.Bytes())
+			if !yield(sqlstore.Pending{RoomVersion: room.Version, PDU: pdu}, nil) {
+				return
+			}
+		}
+		if err := scanner.Err(); err != nil {
+			yield(sqlstore.Pending{}, fmt.Errorf("reading the export: %w", err))
+		}
+	}
+	if err := store.AddSeq(ctx, events); err != nil {
+		log.Fatal(err)
+	}
+	version, err := store.RoomVersion(ctx, room.ID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("room version", version)
+	// Output:
+	// room version 11
 }
