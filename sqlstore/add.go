@@ -247,6 +247,7 @@ func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pen
 		if err := w.flush(ctx); err != nil {
 			return fail(err)
 		}
+		w.forget()
 	}
 	if added == 0 {
 		return "", nil

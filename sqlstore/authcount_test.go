@@ -23,9 +23,15 @@ import (
 // would not see it.)
 func TestAuthCountsFromFirstPrinciples(t *testing.T) {
 	for _, d := range dialects {
-		for _, batch := range []int{1, 37, 5000} {
+		for _, batch := range []int{1, 37, 5000, -5000} {
+			// -5000: a batch of 5000 in chunks of 37 that keeps nothing
+			// of the state from one chunk to the next.
 			t.Run(fmt.Sprintf("%s/batch=%d", d, batch), func(t *testing.T) {
 				s := openTestStore(t, d)
+				if batch < 0 {
+					batch = -batch
+					s.addChunk, s.maxHeldEntries, s.maxHeldAuthLinks = 37, 0, 0
+				}
 				g, err := synthroom.New(synthroom.Options{
 					Shape: synthroom.Forked, MessageBytes: 200, JoinEvery: 2, StateEvery: 5, HashIDs: true,
 				})

@@ -32,6 +32,17 @@ import (
 // (BENCHMARKS.md, "Import").
 const addChunkEvents = 1000
 
+// A transaction keeps the state groups it wrote or read and the auth links
+// of the state events it added, so that an import's next state change
+// costs no read; an AddSeq of any length would keep them all. Once they
+// pass these bounds (about 100 MB each) they are forgotten after a chunk
+// is written, and read back from the database as needed (groupChain,
+// storedAuthLinks), as those of earlier transactions are.
+const (
+	maxHeldEntries   = 1_000_000 // state entries of the groups kept
+	maxHeldAuthLinks = 200_000   // state events whose links are kept
+)
+
 // maxInsertParams bounds the parameters of one multi-row INSERT, far below
 // both databases' limits (SQLite's 32766, PostgreSQL's 65535): SQLite
 // (modernc.org/sqlite) binds a statement's parameters in time that grows
@@ -49,8 +60,10 @@ type batchWriter struct {
 	conn *sql.Conn
 	// groups holds the state groups the batch has read or written, so that
 	// one event's state change builds on the previous one without reading
-	// it back, and new groups are never read from the database.
-	groups groupCache
+	// it back, up to maxHeldEntries entries written (heldEntries; see
+	// forget).
+	groups      groupCache
+	heldEntries int
 	// rooms are the versions of the rooms the batch has touched.
 	rooms map[string]string
 
@@ -70,7 +83,7 @@ type batchWriter struct {
 	authCounts           []authCount // what state_group_auth counts (see authCounts)
 	// authLinks are the auth_edges links of the state events the batch
 	// added, for writeAuthCounts: only a state event can be a state
-	// change.
+	// change. Up to maxHeldAuthLinks events (see forget).
 	authLinks    map[string][]string
 	redactStored []string // stored events a redaction of the batch applies to
 	settled      []string // targets whose stored pending redactions were judged
@@ -400,11 +413,28 @@ func (w *batchWriter) flush(ctx context.Context) error {
 		}
 	}
 
+	w.heldEntries += len(w.entryRows)
 	w.groupRows, w.entryRows, w.eventRows, w.edgeRows, w.authRows, w.authCounts = nil, nil, nil, nil, nil, nil
 	w.redactStored, w.settled = nil, nil
 	clear(w.unflushed)
 	clear(w.extremities)
 	return nil
+}
+
+// forget drops the groups and auth links the writer keeps once they pass
+// their bounds (see maxHeldEntries). Only after flush: the database must
+// hold everything forgotten.
+func (w *batchWriter) forget() {
+	// Counted as written: the groups read from the database are the few
+	// that the batch's first state change of a room (or the first after
+	// forgetting) builds on.
+	if w.heldEntries > w.s.maxHeldEntries {
+		clear(w.groups)
+		w.heldEntries = 0
+	}
+	if len(w.authLinks) > w.s.maxHeldAuthLinks {
+		clear(w.authLinks)
+	}
 }
 
 // insert writes rows into table: on PostgreSQL with COPY when there are

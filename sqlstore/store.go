@@ -86,6 +86,10 @@ type Store struct {
 	// addChunk is the events AddBatch works out and writes at a time (see
 	// addChunkEvents); tests lower it to cross chunk boundaries everywhere.
 	addChunk int
+	// maxHeldEntries and maxHeldAuthLinks bound what an AddBatch
+	// transaction keeps of the state it wrote (see batchWriter.forget);
+	// tests set them to 0 to make it read everything back.
+	maxHeldEntries, maxHeldAuthLinks int
 }
 
 // Options configure Open. Their zero values are safe defaults: a pool
@@ -200,6 +204,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	s := &Store{
 		db: db, dialect: d, current: newLRU[string, *resolvedCurrent](o.CacheBytes), walkRowLimit: maxWalkRows, addChunk: addChunkEvents,
+		maxHeldEntries: maxHeldEntries, maxHeldAuthLinks: maxHeldAuthLinks,
 		staleAfter:    o.StaleAfter,
 		roomVersions:  newLRU[string, string](o.CacheBytes),
 		erased:        newLRU[string, bool](o.CacheBytes),
