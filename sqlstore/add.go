@@ -202,11 +202,12 @@ func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pen
 	// not parse, else with the first other error). Nothing is stored either
 	// way.
 	fail := func(err error) (string, error) {
-		if ctx.Err() == nil {
-			for parsed := range chunks {
-				if parsed.err != nil {
-					return "", parsed.err
-				}
+		for parsed := range chunks {
+			if ctx.Err() != nil {
+				break
+			}
+			if parsed.err != nil {
+				return "", parsed.err
 			}
 		}
 		return "", err
