@@ -61,18 +61,25 @@ func (s *Store) AddBatch(ctx context.Context, events []Pending) error {
 }
 
 // AddSeq adds the events that events yields, in order, in one transaction,
-// as AddBatch does, but takes them one chunk at a time: an import of a room
-// of any size holds a few thousand events in memory rather than all of them,
-// and the database writes while events produces the next ones (a room dump's
-// reader checks lines meanwhile). An event's PDU must not change until
-// AddSeq returns.
+// as AddBatch does, but takes them one chunk at a time: an import holds a
+// few thousand events in memory rather than all of them (what it keeps
+// beyond the chunks is bounded; see maxHeldEntries), and the database
+// writes while events produces the next ones (a room dump's reader checks
+// lines meanwhile). An event's PDU must not change until AddSeq returns.
 //
 // When events yields an error, AddSeq stores nothing and returns that error.
 // After an error of its own (an event already stored, say) it still takes
 // the rest of events, parsing each, and returns the first error events
 // yields or the first event that does not parse, if any: as AddBatch, it
 // fails with the first bad input in order rather than with a later
-// consequence of it. It stops at once when ctx is done.
+// consequence of it. A panic in events, or a runtime.Goexit, rolls the
+// transaction back and is passed on to AddSeq's caller, as if events ran
+// in its goroutine (it runs in another).
+//
+// When ctx is done AddSeq rolls back and returns ctx's error, but first
+// waits for events to yield or return, so that nothing of it runs once
+// AddSeq has returned: a sequence that can block (reading a pipe, say)
+// must itself end when ctx is done.
 //
 // PostgreSQL: AddBatch locks all its rooms before writing, in an order that
 // keeps two batches from waiting for each other; AddSeq, which cannot know
@@ -123,18 +130,18 @@ func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pen
 		if batch != nil {
 			cacheKiB = min(max(2*len(batch), sqliteImportCacheMinKiB), sqliteImportCacheMaxKiB)
 		}
+		defer func() {
+			// Else the connection keeps the import's settings until it
+			// retires (also when setting the second failed).
+			conn.ExecContext(context.Background(), fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteCacheKiB)) //nolint:errcheck
+			conn.ExecContext(context.Background(), `PRAGMA temp_store = DEFAULT`)                          //nolint:errcheck
+		}()
 		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, cacheKiB)); err != nil {
 			return "", fmt.Errorf("sqlstore: sizing the page cache: %w", err)
 		}
 		if _, err := conn.ExecContext(ctx, `PRAGMA temp_store = MEMORY`); err != nil {
 			return "", fmt.Errorf("sqlstore: keeping statement journals in memory: %w", err)
 		}
-		defer func() {
-			// Else the connection keeps the import's settings until it
-			// retires.
-			conn.ExecContext(context.Background(), fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteCacheKiB)) //nolint:errcheck
-			conn.ExecContext(context.Background(), `PRAGMA temp_store = DEFAULT`)                          //nolint:errcheck
-		}()
 	}
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
@@ -202,19 +209,26 @@ func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pen
 	// not parse, else with the first other error). Nothing is stored either
 	// way.
 	fail := func(err error) (string, error) {
-		for parsed := range chunks {
-			if ctx.Err() != nil {
-				break
+		for {
+			parsed, ok := nextChunk(ctx, chunks)
+			if !ok {
+				return "", err
 			}
 			if parsed.err != nil {
 				return "", parsed.err
 			}
 		}
-		return "", err
 	}
 	w := newBatchWriter(s, conn, tx)
 	added := 0
-	for parsed := range chunks {
+	for {
+		parsed, ok := nextChunk(ctx, chunks)
+		if !ok {
+			if err := ctx.Err(); err != nil {
+				return "", err
+			}
+			break
+		}
 		if parsed.err != nil {
 			return "", parsed.err
 		}
@@ -290,10 +304,36 @@ func parseAll(events []Pending) ([]*newEvent, error) {
 const parseShare = 256
 
 // parsedChunk is one chunk of a batch parsed by parseAhead, or the error
-// that ends the batch (see parseAhead).
+// that ends the batch (see parseAhead), or how the sequence's function
+// ended abnormally.
 type parsedChunk struct {
 	events []*newEvent
 	err    error
+	// panicked is the value of a panic in the sequence; goexit says it
+	// called runtime.Goexit.
+	panicked any
+	goexit   bool
+}
+
+// nextChunk returns the next chunk of chunks, and false when they have
+// ended or ctx is done. A panic or Goexit of the sequence is raised here,
+// in the caller's goroutine.
+func nextChunk(ctx context.Context, chunks <-chan parsedChunk) (parsedChunk, bool) {
+	if ctx.Err() != nil {
+		return parsedChunk{}, false
+	}
+	select {
+	case parsed, ok := <-chunks:
+		switch {
+		case parsed.goexit:
+			runtime.Goexit()
+		case parsed.panicked != nil:
+			panic(parsed.panicked)
+		}
+		return parsed, ok
+	case <-ctx.Done():
+		return parsedChunk{}, false
+	}
 }
 
 // parseAhead parses the events of seq in chunks of size, each on every
@@ -318,52 +358,73 @@ func parseAhead(seq iter.Seq2[Pending, error], size int) (chunks <-chan parsedCh
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer close(out)
-		next, stopSeq := iter.Pull2(seq)
-		defer stopSeq()
-		for {
+		// A panic or Goexit in seq (iter.Pull2 raises both in this
+		// goroutine) must not look like the sequence's end: it is sent to
+		// the writer, which raises it in its own goroutine.
+		ended := false
+		defer func() {
+			if ended {
+				return
+			}
+			r := recover()
 			select {
+			case out <- parsedChunk{panicked: r, goexit: r == nil}:
 			case <-done:
-				return
-			default:
 			}
-			var (
-				chunk  = make([]Pending, 0, size)
-				seqErr error
-				ended  bool
-			)
-			for len(chunk) < size {
-				p, err, ok := next()
-				if !ok {
-					ended = true
-					break
-				}
-				if err != nil {
-					seqErr = err
-					break
-				}
-				chunk = append(chunk, p)
-			}
-			if len(chunk) == 0 && seqErr == nil {
-				return
-			}
-			parsed, err := parseAll(chunk)
-			if err == nil {
-				err = seqErr
-			}
-			select {
-			case out <- parsedChunk{parsed, err}:
-			case <-done:
-				return
-			}
-			if err != nil || ended {
-				return
-			}
-		}
+		}()
+		pull(seq, size, out, done)
+		ended = true
 	})
 	var once sync.Once
 	return out, func() {
 		once.Do(func() { close(done) })
 		wg.Wait()
+	}
+}
+
+// pull is parseAhead's loop: it parses seq's events a chunk at a time and
+// sends them to out until seq ends, a chunk has an error, or done closes.
+func pull(seq iter.Seq2[Pending, error], size int, out chan<- parsedChunk, done <-chan struct{}) {
+	next, stopSeq := iter.Pull2(seq)
+	defer stopSeq()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		var (
+			chunk  = make([]Pending, 0, size)
+			seqErr error
+			ended  bool
+		)
+		for len(chunk) < size {
+			p, err, ok := next()
+			if !ok {
+				ended = true
+				break
+			}
+			if err != nil {
+				seqErr = err
+				break
+			}
+			chunk = append(chunk, p)
+		}
+		if len(chunk) == 0 && seqErr == nil {
+			return
+		}
+		parsed, err := parseAll(chunk)
+		if err == nil {
+			err = seqErr
+		}
+		select {
+		case out <- parsedChunk{events: parsed, err: err}:
+		case <-done:
+			return
+		}
+		if err != nil || ended {
+			return
+		}
 	}
 }
 

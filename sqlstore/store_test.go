@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -607,6 +608,59 @@ func TestAddSeq(t *testing.T) {
 			}
 		}
 		require.ErrorIs(t, s.AddSeq(cancelled, endless), context.Canceled)
+		requireNothingStored()
+
+		// A sequence that blocks and ends when ctx is done, as the doc
+		// asks: AddSeq returns ctx's error, not a commit of the events so
+		// far.
+		cancelled, cancel = context.WithCancel(ctx)
+		blocking := func(yield func(Pending, error) bool) {
+			for i, p := range batch {
+				if i == 3*7+2 {
+					cancel()
+					<-cancelled.Done()
+					return
+				}
+				if !yield(p, nil) {
+					return
+				}
+			}
+		}
+		require.ErrorIs(t, s.AddSeq(cancelled, blocking), context.Canceled)
+		requireNothingStored()
+
+		// A panic or runtime.Goexit in the sequence, which runs in another
+		// goroutine, reaches AddSeq's caller as if it had run there, after
+		// the rollback.
+		panicking := func(yield func(Pending, error) bool) {
+			for i, p := range batch {
+				if i == 3*7+2 {
+					panic("the sequence's own panic")
+				}
+				if !yield(p, nil) {
+					return
+				}
+			}
+		}
+		require.PanicsWithValue(t, "the sequence's own panic", func() { _ = s.AddSeq(ctx, panicking) })
+		requireNothingStored()
+		exiting := func(yield func(Pending, error) bool) {
+			for i, p := range batch {
+				if i == 3*7+2 {
+					runtime.Goexit()
+				}
+				if !yield(p, nil) {
+					return
+				}
+			}
+		}
+		returned := make(chan bool)
+		go func() {
+			defer close(returned)
+			_ = s.AddSeq(ctx, exiting)
+			returned <- true
+		}()
+		require.False(t, <-returned, "the caller's goroutine exits")
 		requireNothingStored()
 
 		empty, _ := seqOf(nil, nil)
