@@ -31,8 +31,8 @@
 // writes them out first. A batch of several chunks is parsed one chunk
 // ahead of the writes (on PostgreSQL its rooms are locked first). AddSeq is
 // the same transaction over a sequence, taken a chunk at a time, so that an
-// import of any size holds a few chunks in memory (fedhistory import streams
-// its dumps through it). An import of real (hash) event IDs runs at about
+// import holds a few chunks of events in memory, not all of them (fedhistory
+// import streams its dumps through it). An import of real (hash) event IDs runs at about
 // 9,000–10,000 events/s at 10^5 events and 6,000–7,500 at 10^6 on two cores
 // (BENCHMARKS.md, round five).
 //

@@ -20,7 +20,8 @@ func runImport(ctx context.Context, out streams, args []string) error {
 	if err := parseFlags(fs, args, out.stdout, "--db DSN --room FILE [--room FILE…]", `
 Imports room dumps into a SQL database for serve --db, in one transaction: the
 lines are validated as they are added, and a bad line anywhere, or a failed add
-(an event already in the database, say), imports nothing.`); err != nil {
+(an event already in the database, say), imports nothing. The database is
+created or migrated first.`); err != nil {
 		return err
 	}
 	if err := requireFlags(fs, "db", "room"); err != nil {
@@ -28,6 +29,28 @@ lines are validated as they are added, and a bad line anywhere, or a failed add
 	}
 
 	start := time.Now()
+	// Every dump is opened before the database, so that a mistyped path
+	// creates no database. Cancelling ctx closes them: a dump read from a
+	// pipe then stops blocking AddSeq, which waits for its sequence.
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, path := range rooms {
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("reading room dump: %w", err)
+		}
+		files = append(files, f)
+	}
+	stopClosing := context.AfterFunc(ctx, func() {
+		for _, f := range files {
+			f.Close()
+		}
+	})
+	defer stopClosing()
 	store, err := sqlstore.Open(ctx, *dsn, sqlstore.Options{Migrate: true})
 	if err != nil {
 		return fmt.Errorf("opening --db: %w", err)
@@ -35,9 +58,9 @@ lines are validated as they are added, and a bad line anywhere, or a failed add
 	defer store.Close()
 
 	// The dumps are read, checked and written at once, a few thousand
-	// events at a time, in one transaction: a room of any size imports in
-	// bounded memory, and the database writes while the reader checks the
-	// lines after. A bad line rolls it all back. On a terminal, a live line
+	// events at a time, in one transaction: the memory holds what the
+	// checks need of each event (~100 bytes), not the events, and the
+	// database writes while the reader checks the lines after. A bad line rolls it all back. On a terminal, a live line
 	// counts the lines read (which needs their number first); elsewhere the
 	// last line says how long it all took.
 	importing := newProgress(out.stderr, "fedhistory import", progressDelay)
@@ -55,8 +78,8 @@ lines are validated as they are added, and a bad line anywhere, or a failed add
 		read    int
 	)
 	err = store.AddSeq(ctx, func(yield func(sqlstore.Pending, error) bool) {
-		for _, path := range rooms {
-			if !yieldDump(path, yield, func(n int) {
+		for i, path := range rooms {
+			if !yieldDump(files[i], path, yield, func(n int) {
 				if importing.tty {
 					read += n
 					importing.update(read, lines)
@@ -93,18 +116,12 @@ lines are validated as they are added, and a bad line anywhere, or a failed add
 	return nil
 }
 
-// yieldDump reads and checks the room dump at path as it yields its events
-// to yield (a sequence's), calling lines with the number of lines of each
-// piece of it read and seen with every record, erased users included. It
-// returns false when the sequence must end: yield said so, or the dump is
-// bad (its error is yielded).
-func yieldDump(path string, yield func(sqlstore.Pending, error) bool, lines func(int), seen func(roomdump.Record)) bool {
-	f, err := os.Open(path)
-	if err != nil {
-		yield(sqlstore.Pending{}, fmt.Errorf("reading room dump: %w", err))
-		return false
-	}
-	defer f.Close()
+// yieldDump reads and checks the room dump f (opened from path) as it
+// yields its events to yield (a sequence's), calling lines with the number
+// of lines of each piece of it read and seen with every record, erased
+// users included. It returns false when the sequence must end: yield said
+// so, or the dump is bad (its error is yielded).
+func yieldDump(f *os.File, path string, yield func(sqlstore.Pending, error) bool, lines func(int), seen func(roomdump.Record)) bool {
 	for rec, err := range roomdump.Records(lineCounter{f, lines}) {
 		if err != nil {
 			yield(sqlstore.Pending{}, fmt.Errorf("reading room dump %s: %w", path, err))

@@ -30,6 +30,14 @@ func TestImportThenServeFromSQLite(t *testing.T) {
 		require.Contains(t, again.stderr, "nothing was imported")
 	})
 
+	t.Run("a missing dump creates no database", func(t *testing.T) {
+		res := runCommand(t, dir, "import", "--db", "sqlite:"+filepath.Join(dir, "never.db"), "--room", linear.Path, "--room", "missing.jsonl")
+		require.Equal(t, exitFailure, res.code)
+		requireOneLine(t, res.stderr)
+		require.Contains(t, res.stderr, "missing.jsonl")
+		require.NoFileExists(t, filepath.Join(dir, "never.db"))
+	})
+
 	t.Run("a dump with a bad line imports nothing", func(t *testing.T) {
 		good, err := os.ReadFile(fresh.Path)
 		require.NoError(t, err)

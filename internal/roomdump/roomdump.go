@@ -131,8 +131,8 @@ func Read(r io.Reader) ([]Record, error) {
 }
 
 // Records reads the dump r holds as it yields its records, in order, so
-// that a dump of any size is read in bounded memory (what the checks across
-// lines keep of each event, about a hundred bytes): it is how fedhistory
+// that a dump is read keeping only what the checks across lines need of
+// each event (about a hundred bytes), not the events: it is how fedhistory
 // import streams a dump into a database.
 //
 // A record is yielded once its line has passed every check that needs only
