@@ -33,11 +33,12 @@ created or migrated first.`); err != nil {
 	// creates no database. Cancelling ctx closes them: a dump read from a
 	// pipe then stops blocking AddSeq, which waits for its sequence.
 	var files []*os.File
-	defer func() {
+	closeFiles := func() {
 		for _, f := range files {
 			f.Close()
 		}
-	}()
+	}
+	defer closeFiles()
 	for _, path := range rooms {
 		f, err := os.Open(path)
 		if err != nil {
@@ -45,12 +46,7 @@ created or migrated first.`); err != nil {
 		}
 		files = append(files, f)
 	}
-	stopClosing := context.AfterFunc(ctx, func() {
-		for _, f := range files {
-			f.Close()
-		}
-	})
-	defer stopClosing()
+	defer context.AfterFunc(ctx, closeFiles)()
 	store, err := sqlstore.Open(ctx, *dsn, sqlstore.Options{Migrate: true})
 	if err != nil {
 		return fmt.Errorf("opening --db: %w", err)
@@ -60,9 +56,10 @@ created or migrated first.`); err != nil {
 	// The dumps are read, checked and written at once, a few thousand
 	// events at a time, in one transaction: the memory holds what the
 	// checks need of each event (~100 bytes), not the events, and the
-	// database writes while the reader checks the lines after. A bad line rolls it all back. On a terminal, a live line
-	// counts the lines read (which needs their number first); elsewhere the
-	// last line says how long it all took.
+	// database writes while the reader checks the lines after. A bad line
+	// rolls it all back. On a terminal, a live line counts the lines read
+	// (which needs their number first); elsewhere the last line says how
+	// long it all took.
 	importing := newProgress(out.stderr, "fedhistory import", progressDelay)
 	var lines int
 	if importing.tty {
@@ -77,22 +74,35 @@ created or migrated first.`); err != nil {
 		events  int
 		read    int
 	)
+	countRead := func(n int) {
+		if importing.tty {
+			read += n
+			importing.update(read, lines)
+		}
+	}
 	err = store.AddSeq(ctx, func(yield func(sqlstore.Pending, error) bool) {
-		for i, path := range rooms {
-			if !yieldDump(files[i], path, yield, func(n int) {
-				if importing.tty {
-					read += n
-					importing.update(read, lines)
-				}
-			}, func(rec roomdump.Record) {
-				if rec.ErasedUser != "" {
+		for i, f := range files {
+			for rec, err := range roomdump.Records(lineCounter{f, countRead}) {
+				switch {
+				case err != nil:
+					yield(sqlstore.Pending{}, fmt.Errorf("reading room dump %s: %w", rooms[i], err))
+					return
+				case rec.ErasedUser != "":
 					erased = append(erased, rec.ErasedUser)
-				} else {
-					roomIDs[rec.RoomID] = true
-					events++
+					continue
 				}
-			}) {
-				return
+				roomIDs[rec.RoomID] = true
+				events++
+				pending := sqlstore.Pending{
+					RoomVersion: rec.RoomVersion,
+					PDU:         rec.Event,
+					Options:     rec.Options(),
+					// The reader hashed the event for its ID already.
+					EventID: rec.EventID,
+				}
+				if !yield(pending, nil) {
+					return
+				}
 			}
 		}
 	})
@@ -114,34 +124,6 @@ created or migrated first.`); err != nil {
 	fmt.Fprintf(out.stderr, "fedhistory import: imported %d events of %d rooms and %d erased users in %s (%.0f events/s)\n",
 		events, len(roomIDs), len(erased), roundDuration(elapsed), float64(events)/elapsed.Seconds())
 	return nil
-}
-
-// yieldDump reads and checks the room dump f (opened from path) as it
-// yields its events to yield (a sequence's), calling lines with the number
-// of lines of each piece of it read and seen with every record, erased
-// users included. It returns false when the sequence must end: yield said
-// so, or the dump is bad (its error is yielded).
-func yieldDump(f *os.File, path string, yield func(sqlstore.Pending, error) bool, lines func(int), seen func(roomdump.Record)) bool {
-	for rec, err := range roomdump.Records(lineCounter{f, lines}) {
-		if err != nil {
-			yield(sqlstore.Pending{}, fmt.Errorf("reading room dump %s: %w", path, err))
-			return false
-		}
-		seen(rec)
-		if rec.ErasedUser != "" {
-			continue
-		}
-		if !yield(sqlstore.Pending{
-			RoomVersion: rec.RoomVersion,
-			PDU:         rec.Event,
-			Options:     rec.Options(),
-			// The reader hashed the event for its ID already.
-			EventID: rec.EventID,
-		}, nil) {
-			return false
-		}
-	}
-	return true
 }
 
 // lineCounter is a reader that reports the lines read through it.
