@@ -489,19 +489,7 @@ func TestPostgresSessionsRunWithoutJIT(t *testing.T) {
 // the whole batch with its error after the earlier chunks were written,
 // leaving nothing behind, even when an earlier chunk holds a duplicate.
 func TestAddBatchParsedAhead(t *testing.T) {
-	var rooms []*roomgen.Room
-	for i, version := range []string{"11", "12"} {
-		room, err := roomgen.Generate(roomgen.Options{Version: version, Events: 30, Seed: int64(i + 1)})
-		require.NoError(t, err)
-		rooms = append(rooms, room)
-	}
-	var batch []Pending
-	for _, room := range rooms {
-		for _, ev := range room.Events {
-			batch = append(batch, Pending{RoomVersion: room.Version, PDU: ev.JSON})
-		}
-	}
-	require.Greater(t, len(batch), 4*7)
+	rooms, batch := twoRoomBatch(t)
 	require.Equal(t, []string{rooms[0].ID, rooms[1].ID}, roomsOf(batch), "the rooms PostgreSQL locks before the first write")
 	forEachDialect(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
@@ -515,41 +503,63 @@ func TestAddBatchParsedAhead(t *testing.T) {
 		require.ErrorIs(t, err, fedhistory.ErrInvalidEvent)
 		require.NotErrorIs(t, err, fedhistory.ErrDuplicateEvent)
 		require.ErrorIs(t, s.AddBatch(ctx, bad[:len(bad)-1]), fedhistory.ErrDuplicateEvent)
-		for _, room := range rooms {
-			_, err := s.RoomVersion(ctx, room.ID)
-			require.ErrorIs(t, err, fedhistory.ErrRoomNotFound, "nothing of the failed batch is stored")
-		}
+		requireNoRoom(t, s, rooms)
 
 		require.NoError(t, s.AddBatch(ctx, batch))
-		for _, room := range rooms {
-			mem := memstore.New()
-			for _, ev := range room.Events {
-				_, err := mem.Add(room.Version, ev.JSON, fedhistory.AddOptions{})
-				require.NoError(t, err)
-			}
-			requireSameAsMemstore(t, s, mem, room)
-		}
+		requireStoredAsByAdd(t, s, rooms)
 	})
 }
 
-func TestAddSeq(t *testing.T) {
-	var rooms []*roomgen.Room
+// twoRoomBatch returns two generated rooms, of versions 11 and 12, and all
+// their events in one batch, more than four chunks of 7.
+func twoRoomBatch(t *testing.T) ([]*roomgen.Room, []Pending) {
+	var (
+		rooms []*roomgen.Room
+		batch []Pending
+	)
 	for i, version := range []string{"11", "12"} {
 		room, err := roomgen.Generate(roomgen.Options{Version: version, Events: 30, Seed: int64(i + 1)})
 		require.NoError(t, err)
 		rooms = append(rooms, room)
-	}
-	var batch []Pending
-	for _, room := range rooms {
 		for _, ev := range room.Events {
 			batch = append(batch, Pending{RoomVersion: room.Version, PDU: ev.JSON})
 		}
 	}
 	require.Greater(t, len(batch), 4*7)
+	return rooms, batch
+}
+
+// requireNoRoom checks that s holds nothing of rooms: a failed batch
+// stored nothing.
+func requireNoRoom(t *testing.T, s *Store, rooms []*roomgen.Room) {
+	t.Helper()
+	for _, room := range rooms {
+		_, err := s.RoomVersion(context.Background(), room.ID)
+		require.ErrorIs(t, err, fedhistory.ErrRoomNotFound, "nothing of the failed batch is stored")
+	}
+}
+
+// requireStoredAsByAdd checks that s holds rooms as memstore does after
+// one Add per event.
+func requireStoredAsByAdd(t *testing.T, s *Store, rooms []*roomgen.Room) {
+	t.Helper()
+	for _, room := range rooms {
+		mem := memstore.New()
+		for _, ev := range room.Events {
+			_, err := mem.Add(room.Version, ev.JSON, fedhistory.AddOptions{})
+			require.NoError(t, err)
+		}
+		requireSameAsMemstore(t, s, mem, room)
+	}
+}
+
+func TestAddSeq(t *testing.T) {
+	rooms, batch := twoRoomBatch(t)
 	errSource := errors.New("the source's own error")
-	// seqOf yields events, then err unless it is nil; ended reports whether
-	// the sequence's function has returned.
-	seqOf := func(events []Pending, err error) (seq iter.Seq2[Pending, error], ended *bool) {
+	yieldErr := func(yield func(Pending, error) bool) { yield(Pending{}, errSource) }
+	// seqOf yields events, then calls end (when not nil) with its yield;
+	// ended reports whether the sequence's function has returned.
+	seqOf := func(events []Pending, end func(yield func(Pending, error) bool)) (seq iter.Seq2[Pending, error], ended *bool) {
 		ended = new(bool)
 		return func(yield func(Pending, error) bool) {
 			defer func() { *ended = true }()
@@ -558,32 +568,25 @@ func TestAddSeq(t *testing.T) {
 					return
 				}
 			}
-			if err != nil {
-				yield(Pending{}, err)
+			if end != nil {
+				end(yield)
 			}
 		}, ended
 	}
 	forEachDialect(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		s.addChunk = 7
-		requireNothingStored := func() {
-			t.Helper()
-			for _, room := range rooms {
-				_, err := s.RoomVersion(ctx, room.ID)
-				require.ErrorIs(t, err, fedhistory.ErrRoomNotFound, "nothing of the failed sequence is stored")
-			}
-		}
 
-		seq, ended := seqOf(batch, errSource)
+		seq, ended := seqOf(batch, yieldErr)
 		require.ErrorIs(t, s.AddSeq(ctx, seq), errSource)
 		require.True(t, *ended)
-		requireNothingStored()
+		requireNoRoom(t, s, rooms)
 
 		// An error the sequence yields wins over an earlier one found
 		// while writing, as an event that does not parse does.
 		dup := slices.Clone(batch)
 		dup[3] = dup[0]
-		seq, ended = seqOf(dup, errSource)
+		seq, ended = seqOf(dup, yieldErr)
 		err := s.AddSeq(ctx, seq)
 		require.ErrorIs(t, err, errSource)
 		require.NotErrorIs(t, err, fedhistory.ErrDuplicateEvent)
@@ -592,7 +595,7 @@ func TestAddSeq(t *testing.T) {
 		require.ErrorIs(t, s.AddSeq(ctx, seq), fedhistory.ErrInvalidEvent)
 		seq, _ = seqOf(dup, nil)
 		require.ErrorIs(t, s.AddSeq(ctx, seq), fedhistory.ErrDuplicateEvent)
-		requireNothingStored()
+		requireNoRoom(t, s, rooms)
 
 		// A cancelled context ends it at once: the rest of an endless
 		// sequence is not looked at.
@@ -608,52 +611,29 @@ func TestAddSeq(t *testing.T) {
 			}
 		}
 		require.ErrorIs(t, s.AddSeq(cancelled, endless), context.Canceled)
-		requireNothingStored()
+		requireNoRoom(t, s, rooms)
+
+		// The sequences below stop in the fourth chunk, three written.
+		written := batch[:3*7+2]
 
 		// A sequence that blocks and ends when ctx is done, as the doc
 		// asks: AddSeq returns ctx's error, not a commit of the events so
 		// far.
 		cancelled, cancel = context.WithCancel(ctx)
-		blocking := func(yield func(Pending, error) bool) {
-			for i, p := range batch {
-				if i == 3*7+2 {
-					cancel()
-					<-cancelled.Done()
-					return
-				}
-				if !yield(p, nil) {
-					return
-				}
-			}
-		}
+		blocking, _ := seqOf(written, func(func(Pending, error) bool) {
+			cancel()
+			<-cancelled.Done()
+		})
 		require.ErrorIs(t, s.AddSeq(cancelled, blocking), context.Canceled)
-		requireNothingStored()
+		requireNoRoom(t, s, rooms)
 
 		// A panic or runtime.Goexit in the sequence, which runs in another
 		// goroutine, reaches AddSeq's caller as if it had run there, after
 		// the rollback.
-		panicking := func(yield func(Pending, error) bool) {
-			for i, p := range batch {
-				if i == 3*7+2 {
-					panic("the sequence's own panic")
-				}
-				if !yield(p, nil) {
-					return
-				}
-			}
-		}
+		panicking, _ := seqOf(written, func(func(Pending, error) bool) { panic("the sequence's own panic") })
 		require.PanicsWithValue(t, "the sequence's own panic", func() { _ = s.AddSeq(ctx, panicking) })
-		requireNothingStored()
-		exiting := func(yield func(Pending, error) bool) {
-			for i, p := range batch {
-				if i == 3*7+2 {
-					runtime.Goexit()
-				}
-				if !yield(p, nil) {
-					return
-				}
-			}
-		}
+		requireNoRoom(t, s, rooms)
+		exiting, _ := seqOf(written, func(func(Pending, error) bool) { runtime.Goexit() })
 		returned := make(chan bool)
 		go func() {
 			defer close(returned)
@@ -661,22 +641,15 @@ func TestAddSeq(t *testing.T) {
 			returned <- true
 		}()
 		require.False(t, <-returned, "the caller's goroutine exits")
-		requireNothingStored()
+		requireNoRoom(t, s, rooms)
 
 		empty, _ := seqOf(nil, nil)
 		require.NoError(t, s.AddSeq(ctx, empty))
-		requireNothingStored()
+		requireNoRoom(t, s, rooms)
 
 		seq, ended = seqOf(batch, nil)
 		require.NoError(t, s.AddSeq(ctx, seq))
 		require.True(t, *ended)
-		for _, room := range rooms {
-			mem := memstore.New()
-			for _, ev := range room.Events {
-				_, err := mem.Add(room.Version, ev.JSON, fedhistory.AddOptions{})
-				require.NoError(t, err)
-			}
-			requireSameAsMemstore(t, s, mem, room)
-		}
+		requireStoredAsByAdd(t, s, rooms)
 	})
 }
