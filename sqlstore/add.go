@@ -190,13 +190,7 @@ func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pen
 				return "", err
 			}
 		}
-		seq = func(yield func(Pending, error) bool) {
-			for _, p := range batch {
-				if !yield(p, nil) {
-					return
-				}
-			}
-		}
+		seq = pendingSeq(batch)
 		fallthrough
 	default:
 		chunks, stop = parseAhead(seq, s.addChunk)
@@ -273,6 +267,17 @@ func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pen
 	// A redaction among them may have emptied a cached server ACL.
 	s.currentStates.clear()
 	return firstID, nil
+}
+
+// pendingSeq is the sequence of batch's events, without errors.
+func pendingSeq(batch []Pending) iter.Seq2[Pending, error] {
+	return func(yield func(Pending, error) bool) {
+		for _, p := range batch {
+			if !yield(p, nil) {
+				return
+			}
+		}
+	}
 }
 
 // parseAll parses events on every core: gomatrixserverlib's parse (which

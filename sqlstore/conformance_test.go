@@ -66,13 +66,7 @@ func TestConformanceAddBatch(t *testing.T) {
 					})
 					require.NoError(t, err)
 					if chunk != addChunkEvents {
-						require.NoError(t, s.AddSeq(ctx, func(yield func(Pending, error) bool) {
-							for _, p := range batch {
-								if !yield(p, nil) {
-									return
-								}
-							}
-						}))
+						require.NoError(t, s.AddSeq(ctx, pendingSeq(batch)))
 					} else {
 						require.NoError(t, s.AddBatch(ctx, batch))
 					}
