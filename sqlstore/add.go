@@ -531,6 +531,7 @@ type knownEvent struct {
 	// event carries ID, RoomID, Type, StateKey, Sender and Rejected: what
 	// the redaction rules read of a target.
 	event      fedhistory.Event
+	nid        int64 // events.event_nid
 	outlier    bool
 	stateKnown bool
 	afterGroup int64 // 0: the empty state; meaningful when stateKnown
@@ -557,11 +558,15 @@ func (w *batchWriter) add(ctx context.Context, ev *newEvent) error {
 	// change's auth counts, which read them.
 	seen := make(map[string]bool, len(ev.AuthEvents))
 	var links []string
+	nid, err := w.eventNIDs.next(ctx, w)
+	if err != nil {
+		return err
+	}
 	for _, id := range ev.AuthEvents {
 		if a, ok := w.known[id]; ok && a.event.RoomID == e.RoomID && !seen[id] {
 			seen[id] = true
 			links = append(links, id)
-			w.authRows = append(w.authRows, []any{e.ID, id})
+			w.authRows = append(w.authRows, []any{nid, a.nid})
 		}
 	}
 	if e.StateKey != nil {
@@ -578,7 +583,7 @@ func (w *batchWriter) add(ctx context.Context, ev *newEvent) error {
 	}
 
 	row := &eventRow{args: []any{
-		e.ID, e.RoomID, e.Depth, jsonList(e.PrevEvents), e.Type, e.StateKey, e.Sender, e.Redacts,
+		nid, e.ID, e.RoomID, e.Depth, jsonList(e.PrevEvents), e.Type, e.StateKey, e.Sender, e.Redacts,
 		e.Rejected, e.Outlier, ev.membership(), ev.historyVisibility(), st.beforeColumn(), st.afterColumn(), e.JSON,
 		e.OriginServerTS, st.known, self,
 	}}
@@ -586,13 +591,14 @@ func (w *batchWriter) add(ctx context.Context, ev *newEvent) error {
 	w.unflushed[e.ID] = row
 	w.applyRedaction(ev, effects)
 	for i, prev := range e.PrevEvents {
-		w.edgeRows = append(w.edgeRows, []any{e.ID, i, prev, e.RoomID})
+		w.edgeRows = append(w.edgeRows, []any{nid, i, prev})
 	}
 	w.known[e.ID] = knownEvent{
 		event: fedhistory.Event{
 			ID: e.ID, RoomID: e.RoomID, Type: e.Type, StateKey: e.StateKey, Sender: e.Sender,
 			Rejected: e.Rejected, Outlier: e.Outlier,
 		},
+		nid:        nid,
 		outlier:    e.Outlier,
 		stateKnown: st.known,
 		afterGroup: st.after,
@@ -606,7 +612,7 @@ func (w *batchWriter) add(ctx context.Context, ev *newEvent) error {
 // knownEvents returns what the store holds of ids.
 func (s *Store) knownEvents(ctx context.Context, q querier, ids []string) (map[string]knownEvent, error) {
 	rows, err := s.query(ctx, q, `
-SELECT event_id, room_id, event_type, state_key, sender, rejected, outlier, state_known, after_group
+SELECT event_nid, event_id, room_id, event_type, state_key, sender, rejected, outlier, state_known, after_group
 FROM events WHERE event_id IN (IDS($1))`,
 		s.idList(ids))
 	if err != nil {
@@ -620,7 +626,7 @@ FROM events WHERE event_id IN (IDS($1))`,
 			stateKey sql.NullString
 			group    sql.NullInt64
 		)
-		if err := rows.Scan(&k.event.ID, &k.event.RoomID, &k.event.Type, &stateKey, &k.event.Sender,
+		if err := rows.Scan(&k.nid, &k.event.ID, &k.event.RoomID, &k.event.Type, &stateKey, &k.event.Sender,
 			&k.event.Rejected, &k.outlier, &k.stateKnown, &group); err != nil {
 			return nil, fmt.Errorf("sqlstore: looking up events: %w", err)
 		}

@@ -13,7 +13,7 @@ import (
 
 // TestAuthCountsFromFirstPrinciples checks state_group_auth against its
 // definition: for every state group, the counts summed along the group's
-// delta chain equal, for each auth event, the number of auth_edges links
+// delta chain equal, for each auth event, the number of auth links
 // from the events of the group's whole state to it. The room is added in
 // batches of several sizes, so that a group's changes (a level k delta
 // gathers those of the groups since its parent, see newGroup) name events
@@ -55,13 +55,15 @@ func TestAuthCountsFromFirstPrinciples(t *testing.T) {
 }
 
 // requireAuthCounts compares every state group's summed state_group_auth
-// counts with the auth_edges links of its whole state, and returns the
+// counts with the auth links of its whole state, and returns the
 // number of groups.
 func requireAuthCounts(t *testing.T, s *Store) int {
 	t.Helper()
 	ctx := context.Background()
 	links := make(map[string][]string)
-	rows, err := s.db.QueryContext(ctx, `SELECT event_id, auth_event_id FROM auth_edges`)
+	rows, err := s.db.QueryContext(ctx, `
+SELECT e.event_id, x.event_id
+FROM auth_links a JOIN events e ON e.event_nid = a.event_nid JOIN events x ON x.event_nid = a.auth_nid`)
 	require.NoError(t, err)
 	require.NoError(t, scanRows(rows, func() error {
 		var id, auth string

@@ -81,7 +81,7 @@ type batchWriter struct {
 	unflushed            map[string]*eventRow // eventRows by event ID
 	edgeRows, authRows   [][]any
 	authCounts           []authCount // what state_group_auth counts (see authCounts)
-	// authLinks are the auth_edges links of the state events the batch
+	// authLinks are the auth links (auth_links) of the state events the batch
 	// added, for writeAuthCounts: only a state event can be a state
 	// change. Up to maxHeldAuthLinks events (see forget).
 	authLinks    map[string][]string
@@ -90,10 +90,8 @@ type batchWriter struct {
 	// extremities are the forward extremity changes per room.
 	extremities map[string]*extremityChanges
 
-	// groupIDs are allocated, unused state group IDs (see allocGroupID).
-	groupIDs     []int64
-	groupIDBlock int
-	lastGroupID  int64 // SQLite: the largest group ID so far
+	// groupIDs and eventNIDs allocate the new rows' keys.
+	groupIDs, eventNIDs idAllocator
 }
 
 // eventRow is the events row of an added event.
@@ -106,16 +104,16 @@ var (
 	groupColumns = []string{"group_id", "room_id", "parent_id", "chain_length", "level", "auth_counted"}
 	entryColumns = []string{"group_id", "event_type", "state_key", "event_id", "member_server"}
 	eventColumns = []string{
-		"event_id", "room_id", "depth", "prev_events", "event_type", "state_key", "sender", "redacts",
+		"event_nid", "event_id", "room_id", "depth", "prev_events", "event_type", "state_key", "sender", "redacts",
 		"rejected", "outlier", "membership", "history_visibility", "before_group", "after_group", "json",
 		"origin_server_ts", "state_known", "redacted",
 	}
-	edgeColumns     = []string{"event_id", "ord", "prev_event_id", "room_id"}
-	authEdgeColumns = []string{"event_id", "auth_event_id"}
+	edgeColumns     = []string{"event_nid", "ord", "prev_event_id"}
+	authEdgeColumns = []string{"event_nid", "auth_nid"}
 )
 
 // eventRedactedArg is the index of the redacted column in eventRow.args.
-const eventRedactedArg = 17
+const eventRedactedArg = 18
 
 // pendingRedaction is a redaction waiting for its target.
 type pendingRedaction struct {
@@ -138,14 +136,15 @@ type extremityChanges struct {
 
 func newBatchWriter(s *Store, conn *sql.Conn, tx *sql.Tx) *batchWriter {
 	w := &batchWriter{
-		s:            s,
-		tx:           &preparedTx{tx: tx, prepare: s.dialect == sqlite},
-		groups:       make(groupCache),
-		rooms:        make(map[string]string),
-		unflushed:    make(map[string]*eventRow),
-		authLinks:    make(map[string][]string),
-		extremities:  make(map[string]*extremityChanges),
-		groupIDBlock: 1,
+		s:           s,
+		tx:          &preparedTx{tx: tx, prepare: s.dialect == sqlite},
+		groups:      make(groupCache),
+		rooms:       make(map[string]string),
+		unflushed:   make(map[string]*eventRow),
+		authLinks:   make(map[string][]string),
+		extremities: make(map[string]*extremityChanges),
+		groupIDs:    newIDAllocator("state_groups", "group_id"),
+		eventNIDs:   newIDAllocator("events", "event_nid"),
 	}
 	if s.dialect == postgres {
 		w.conn = conn
@@ -216,7 +215,7 @@ WHERE p.target_id IN (IDS($1))`, w.s.idList(own))
 	w.named = make(map[string]bool)
 	rows, err = w.s.query(ctx, w.tx, `
 SELECT ids.id, (
-	SELECT COUNT(*) FROM edges ed JOIN events child ON child.event_id = ed.event_id
+	SELECT COUNT(*) FROM prev_edges ed JOIN events child ON child.event_nid = ed.event_nid
 	WHERE ed.prev_event_id = ids.id AND NOT child.outlier AND NOT child.rejected
 ) FROM (ID_ROWS($1)) ids`, w.s.idList(own))
 	if err != nil {
@@ -299,41 +298,56 @@ func (w *batchWriter) recordExtremities(ev *newEvent) {
 	}
 }
 
-// allocGroupID returns a new state group's ID. PostgreSQL hands them out
-// from the identity column's sequence, in blocks that double up to 1024 (so
-// that a single Add takes one ID and an import one statement per 1024
-// groups); on SQLite the transaction holds the database's write lock, so
-// the next ID is the largest so far plus one.
-func (w *batchWriter) allocGroupID(ctx context.Context) (int64, error) {
+// idAllocator hands out the values of one identity column (state_groups'
+// group_id, events' event_nid) to a transaction, which writes them
+// explicitly: so that rows referring to a new row (a group's entries, an
+// event's links) are built before it is written. PostgreSQL hands them out
+// from the column's sequence, in blocks that double up to 1024 (so that a
+// single Add takes one value and an import one statement per 1024 rows);
+// on SQLite the transaction holds the database's write lock, so the next
+// value is the largest so far plus one.
+type idAllocator struct {
+	table, column string
+	free          []int64 // PostgreSQL: taken from the sequence, unused
+	block         int     // PostgreSQL: the size of the next block
+	last          int64   // SQLite: the largest value so far
+}
+
+func newIDAllocator(table, column string) idAllocator {
+	return idAllocator{table: table, column: column, block: 1}
+}
+
+// next returns a new value of the column.
+func (a *idAllocator) next(ctx context.Context, w *batchWriter) (int64, error) {
 	if w.s.dialect == sqlite {
-		if w.lastGroupID == 0 {
+		if a.last == 0 {
 			var largest sql.NullInt64
-			if err := w.s.queryRow(ctx, w.tx, `SELECT MAX(group_id) FROM state_groups`).Scan(&largest); err != nil {
-				return 0, fmt.Errorf("allocating a state group ID: %w", err)
+			if err := w.s.queryRow(ctx, w.tx, `SELECT MAX(`+a.column+`) FROM `+a.table).Scan(&largest); err != nil {
+				return 0, fmt.Errorf("allocating a value of %s.%s: %w", a.table, a.column, err)
 			}
-			w.lastGroupID = largest.Int64
+			a.last = largest.Int64
 		}
-		w.lastGroupID++
-		return w.lastGroupID, nil
+		a.last++
+		return a.last, nil
 	}
-	if len(w.groupIDs) == 0 {
-		rows, err := w.s.query(ctx, w.tx, `SELECT nextval(pg_get_serial_sequence('state_groups', 'group_id')) FROM generate_series(1, $1)`, w.groupIDBlock)
+	if len(a.free) == 0 {
+		rows, err := w.s.query(ctx, w.tx, `SELECT nextval(pg_get_serial_sequence('`+a.table+`', '`+a.column+`')) FROM generate_series(1, $1)`, a.block)
 		if err != nil {
-			return 0, fmt.Errorf("allocating state group IDs: %w", err)
+			return 0, fmt.Errorf("allocating values of %s.%s: %w", a.table, a.column, err)
 		}
 		err = scanRows(rows, func() error {
 			var id int64
 			err := rows.Scan(&id)
-			w.groupIDs = append(w.groupIDs, id)
+			a.free = append(a.free, id)
 			return err
 		})
 		if err != nil {
-			return 0, fmt.Errorf("allocating state group IDs: %w", err)
+			return 0, fmt.Errorf("allocating values of %s.%s: %w", a.table, a.column, err)
 		}
-		w.groupIDBlock = min(2*w.groupIDBlock, 1024)
+		a.block = min(2*a.block, 1024)
 	}
-	id := w.groupIDs[0]
-	w.groupIDs = w.groupIDs[1:]
+	id := a.free[0]
+	a.free = a.free[1:]
 	return id, nil
 }
 
@@ -361,10 +375,10 @@ func (w *batchWriter) flush(ctx context.Context) error {
 		}
 		return fmt.Errorf("sqlstore: inserting %d events: %w", len(events), err)
 	}
-	if err := w.insert(ctx, "edges", edgeColumns, w.edgeRows); err != nil {
+	if err := w.insert(ctx, "prev_edges", edgeColumns, w.edgeRows); err != nil {
 		return fmt.Errorf("sqlstore: inserting prev_events: %w", err)
 	}
-	if err := w.insert(ctx, "auth_edges", authEdgeColumns, w.authRows); err != nil {
+	if err := w.insert(ctx, "auth_links", authEdgeColumns, w.authRows); err != nil {
 		return fmt.Errorf("sqlstore: inserting auth_events: %w", err)
 	}
 	if err := w.writeAuthCounts(ctx); err != nil {
@@ -621,7 +635,7 @@ type authCount struct {
 // the groups the batch wrote: per group, the signed number of auth links
 // from the changed events to each auth event (rows with a sum of 0 are not
 // written). The links of the state events the batch added are in
-// authLinks; those of older events are read from auth_edges, by its
+// authLinks; those of older events are read from auth_links, by its
 // primary key's prefix, in one statement. Counted in the database instead
 // (a join of the changes with auth_edges), this took 2.7 of 17 s of a
 // 10^5-event PostgreSQL import.
@@ -668,9 +682,14 @@ func (w *batchWriter) writeAuthCounts(ctx context.Context) error {
 	return w.insert(ctx, "state_group_auth", authCountColumns, rows)
 }
 
-// storedAuthLinks returns the auth_edges links of the events ids.
+// storedAuthLinks returns the auth links of the events ids.
 func (s *Store) storedAuthLinks(ctx context.Context, q querier, ids []string) (map[string][]string, error) {
-	rows, err := s.query(ctx, q, `SELECT event_id, auth_event_id FROM auth_edges WHERE event_id IN (IDS($1))`, s.idList(ids))
+	rows, err := s.query(ctx, q, `
+SELECT e.event_id, auth.event_id
+FROM events e
+JOIN auth_links a ON a.event_nid = e.event_nid
+JOIN events auth ON auth.event_nid = a.auth_nid
+WHERE e.event_id IN (IDS($1))`, s.idList(ids))
 	if err != nil {
 		return nil, fmt.Errorf("reading the auth events of %d events: %w", len(ids), err)
 	}

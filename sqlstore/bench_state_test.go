@@ -47,7 +47,7 @@ func requireIndexedPlan(b *testing.B, s *Store, query string, args ...any) {
 	}
 	require.NoError(b, rows.Err())
 	joined := strings.Join(plan, "\n")
-	for _, table := range []string{"events", "auth_edges", "state_groups", "state_group_entries", "rooms"} {
+	for _, table := range []string{"events", "auth_links", "state_groups", "state_group_entries", "rooms"} {
 		assert.NotContains(b, joined, "Seq Scan on "+table+" ", "plan:\n%s", joined)
 	}
 }

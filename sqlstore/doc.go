@@ -5,7 +5,7 @@
 // fedhistory.ErasureStore, fedhistory.BackfillWalker and
 // fedhistory.MissingEventsWalker; fedhistory.StateStore (StateBefore reads
 // the state group recorded before the event, AuthChain is one recursive
-// query over auth_edges) and fedhistory.StateIDsStore (both for /state_ids,
+// query over auth_links) and fedhistory.StateIDsStore (both for /state_ids,
 // the walk starting from the state group's counted auth events),
 // fedhistory.EventLookupStore and
 // fedhistory.TimestampStore (one statement each, the latter one descent of
@@ -41,10 +41,11 @@
 // Open applies the schema migrations (a schema_version table; see migrate).
 // events holds every PDU byte for byte with its metadata (origin_server_ts
 // included, indexed with room_id, depth and event_id for the timestamp
-// lookup), indexed by (room_id, event_id) and (room_id, depth); edges holds
-// one row per prev_event; auth_edges every event's links to the auth events
-// held in its room when it was added (state resolution follows those
-// between state events); forward_extremities the current DAG heads. A
+// lookup), indexed by (room_id, event_id) and (room_id, depth); prev_edges
+// holds one row per prev_event; auth_links every event's links to the auth
+// events held in its room when it was added (state resolution follows those
+// between state events), both keyed by the events' event_nid, so that an
+// import appends to their indexes; forward_extremities the current DAG heads. A
 // version 1 database is upgraded in place (see upgradeToV2).
 //
 // Room state is stored as state groups: a group is a parent group plus the

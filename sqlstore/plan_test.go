@@ -20,7 +20,7 @@ import (
 
 // growingTables are the tables whose size grows with a room's history: no
 // statement the store issues to serve a request may scan one of them.
-var growingTables = []string{"events", "state_group_entries", "state_groups", "edges", "auth_edges"}
+var growingTables = []string{"events", "state_group_entries", "state_groups", "prev_edges", "auth_links"}
 
 // planRoomOptions is TestQueryPlans' room: 10^5 events (the size the SQL
 // performance issue asks the plans to be checked at), every tenth a join

@@ -184,6 +184,44 @@ CREATE TABLE state_group_auth (
 	PRIMARY KEY (group_id, auth_event_id)
 );
 `,
+	// 5: the links between events keyed by the linking event's event_nid
+	// instead of its ID. An event's nid is assigned in the order events
+	// are added, so an import appends to these tables' indexes instead of
+	// inserting at random places in B-trees keyed by hash-like IDs: at
+	// 10^6 events the old primary keys no longer fit a default
+	// PostgreSQL's shared_buffers, and an import spent most of its time
+	// writing out and reading back their pages (BENCHMARKS.md, "Round
+	// seven"). A prev_event is still named by its ID: it may not be held.
+	// An auth link only ever points to an event held in the room (see
+	// auth_links), so both of its ends are nids.
+	`
+-- prev_edges: one row per entry of an event's prev_events, ord its
+-- position (edges before version 5).
+CREATE TABLE prev_edges (
+	event_nid     BIGINT NOT NULL,
+	ord           INTEGER NOT NULL,
+	prev_event_id TEXT NOT NULL,
+	PRIMARY KEY (event_nid, ord)
+) WITHOUT_ROWID;
+INSERT INTO prev_edges (event_nid, ord, prev_event_id)
+SELECT e.event_nid, ed.ord, ed.prev_event_id FROM edges ed JOIN events e ON e.event_id = ed.event_id;
+CREATE INDEX prev_edges_prev ON prev_edges (prev_event_id);
+DROP TABLE edges;
+
+-- auth_links: an event's auth events that were, when it was added, held in
+-- its room (auth_edges before version 5): the auth chains of the auth chain
+-- endpoints and of state resolution, which follows the links between state
+-- events.
+CREATE TABLE auth_links (
+	event_nid BIGINT NOT NULL,
+	auth_nid  BIGINT NOT NULL,
+	PRIMARY KEY (event_nid, auth_nid)
+) WITHOUT_ROWID;
+INSERT INTO auth_links (event_nid, auth_nid)
+SELECT e.event_nid, a.event_nid
+FROM auth_edges l JOIN events e ON e.event_id = l.event_id JOIN events a ON a.event_id = l.auth_event_id;
+DROP TABLE auth_edges;
+`,
 }
 
 // upgrades are the steps of a migration that need Go (parsing stored JSON,

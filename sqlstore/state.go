@@ -368,7 +368,7 @@ func (w *batchWriter) newGroup(ctx context.Context, roomID string, parent int64,
 		maps.DeleteFunc(info.entries, func(_ stateKey, id *string) bool { return id == nil })
 	}
 
-	if info.id, err = w.allocGroupID(ctx); err != nil {
+	if info.id, err = w.groupIDs.next(ctx, w); err != nil {
 		return 0, err
 	}
 	// The parent's chain, for the events each entry replaces (authCounts).
@@ -412,8 +412,26 @@ type resolution struct {
 	state stateMap // the resolved state
 }
 
+// authChainsQueries are, per dialect, the auth chains of the state events
+// $1 for state resolution: kind 0 rows are the events of the chains (the
+// state events included), kind 1 rows their auth links. State resolution
+// sees only the links between state events, as in memstore: auth_links
+// also holds links to non-state events, for the auth chain endpoint. Every
+// lookup is an index probe (see authLinks).
+var authChainsQueries = perDialect(func(d dialect) string {
+	return `
+WITH RECURSIVE chain (event_nid, event_id) AS (
+	SELECT event_nid, event_id FROM events WHERE event_id IN (IDS($1))
+	UNION
+	SELECT x.event_nid, x.event_id FROM chain c ` + authLinks(d, "x.state_key IS NOT NULL") + `
+)
+SELECT 0, c.event_id, e.rejected, e.json, NULL FROM chain c ` + probe(d, "e.rejected, e.json", "events", "e", "e.event_nid = c.event_nid", true, "") + `
+UNION ALL
+SELECT 1, c.event_id, FALSE, NULL, x.event_id FROM chain c ` + authLinks(d, "x.state_key IS NOT NULL")
+})
+
 // resolveStates loads the states of groups and the auth chains of their
-// events (as far as the store knows them: auth_edges) in two queries, and
+// events (as far as the store knows them: auth_links) in two queries, and
 // resolves them with package stateres.
 func (s *Store) resolveStates(ctx context.Context, q querier, version gomatrixserverlib.RoomVersion, groups []int64) (*resolution, error) {
 	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
@@ -433,26 +451,7 @@ func (s *Store) resolveStates(ctx context.Context, q querier, version gomatrixse
 	slices.Sort(stateIDs)
 	stateIDs = slices.Compact(stateIDs)
 
-	// Kind 0 rows are the events of the auth chains (the state events
-	// included), kind 1 rows their auth edges. State resolution sees only
-	// the links between state events, as in memstore: auth_edges also holds
-	// links to non-state events, for the auth chain endpoint.
-	rows, err := s.query(ctx, q, `
-WITH RECURSIVE chain (event_id) AS (
-	IDS($1)
-	UNION
-	SELECT a.auth_event_id FROM chain c
-	JOIN auth_edges a ON a.event_id = c.event_id
-	JOIN events x ON x.event_id = a.auth_event_id
-	WHERE x.state_key IS NOT NULL
-)
-SELECT 0, e.event_id, e.rejected, e.json, NULL FROM chain c JOIN events e ON e.event_id = c.event_id
-UNION ALL
-SELECT 1, a.event_id, FALSE, NULL, a.auth_event_id FROM chain c
-JOIN auth_edges a ON a.event_id = c.event_id
-JOIN events x ON x.event_id = a.auth_event_id
-WHERE x.state_key IS NOT NULL`,
-		jsonList(stateIDs))
+	rows, err := s.query(ctx, q, authChainsQueries[s.dialect], jsonList(stateIDs))
 	if err != nil {
 		return nil, fmt.Errorf("loading auth chains: %w", err)
 	}

@@ -95,7 +95,7 @@ func (s *Store) StateBefore(ctx context.Context, roomID, eventID string) ([]stri
 // events (fedhistory.StateIDsStore), in two statements whatever the size of
 // the state. The first reads the state and, summed along its group's delta
 // chain, state_group_auth's counts: the events with a positive count are the
-// state's direct auth events, so the second walks auth_edges from those few
+// state's direct auth events, so the second walks auth_links from those few
 // (authClosureQueries) instead of from every state event: at 10^5 members,
 // AuthChain of the state searched auth_edges 10^5 times (about 1.5 s of
 // the 1.9 s a request took on PostgreSQL), where the counts are a handful of
@@ -393,61 +393,53 @@ func (sc *stateScratch) release() {
 	stateScratchPool.Put(sc)
 }
 
-// authClosureQuery is the auth chain of a state from its direct auth
-// events $1 (see StateIDs): those not rejected, and what the walk of
-// authChainQuery reaches from them (CHAIN_STEP: see authChainQueries).
-const authClosureQuery = `
-WITH RECURSIVE chain (event_id) AS (
-	SELECT event_id FROM events WHERE event_id IN (IDS($1)) AND NOT rejected
+// authClosureQueries are, per dialect, the auth chain of a state from its
+// direct auth events $1 (see StateIDs): those not rejected, and what the
+// walk of authChainQueries reaches from them.
+var authClosureQueries = perDialect(func(d dialect) string {
+	return `
+WITH RECURSIVE chain (event_nid, event_id) AS (
+	SELECT event_nid, event_id FROM events WHERE event_id IN (IDS($1)) AND NOT rejected
 	UNION
-	CHAIN_STEP
+	SELECT x.event_nid, x.event_id FROM chain c ` + authLinks(d, "NOT x.rejected") + `
 )
 SELECT event_id FROM chain`
+})
 
-// authChainQuery walks auth_edges from the seeds $2 of room $1 (see
-// AuthChain). CHAIN_STEP reads the links of the chain's events c to events
-// that are not rejected (see authChainQueries).
-const authChainQuery = `
-WITH RECURSIVE chain (event_id) AS (
-	SELECT a.auth_event_id
-	FROM events seed
-	JOIN auth_edges a ON a.event_id = seed.event_id
-	JOIN events auth ON auth.event_id = a.auth_event_id
-	WHERE seed.room_id = $1 AND seed.event_id IN (IDS($2)) AND NOT seed.rejected AND NOT auth.rejected
+// authChainQueries are, per dialect, the walk of auth_links from the seeds
+// $2 of room $1 (see AuthChain) through the events not rejected. The chain
+// carries each event's ID with its nid, so that the answer needs no join
+// of its own.
+var authChainQueries = perDialect(func(d dialect) string {
+	return `
+WITH RECURSIVE chain (event_nid, event_id) AS (
+	SELECT x.event_nid, x.event_id FROM events c ` + authLinks(d, "NOT x.rejected") + `
+	WHERE c.room_id = $1 AND c.event_id IN (IDS($2)) AND NOT c.rejected
 	UNION
-	CHAIN_STEP
+	SELECT x.event_nid, x.event_id FROM chain c ` + authLinks(d, "NOT x.rejected") + `
 )
 SELECT event_id FROM chain`
+})
 
-// authChainQueries are authChainQuery for each dialect: each step must
-// search auth_edges and events by event_id for the events the walk has
-// just reached. SQLite does so with a plain join. PostgreSQL estimates a
-// recursive CTE's working table at a few rows per step whatever it holds,
-// and on a large table prefers a hash join over a sequential scan of all of
-// auth_edges, per step: a LATERAL subquery, which OFFSET 0 keeps from being
-// flattened, makes it look up each event's links by index instead.
-var authChainQueries, authClosureQueries = walkQueries(authChainQuery), walkQueries(authClosureQuery)
+// authLinks joins the events c to the events x they link to in auth_links
+// that match filter (which names x), each link an index probe (see probe):
+// a plain join on SQLite. PostgreSQL estimates a recursive CTE's working
+// table at hundreds of rows per step whatever it holds, and with integer
+// keys on both sides it then merge-joins the links with a scan of the
+// events' primary key, or hash-joins them with a sequential scan of events.
+func authLinks(d dialect, filter string) string {
+	return probe(d, "a.auth_nid", "auth_links", "a", "a.event_nid = c.event_nid", false, "") + `
+	` + probe(d, "x.event_nid, x.event_id", "events", "x", "x.event_nid = a.auth_nid AND "+filter, true, "")
+}
 
-func walkQueries(query string) [2]string {
-	return [2]string{
-		sqlite: strings.Replace(query, "CHAIN_STEP", `SELECT a.auth_event_id
-	FROM chain c
-	JOIN auth_edges a ON a.event_id = c.event_id
-	JOIN events auth ON auth.event_id = a.auth_event_id
-	WHERE NOT auth.rejected`, 1),
-		postgres: strings.Replace(query, "CHAIN_STEP", `SELECT links.auth_event_id
-	FROM chain c CROSS JOIN LATERAL (
-		SELECT a.auth_event_id
-		FROM auth_edges a JOIN events auth ON auth.event_id = a.auth_event_id
-		WHERE a.event_id = c.event_id AND NOT auth.rejected
-		OFFSET 0
-	) links`, 1),
-	}
+// perDialect is query built for each dialect.
+func perDialect(query func(dialect) string) [2]string {
+	return [2]string{sqlite: query(sqlite), postgres: query(postgres)}
 }
 
 // AuthChain returns the IDs of the events reachable from eventIDs through
 // one or more auth links, without duplicates, in one recursive statement
-// over auth_edges. Add records there exactly the links the contract counts
+// over auth_links. Add records there exactly the links the contract counts
 // (an event's auth events held in its room when it was added, in room
 // version 12 the create event among them), so the walk needs no room
 // filter past the seeds. Rejected events are neither returned nor walked
@@ -457,8 +449,8 @@ func walkQueries(query string) [2]string {
 //
 // UNION, not UNION ALL, makes the recursion terminate and visit each event
 // once: both databases discard a row the recursion has already produced.
-// Each step is an index lookup in auth_edges (its primary key starts with
-// event_id) and one in events (event_id is unique), so the cost is bounded
+// Each step is an index lookup in auth_links (its primary key starts with
+// event_nid) and one in events (by its primary key), so the cost is bounded
 // by the answer's size, not the room's history.
 func (s *Store) AuthChain(ctx context.Context, roomID string, eventIDs []string) ([]string, error) {
 	if len(eventIDs) == 0 || !s.storable(roomID) {

@@ -13,6 +13,17 @@ import (
 // no timestamps, redactions, state_known, group levels or auth counts, auth links of state events to
 // state events only.
 var downgradeToV1 = []string{
+	// migration 5's, undone: the links by event ID again.
+	`CREATE TABLE edges (
+		event_id TEXT NOT NULL, ord INTEGER NOT NULL, prev_event_id TEXT NOT NULL, room_id TEXT NOT NULL,
+		PRIMARY KEY (event_id, ord))`,
+	`INSERT INTO edges SELECT e.event_id, p.ord, p.prev_event_id, e.room_id FROM prev_edges p JOIN events e ON e.event_nid = p.event_nid`,
+	`CREATE INDEX edges_prev ON edges (prev_event_id)`,
+	`DROP TABLE prev_edges`,
+	`CREATE TABLE auth_edges (event_id TEXT NOT NULL, auth_event_id TEXT NOT NULL, PRIMARY KEY (event_id, auth_event_id))`,
+	`INSERT INTO auth_edges SELECT e.event_id, x.event_id FROM auth_links a
+		JOIN events e ON e.event_nid = a.event_nid JOIN events x ON x.event_nid = a.auth_nid`,
+	`DROP TABLE auth_links`,
 	`DROP INDEX events_room_timestamp`,
 	`ALTER TABLE events DROP COLUMN origin_server_ts`,
 	`ALTER TABLE events DROP COLUMN redacted`,
@@ -42,7 +53,7 @@ func TestUpgradeFromV1(t *testing.T) {
 				mem := memstore.New()
 				addRoom(t, s, mem, room, skip)
 				var links int
-				require.NoError(t, s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM auth_edges`).Scan(&links))
+				require.NoError(t, s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM auth_links`).Scan(&links))
 				for _, stmt := range downgradeToV1 {
 					_, err := s.db.ExecContext(ctx, stmt)
 					require.NoError(t, err, stmt)
@@ -54,7 +65,7 @@ func TestUpgradeFromV1(t *testing.T) {
 				defer s.Close()
 				requireSameAsMemstore(t, s, mem, room)
 				var upgradedLinks int
-				require.NoError(t, s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM auth_edges`).Scan(&upgradedLinks))
+				require.NoError(t, s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM auth_links`).Scan(&upgradedLinks))
 				require.Equal(t, links, upgradedLinks)
 			})
 		}

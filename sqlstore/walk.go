@@ -219,13 +219,13 @@ func (c *candidates) load(ctx context.Context, seeds []string) error {
 		limitClause = "LIMIT $7"
 	}
 	rows, err := c.s.query(ctx, c.s.db, `
-WITH RECURSIVE walk (event_id, room_id, depth, prev_events, rejected, outlier) AS (
-	SELECT event_id, room_id, depth, prev_events, rejected, outlier
+WITH RECURSIVE walk (event_nid, event_id, room_id, depth, prev_events, rejected, outlier) AS (
+	SELECT event_nid, event_id, room_id, depth, prev_events, rejected, outlier
 	FROM events WHERE event_id IN (IDS($1))
 	UNION
-	SELECT ev.event_id, ev.room_id, ev.depth, ev.prev_events, ev.rejected, ev.outlier
+	SELECT ev.event_nid, ev.event_id, ev.room_id, ev.depth, ev.prev_events, ev.rejected, ev.outlier
 	FROM walk w
-	JOIN edges ed ON ed.event_id = w.event_id
+	JOIN prev_edges ed ON ed.event_nid = w.event_nid
 	JOIN events ev ON ev.event_id = ed.prev_event_id
 	WHERE w.room_id = $2 AND NOT w.outlier AND w.depth >= $3 AND w.depth <= $4
 		AND ed.ord < $5 AND ed.prev_event_id NOT IN (IDS($6))
