@@ -69,6 +69,26 @@ var ErrMalformed = errors.New("redact: malformed event")
 // inspects (see the package documentation). An event without "content" is
 // redacted without one: Event only removes keys.
 func Event(roomVersion string, event []byte) ([]byte, error) {
+	return redactEvent(roomVersion, event, nil)
+}
+
+// Hashable returns what the reference hash of event covers, before
+// canonicalisation (server-server API, "Calculating the reference hash for
+// an event": the event redacted, without "signatures" and "unsigned"): Event
+// without the top-level "signatures", and without "event_id", which room
+// versions 3 and later do not carry and which gomatrixserverlib removes from
+// an event of those versions before hashing it (as the room dump reader's
+// event IDs always have). The room dump reader hashes its canonical JSON
+// for the ID of an event of room version 3 or later.
+func Hashable(roomVersion string, event []byte) ([]byte, error) {
+	return redactEvent(roomVersion, event, hashOmits)
+}
+
+// hashOmits are the kept top-level keys that Hashable leaves out.
+var hashOmits = []string{"signatures", "event_id"}
+
+// redactEvent is Event, also leaving out the top-level keys omit.
+func redactEvent(roomVersion string, event []byte, omit []string) ([]byte, error) {
 	alg, ok := algorithms[roomVersion]
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownRoomVersion, roomVersion)
@@ -135,7 +155,7 @@ func Event(roomVersion string, event []byte) ([]byte, error) {
 			continue
 		}
 		i := indexOf(alg.top, name)
-		if i < 0 {
+		if i < 0 || indexOf(omit, name) >= 0 {
 			continue
 		}
 		if !first {

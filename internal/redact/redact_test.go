@@ -1,6 +1,7 @@
 package redact_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -490,4 +491,25 @@ func TestEventUnknownRoomVersion(t *testing.T) {
 			require.Nil(t, got)
 		})
 	}
+}
+
+// TestHashable: what the reference hash covers is the redacted event
+// without its signatures and event_id, every other kept key as Event keeps
+// it.
+func TestHashable(t *testing.T) {
+	for _, v := range roomVersions {
+		redacted, err := redact.Event(v, []byte(topLevelIn))
+		require.NoError(t, err)
+		hashable, err := redact.Hashable(v, []byte(topLevelIn))
+		require.NoError(t, err)
+		var want, got map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal(redacted, &want))
+		require.NoError(t, json.Unmarshal(hashable, &got))
+		require.Contains(t, want, "signatures", "room version %s", v)
+		delete(want, "signatures")
+		delete(want, "event_id")
+		require.Equal(t, want, got, "room version %s", v)
+	}
+	_, err := redact.Hashable("10", []byte(`{"type":"m.room.message","content":{},"signatures":{},"signatures":{}}`))
+	require.ErrorIs(t, err, redact.ErrMalformed, "a duplicate of a key it leaves out is as ambiguous as any")
 }
