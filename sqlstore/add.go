@@ -116,12 +116,17 @@ func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pen
 		// cache holds, and one transaction cannot checkpoint its WAL:
 		// every page it dirties and cannot keep is written to the WAL,
 		// and written again when dirtied again. So the cache grows with
-		// the batch, 2 KiB per event between 256 MiB and 2 GiB (a batch
-		// holds about 1.5 KiB per event in memory anyway): 10^6 events
-		// with hash-like IDs went at 3,656 events/s with 256 MiB, 4,370
-		// with 2 GiB. A sequence, of unknown length, gets the most
-		// (SQLite takes the cache's pages as it fills them). It goes back
-		// to its size afterwards.
+		// the batch, 2 KiB per event between 256 and 512 MiB. A larger
+		// cache gains nothing since the links are keyed by nid (schema
+		// 5): the pages an import dirties again and again are those of
+		// the few indexes keyed by event ID. And it costs: shrinking the
+		// cache back frees every page, with a system call per 64 KiB
+		// (modernc.org/memory), which took 22 s after an import of 10^6
+		// events with 2 GiB. 10^6 events (fedhistory import, gen room):
+		// 256 MiB 115 s, 512 MiB 107 s, 1 GiB 113 s, 2 GiB 115 s. A
+		// sequence, of unknown length, gets the most (SQLite takes the
+		// cache's pages as it fills them). It goes back to its size
+		// afterwards.
 		// SQLite also journals every page a multi-row INSERT changes, so
 		// that a failing row can undo the statement's earlier ones; in
 		// memory rather than in a temporary file, that journal cost a

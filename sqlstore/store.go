@@ -294,7 +294,7 @@ const (
 const (
 	sqliteCacheKiB          = 32 << 10
 	sqliteImportCacheMinKiB = 256 << 10
-	sqliteImportCacheMaxKiB = 2 << 20
+	sqliteImportCacheMaxKiB = 512 << 10
 )
 
 // openSQLite opens an SQLite database with the settings the store relies on.
