@@ -48,6 +48,7 @@ var (
 	idsMacro    = regexp.MustCompile(`IDS\(\$(\d+)\)`)
 	idRowsMacro = regexp.MustCompile(`ID_ROWS\(\$(\d+)\)`)
 	intsMacro   = regexp.MustCompile(`INTS\(\$(\d+)\)`)
+	unindexed   = regexp.MustCompile(`UNINDEXED\(([a-z_.]+)\)`)
 	placeholder = regexp.MustCompile(`\$(\d+)`)
 )
 
@@ -64,6 +65,11 @@ var rebinds [2]sync.Map
 //   - INTS($n) is the same for a JSON array of integers.
 //   - ID_ROWS($n) is IDS($n) with its one column named id, for queries
 //     that refer to it.
+//   - UNINDEXED(column) is the column, which SQLite must not search by an
+//     index: "+column" (SQLite's way of saying so). Its planner, which has
+//     no statistics, takes "room_id = ? AND event_id IN (…)" for a search
+//     of a few rows of an index on (room_id, …), which reads the whole
+//     room, rather than one lookup of the unique event_id per ID.
 //   - $n placeholders become SQLite's ?n, which are positional like
 //     PostgreSQL's.
 func (d dialect) rebind(query string) string {
@@ -83,10 +89,12 @@ func (d dialect) expand(query string) string {
 		out = idsMacro.ReplaceAllString(query, `SELECT jsonb_array_elements_text(CAST($$$1 AS jsonb))`)
 		out = idRowsMacro.ReplaceAllString(out, `SELECT jsonb_array_elements_text(CAST($$$1 AS jsonb)) AS id`)
 		out = intsMacro.ReplaceAllString(out, `SELECT CAST(jsonb_array_elements_text(CAST($$$1 AS jsonb)) AS BIGINT)`)
+		out = unindexed.ReplaceAllString(out, `$1`)
 	} else {
 		out = idsMacro.ReplaceAllString(query, `SELECT value FROM json_each($$$1)`)
 		out = idRowsMacro.ReplaceAllString(out, `SELECT value AS id FROM json_each($$$1)`)
 		out = intsMacro.ReplaceAllString(out, `SELECT CAST(value AS INTEGER) FROM json_each($$$1)`)
+		out = unindexed.ReplaceAllString(out, `+$1`)
 		out = placeholder.ReplaceAllString(out, `?$1`)
 	}
 	return out

@@ -41,7 +41,7 @@
 // Open applies the schema migrations (a schema_version table; see migrate).
 // events holds every PDU byte for byte with its metadata (origin_server_ts
 // included, indexed with room_id, depth and event_id for the timestamp
-// lookup), indexed by (room_id, event_id) and (room_id, depth); prev_edges
+// lookup), indexed by event_id and (room_id, depth); prev_edges
 // holds one row per prev_event; auth_links every event's links to the auth
 // events held in its room when it was added (state resolution follows those
 // between state events), both keyed by the events' event_nid, so that an

@@ -65,6 +65,8 @@ func TestLookupPlansUseIndexes(t *testing.T) {
 		args        []any
 	}{
 		{"AuthChain", authChainQueries[sqlite], []any{"!r:hs1.example", `["$x"]`}},
+		{"Events", eventsQuery, []any{"!r:hs1.example", `["$x"]`}},
+		{"Visibility", visibilitySQL[sqlite], []any{"!r:hs1.example", `["$x"]`, "hs1.example", 5, 5}},
 		{"StateBefore", stateBeforeQueries[sqlite], []any{"!r:hs1.example", "$x"}},
 		{"EventByID", eventByIDQuery, []any{"$x"}},
 		{"EventAtTimestamp backward", timestampQueries[sqlite].atOrBefore, []any{"!r:hs1.example", int64(5)}},
@@ -90,10 +92,14 @@ func TestLookupPlansUseIndexes(t *testing.T) {
 					continue
 				}
 				name, _, _ = strings.Cut(name, " ")
-				require.Contains(t, []string{"c", "chain", "target", "json_each"}, name,
+				require.Contains(t, []string{"c", "chain", "target", "roots", "links", "groups", "json_each"}, name,
 					"%s scans a table:\n%s", tc.name, strings.Join(plan, "\n"))
 			}
 			require.Contains(t, strings.Join(plan, "\n"), "USING", "%s uses no index:\n%s", tc.name, strings.Join(plan, "\n"))
+			// Nor may it read a whole room's events through an index on
+			// (room_id, …) (see UNINDEXED).
+			require.NotRegexp(t, `INDEX events_room_\w+ \(room_id=\?\)`, strings.Join(plan, "\n"),
+				"%s reads a room's events by room", tc.name)
 		})
 	}
 }

@@ -38,6 +38,12 @@ func (s *Store) RoomVersion(ctx context.Context, roomID string) (string, error) 
 	return version, nil
 }
 
+// eventsQuery is Events' statement: the events of room $1 among the IDs $2.
+const eventsQuery = `
+SELECT event_id, room_id, depth, prev_events, event_type, state_key, sender, redacts, rejected, outlier, json,
+	origin_server_ts, redacted
+FROM events WHERE UNINDEXED(room_id) = $1 AND event_id IN (IDS($2))`
+
 // Events returns the events among ids that the store holds in roomID,
 // outliers and rejected events included (their flags say so), in the order
 // of ids, in one query. Every call returns fresh values.
@@ -46,10 +52,7 @@ func (s *Store) Events(ctx context.Context, roomID string, ids []string) ([]*fed
 	if len(ids) == 0 || !s.storable(roomID) {
 		return events, nil
 	}
-	rows, err := s.query(ctx, s.db, `
-SELECT event_id, room_id, depth, prev_events, event_type, state_key, sender, redacts, rejected, outlier, json,
-	origin_server_ts, redacted
-FROM events WHERE room_id = $1 AND event_id IN (IDS($2))`, roomID, s.idList(ids))
+	rows, err := s.query(ctx, s.db, eventsQuery, roomID, s.idList(ids))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: reading %d events: %w", len(ids), err)
 	}
@@ -279,7 +282,7 @@ func init() {
 		visibilitySQL[d] = `
 WITH RECURSIVE targets AS (
 	SELECT event_id, before_group, after_group FROM events
-	WHERE room_id = $1 AND state_known AND event_id IN (IDS($2))
+	WHERE UNINDEXED(room_id) = $1 AND state_known AND event_id IN (IDS($2))
 ), roots (group_id) AS (
 	SELECT before_group FROM targets WHERE before_group IS NOT NULL
 	UNION

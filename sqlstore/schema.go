@@ -193,7 +193,9 @@ CREATE TABLE state_group_auth (
 	// writing out and reading back their pages (BENCHMARKS.md, "Round
 	// seven"). A prev_event is still named by its ID: it may not be held.
 	// An auth link only ever points to an event held in the room (see
-	// auth_links), so both of its ends are nids.
+	// auth_links), so both of its ends are nids. The second unique index on
+	// events' IDs goes too (UNINDEXED keeps SQLite's planner from reading
+	// whole rooms without it).
 	`
 -- prev_edges: one row per entry of an event's prev_events, ord its
 -- position (edges before version 5).
@@ -212,6 +214,10 @@ DROP TABLE edges;
 -- its room (auth_edges before version 5): the auth chains of the auth chain
 -- endpoints and of state resolution, which follows the links between state
 -- events.
+-- The unique index on (room_id, event_id) goes: event_id is unique by
+-- itself, and an import paid for a second B-tree keyed by event ID.
+DROP INDEX events_room_event;
+
 CREATE TABLE auth_links (
 	event_nid BIGINT NOT NULL,
 	auth_nid  BIGINT NOT NULL,

@@ -414,7 +414,7 @@ var authChainQueries = perDialect(func(d dialect) string {
 	return `
 WITH RECURSIVE chain (event_nid, event_id) AS (
 	SELECT x.event_nid, x.event_id FROM events c ` + authLinks(d, "NOT x.rejected") + `
-	WHERE c.room_id = $1 AND c.event_id IN (IDS($2)) AND NOT c.rejected
+	WHERE UNINDEXED(c.room_id) = $1 AND c.event_id IN (IDS($2)) AND NOT c.rejected
 	UNION
 	SELECT x.event_nid, x.event_id FROM chain c ` + authLinks(d, "NOT x.rejected") + `
 )

@@ -24,6 +24,7 @@ var downgradeToV1 = []string{
 	`INSERT INTO auth_edges SELECT e.event_id, x.event_id FROM auth_links a
 		JOIN events e ON e.event_nid = a.event_nid JOIN events x ON x.event_nid = a.auth_nid`,
 	`DROP TABLE auth_links`,
+	`CREATE UNIQUE INDEX events_room_event ON events (room_id, event_id)`,
 	`DROP INDEX events_room_timestamp`,
 	`ALTER TABLE events DROP COLUMN origin_server_ts`,
 	`ALTER TABLE events DROP COLUMN redacted`,
