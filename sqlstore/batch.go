@@ -28,8 +28,8 @@ import (
 // StateBefore) writes them out first (flush).
 //
 // An import used to cost about eight statements per event, each a round
-// trip (PostgreSQL: ~300 events/s); it now costs about one per 15 events
-// (BENCHMARKS.md, "Import"). Chunks of 8000 events rather than 1000 make
+// trip (PostgreSQL: ~300 events/s); chunks of 1000 made it about one per
+// 15 events (BENCHMARKS.md, "Import"). Chunks of 8000 events make
 // fewer, larger statements and COPYs: fedhistory import of a 10^5-event
 // room, 2 runs each, PostgreSQL 10.1, 9.6 s -> 8.2, 7.9 s; SQLite 9.0,
 // 9.3 s -> 8.6, 8.5 s (4000: PostgreSQL 9.2, 8.6 s; 16000: 8.0, 8.1 s with

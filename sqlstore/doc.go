@@ -22,7 +22,7 @@
 // # Writing
 //
 // Add is AddBatch of one event. AddBatch writes in one transaction, in
-// chunks of 1000 events (batch.go): it reads what a chunk needs (the events
+// chunks of 8000 events (batch.go): it reads what a chunk needs (the events
 // it names, the redactions waiting for it, whether stored events name it as
 // a prev_event) in three statements, works out states, redactions and
 // forward extremities in memory in order, and writes the rows as multi-row
@@ -32,9 +32,9 @@
 // ahead of the writes (on PostgreSQL its rooms are locked first). AddSeq is
 // the same transaction over a sequence, taken a chunk at a time, so that an
 // import holds a few chunks of events in memory, not all of them (fedhistory
-// import streams its dumps through it). An import of real (hash) event IDs runs at about
-// 9,000–10,000 events/s at 10^5 events and 6,000–7,500 at 10^6 on two cores
-// (BENCHMARKS.md, round five).
+// import streams its dumps through it). fedhistory import of real (hash)
+// event IDs runs at about 11,800–13,200 events/s at 10^5 events and
+// 12,300–13,200 at 10^6 on two cores (BENCHMARKS.md, round seven).
 //
 // # Schema
 //
