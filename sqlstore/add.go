@@ -111,7 +111,7 @@ func (s *Store) addBatch(ctx context.Context, batch []Pending, seq iter.Seq2[Pen
 		return "", fmt.Errorf("sqlstore: connecting: %w", err)
 	}
 	defer conn.Close()
-	if s.dialect == sqlite && (batch == nil || len(batch) >= s.addChunk) {
+	if s.dialect == sqlite && (batch == nil || len(batch) >= sqliteImportMinEvents) {
 		// An import writes far more pages than a serving connection's
 		// cache holds, and one transaction cannot checkpoint its WAL:
 		// every page it dirties and cannot keep is written to the WAL,

@@ -143,6 +143,10 @@ func recordRequests(t *testing.T, s *Store, room benchRoomInfo) []recordedStatem
 // nothing.)
 func recordImport(t *testing.T, s *Store) []recordedStatement {
 	t.Helper()
+	// Chunks of 1000, so that the batch is two: the second chunk's
+	// prefetch reads what the first wrote.
+	defer func(chunk int) { s.addChunk = chunk }(s.addChunk)
+	s.addChunk = 1000
 	g, err := synthroom.New(planRoomOptions())
 	require.NoError(t, err)
 	for range planRoomEvents {

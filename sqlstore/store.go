@@ -289,12 +289,15 @@ const (
 )
 
 // The page cache of an SQLite connection (SQLite's default is 2 MiB), and
-// the bounds of that of the connection an AddBatch of at least a chunk
-// writes with (see addBatch).
+// the bounds of that of the connection an import (an AddSeq, an AddBatch of
+// at least sqliteImportMinEvents) writes with (see addBatch).
 const (
 	sqliteCacheKiB          = 32 << 10
 	sqliteImportCacheMinKiB = 256 << 10
 	sqliteImportCacheMaxKiB = 512 << 10
+	// sqliteImportMinEvents is the smallest AddBatch that gets the
+	// import's cache (a sequence always does).
+	sqliteImportMinEvents = 1000
 )
 
 // openSQLite opens an SQLite database with the settings the store relies on.

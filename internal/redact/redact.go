@@ -45,6 +45,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // ErrUnknownRoomVersion is returned for a room version this package has no
@@ -80,8 +81,23 @@ func Event(roomVersion string, event []byte) ([]byte, error) {
 // an event of those versions before hashing it (as the room dump reader's
 // event IDs always have). The room dump reader hashes its canonical JSON
 // for the ID of an event of room version 3 or later.
+//
+// Hashable also fails (ErrMalformed) on a top-level key that differs from a
+// key gomatrixserverlib's redaction reads only in case ("Depth"):
+// gomatrixserverlib decodes the top level into structs, whose fields
+// encoding/json matches regardless of case, so it would hash such a key as
+// the field; and on a top-level key that is not short ASCII, which Unicode
+// folding may match to one too ("ſender"). The reader then leaves the ID to
+// gomatrixserverlib.
 func Hashable(roomVersion string, event []byte) ([]byte, error) {
 	return redactEvent(roomVersion, event, hashOmits)
+}
+
+// gmslTopLevel are the top-level fields gomatrixserverlib's redaction
+// decodes (its unredactableEventFieldsV1, a superset of V2's).
+var gmslTopLevel = []string{
+	"event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",
+	"depth", "prev_events", "prev_state", "auth_events", "origin", "origin_server_ts", "membership",
 }
 
 // hashOmits are the kept top-level keys that Hashable leaves out.
@@ -113,8 +129,19 @@ func redactEvent(roomVersion string, event []byte, omit []string) ([]byte, error
 	it := newObjectIter(event, open)
 	for m, ok := it.next(); ok; m, ok = it.next() {
 		name, ok := asciiName(event[m.key:m.keyEnd], &buf)
+		if !ok && omit != nil {
+			// Unicode folding matches "ſender" to "sender" too.
+			return nil, fmt.Errorf("%w: a top-level key that is not short ASCII", ErrMalformed)
+		}
 		if !ok {
 			continue
+		}
+		if omit != nil && indexOf(gmslTopLevel, name) < 0 {
+			for _, field := range gmslTopLevel {
+				if strings.EqualFold(field, string(name)) {
+					return nil, fmt.Errorf("%w: top-level key %q differs from %q only in case", ErrMalformed, name, field)
+				}
+			}
 		}
 		i := indexOf(alg.top, name)
 		if i < 0 {
