@@ -55,6 +55,7 @@ import (
 	"iter"
 	"slices"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -643,62 +644,89 @@ func hashEventID(verImpl gomatrixserverlib.IRoomVersion, event []byte) (string, 
 
 // plainHashable reports whether the valid JSON object b has a top-level
 // "content", only plain integers of canonical JSON's range, no duplicate
-// key in any object and no key third_party_invite (see hashEventID).
+// key in any object and no key third_party_invite (see hashEventID). It
+// scans the bytes without decoding them, and says no where that cannot
+// decide (a key with an escape, an object of more than maxPlainKeys keys,
+// nesting deeper than maxPlainDepth, an integer of more than 15 digits):
+// gomatrixserverlib then computes the ID. (A json.Decoder walk cost 10 µs
+// per event, a tenth of an import's CPU.)
 func plainHashable(b []byte) bool {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	type object struct {
-		keys    map[string]bool
+	type level struct {
+		object  bool
+		keys    [maxPlainKeys][]byte
+		n       int
 		wantKey bool
 	}
 	var (
-		stack      []*object // nil for an array
+		stack      [maxPlainDepth]level
+		depth      = -1
 		hasContent bool
 	)
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return hasContent
-		}
-		if err != nil {
-			return false
-		}
-		top := len(stack) - 1
-		if top >= 0 && stack[top] != nil && stack[top].wantKey {
-			if key, ok := tok.(string); ok {
-				if stack[top].keys[key] || key == "third_party_invite" {
-					return false
-				}
-				stack[top].keys[key] = true
-				stack[top].wantKey = false
-				hasContent = hasContent || (top == 0 && key == "content")
-				continue
-			}
-		}
-		switch tok := tok.(type) {
-		case json.Delim:
-			switch tok {
-			case '{':
-				stack = append(stack, &object{keys: make(map[string]bool), wantKey: true})
-				continue
-			case '[':
-				stack = append(stack, nil)
-				continue
-			default:
-				stack = stack[:len(stack)-1]
-			}
-		case json.Number:
-			i, err := strconv.ParseInt(string(tok), 10, 64)
-			if err != nil || i > 1<<53-1 || i < -(1<<53-1) || string(tok) == "-0" || strconv.FormatInt(i, 10) != string(tok) {
+	for i := 0; i < len(b); {
+		switch c := b[i]; {
+		case c == '{' || c == '[':
+			if depth++; depth == maxPlainDepth {
 				return false
 			}
-		}
-		// A value ended: its object, if any, wants a key next.
-		if top := len(stack) - 1; top >= 0 && stack[top] != nil {
-			stack[top].wantKey = true
+			stack[depth] = level{object: c == '{', wantKey: c == '{'}
+			i++
+		case c == '}' || c == ']':
+			depth--
+			i++
+		case c == ',':
+			if depth >= 0 && stack[depth].object {
+				stack[depth].wantKey = true
+			}
+			i++
+		case c == '"':
+			j := i + 1
+			for ; b[j] != '"'; j++ {
+				if b[j] == '\\' {
+					if depth >= 0 && stack[depth].wantKey {
+						return false // an escaped key may equal another
+					}
+					j++
+				}
+			}
+			if l := &stack[max(depth, 0)]; depth >= 0 && l.wantKey {
+				key := b[i+1 : j]
+				if string(key) == "third_party_invite" || l.n == maxPlainKeys {
+					return false
+				}
+				for _, seen := range l.keys[:l.n] {
+					if bytes.Equal(seen, key) {
+						return false
+					}
+				}
+				l.keys[l.n] = key
+				l.n++
+				l.wantKey = false
+				hasContent = hasContent || (depth == 0 && string(key) == "content")
+			}
+			i = j + 1
+		case c == '-' || ('0' <= c && c <= '9'):
+			j := i
+			for j < len(b) && strings.IndexByte("+-.eE0123456789", b[j]) >= 0 {
+				j++
+			}
+			number := string(b[i:j])
+			digits := strings.TrimPrefix(number, "-")
+			if number == "-0" || len(digits) > 15 || strings.ContainsAny(digits, "+-.eE") {
+				return false
+			}
+			i = j
+		default: // whitespace, ':', true, false, null
+			i++
 		}
 	}
+	return hasContent
 }
+
+// plainHashable's bounds.
+const (
+	maxPlainKeys  = 16
+	maxPlainDepth = 8
+)
 
 // compactObject checks that raw is a JSON object and removes insignificant
 // whitespace, leaving strings and numbers byte for byte as they were.
