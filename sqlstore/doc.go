@@ -33,8 +33,8 @@
 // the same transaction over a sequence, taken a chunk at a time, so that an
 // import holds a few chunks of events in memory, not all of them (fedhistory
 // import streams its dumps through it). fedhistory import of real (hash)
-// event IDs runs at about 11,800–13,200 events/s at 10^5 events and
-// 12,300–13,200 at 10^6 on two cores (BENCHMARKS.md, round seven).
+// event IDs runs at about 11,000–13,200 events/s at 10^5 events and
+// 11,000–13,200 at 10^6 on two cores (BENCHMARKS.md, round seven).
 //
 // # Schema
 //
