@@ -117,7 +117,7 @@ var (
 )
 
 // eventRedactedArg is the index of the redacted column in eventRow.args.
-const eventRedactedArg = 18
+var eventRedactedArg = slices.Index(eventColumns, "redacted")
 
 // pendingRedaction is a redaction waiting for its target.
 type pendingRedaction struct {

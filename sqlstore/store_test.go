@@ -288,12 +288,7 @@ func TestAddBatchIsAllOrNothing(t *testing.T) {
 		require.ErrorIs(t, err, fedhistory.ErrRoomNotFound)
 
 		require.NoError(t, s.AddBatch(ctx, batch))
-		mem := memstore.New()
-		for _, ev := range room.Events {
-			_, err := mem.Add(room.Version, ev.JSON, fedhistory.AddOptions{})
-			require.NoError(t, err)
-		}
-		requireSameAsMemstore(t, s, mem, room)
+		requireStoredAsByAdd(t, s, []*roomgen.Room{room})
 	})
 }
 

@@ -24,13 +24,6 @@ func gmslRedact(v string, event []byte) ([]byte, error) {
 	return ver.RedactEventJSON(event)
 }
 
-// gmslTopLevel are the struct fields RedactEventJSON decodes the top level
-// into (its unredactableEventFieldsV1, a superset of V2).
-var gmslTopLevel = []string{
-	"event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",
-	"depth", "prev_events", "prev_state", "auth_events", "origin", "origin_server_ts", "membership",
-}
-
 // gmslIsRight reports whether RedactEventJSON redacts the canonical event c
 // of room version v correctly, so that its canonical output must equal ours.
 // It is not right when:
@@ -107,7 +100,7 @@ func gmslIsRight(v string, c []byte) bool {
 		return false
 	}
 	for k := range top {
-		for _, f := range gmslTopLevel {
+		for _, f := range redact.GmslTopLevel {
 			if k != f && bytes.EqualFold([]byte(k), []byte(f)) {
 				return false
 			}

@@ -70,7 +70,7 @@ var ErrMalformed = errors.New("redact: malformed event")
 // inspects (see the package documentation). An event without "content" is
 // redacted without one: Event only removes keys.
 func Event(roomVersion string, event []byte) ([]byte, error) {
-	return redactEvent(roomVersion, event, nil)
+	return redactEvent(roomVersion, event, false)
 }
 
 // Hashable returns what the reference hash of event covers, before
@@ -90,7 +90,7 @@ func Event(roomVersion string, event []byte) ([]byte, error) {
 // folding may match to one too ("ſender"). The reader then leaves the ID to
 // gomatrixserverlib.
 func Hashable(roomVersion string, event []byte) ([]byte, error) {
-	return redactEvent(roomVersion, event, hashOmits)
+	return redactEvent(roomVersion, event, true)
 }
 
 // gmslTopLevel are the top-level fields gomatrixserverlib's redaction
@@ -103,8 +103,8 @@ var gmslTopLevel = []string{
 // hashOmits are the kept top-level keys that Hashable leaves out.
 var hashOmits = []string{"signatures", "event_id"}
 
-// redactEvent is Event, also leaving out the top-level keys omit.
-func redactEvent(roomVersion string, event []byte, omit []string) ([]byte, error) {
+// redactEvent is Event, or Hashable when hashing.
+func redactEvent(roomVersion string, event []byte, hashing bool) ([]byte, error) {
 	alg, ok := algorithms[roomVersion]
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownRoomVersion, roomVersion)
@@ -129,14 +129,14 @@ func redactEvent(roomVersion string, event []byte, omit []string) ([]byte, error
 	it := newObjectIter(event, open)
 	for m, ok := it.next(); ok; m, ok = it.next() {
 		name, ok := asciiName(event[m.key:m.keyEnd], &buf)
-		if !ok && omit != nil {
+		if !ok && hashing {
 			// Unicode folding matches "ſender" to "sender" too.
 			return nil, fmt.Errorf("%w: a top-level key that is not short ASCII", ErrMalformed)
 		}
 		if !ok {
 			continue
 		}
-		if omit != nil && indexOf(gmslTopLevel, name) < 0 {
+		if hashing && indexOf(gmslTopLevel, name) < 0 {
 			for _, field := range gmslTopLevel {
 				if strings.EqualFold(field, string(name)) {
 					return nil, fmt.Errorf("%w: top-level key %q differs from %q only in case", ErrMalformed, name, field)
@@ -182,7 +182,7 @@ func redactEvent(roomVersion string, event []byte, omit []string) ([]byte, error
 			continue
 		}
 		i := indexOf(alg.top, name)
-		if i < 0 || indexOf(omit, name) >= 0 {
+		if i < 0 || (hashing && indexOf(hashOmits, name) >= 0) {
 			continue
 		}
 		if !first {

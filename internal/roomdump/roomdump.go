@@ -576,9 +576,7 @@ func eventFacts(verImpl gomatrixserverlib.IRoomVersion, pdu gomatrixserverlib.PD
 			err = fmt.Errorf("%v", r)
 		}
 	}()
-	if eventID, err = computeEventID(verImpl, pdu, event); err != nil {
-		return "", "", lineFacts{}, err
-	}
+	eventID = computeEventID(verImpl, pdu, event)
 	roomID = pdu.RoomID().String()
 	// From room version 12, AuthEventIDs includes the create event that the
 	// room ID names: a reference like any other.
@@ -598,11 +596,11 @@ func eventFacts(verImpl gomatrixserverlib.IRoomVersion, pdu gomatrixserverlib.PD
 // redacts it and encodes it again: a third of the time a dump took to read
 // (37 of 114 µs per event, BENCHMARKS.md "Round seven"). So for the events
 // where the two provably agree, hashEventID computes it from the bytes.
-func computeEventID(verImpl gomatrixserverlib.IRoomVersion, pdu gomatrixserverlib.PDU, event []byte) (string, error) {
+func computeEventID(verImpl gomatrixserverlib.IRoomVersion, pdu gomatrixserverlib.PDU, event []byte) string {
 	if id, ok := hashEventID(verImpl, event); ok {
-		return id, nil
+		return id
 	}
-	return pdu.EventID(), nil
+	return pdu.EventID()
 }
 
 // hashEventID hashes the canonical JSON of redact.Hashable's output, a few
@@ -618,16 +616,10 @@ func computeEventID(verImpl gomatrixserverlib.IRoomVersion, pdu gomatrixserverli
 //     third_party_invite (from version 11 it drops its signed) or bytes
 //     that are not UTF-8 (it replaces them).
 func hashEventID(verImpl gomatrixserverlib.IRoomVersion, event []byte) (string, bool) {
-	var encoding *base64.Encoding
-	switch verImpl.EventIDFormat() {
-	case gomatrixserverlib.EventIDFormatV2:
-		encoding = base64.RawStdEncoding
-	case gomatrixserverlib.EventIDFormatV3:
-		encoding = base64.RawURLEncoding
-	default:
-		return "", false
-	}
-	if n, err := strconv.Atoi(string(verImpl.Version())); err != nil || n < 6 {
+	// From room version 4 (so in all those of 6 and later) the ID is the
+	// hash in URL-safe base64.
+	if n, err := strconv.Atoi(string(verImpl.Version())); err != nil || n < 6 ||
+		verImpl.EventIDFormat() != gomatrixserverlib.EventIDFormatV3 {
 		return "", false
 	}
 	hashable, err := redact.Hashable(string(verImpl.Version()), event)
@@ -639,7 +631,7 @@ func hashEventID(verImpl gomatrixserverlib.IRoomVersion, event []byte) (string, 
 		return "", false
 	}
 	sum := sha256.Sum256(canonical)
-	return "$" + encoding.EncodeToString(sum[:]), true
+	return "$" + base64.RawURLEncoding.EncodeToString(sum[:]), true
 }
 
 // plainHashable reports whether the valid JSON object b has a top-level
@@ -674,21 +666,22 @@ func plainHashable(b []byte) bool {
 			depth--
 			i++
 		case c == ',':
-			if depth >= 0 && stack[depth].object {
+			if stack[depth].object {
 				stack[depth].wantKey = true
 			}
 			i++
-		case c == '"':
+		case c == '"': // b is an object: every string is inside one
+			l := &stack[depth]
 			j := i + 1
 			for ; b[j] != '"'; j++ {
 				if b[j] == '\\' {
-					if depth >= 0 && stack[depth].wantKey {
+					if l.wantKey {
 						return false // an escaped key may equal another
 					}
 					j++
 				}
 			}
-			if l := &stack[max(depth, 0)]; depth >= 0 && l.wantKey {
+			if l.wantKey {
 				key := b[i+1 : j]
 				if string(key) == "third_party_invite" || l.n == maxPlainKeys {
 					return false

@@ -1,0 +1,4 @@
+package redact
+
+// GmslTopLevel is gmslTopLevel, for the comparisons with gomatrixserverlib.
+var GmslTopLevel = gmslTopLevel
